@@ -1,0 +1,250 @@
+"""Hugging Face <-> native parameter mapping: one name table plus a short list of tensor surgeries.
+
+The table pairs each native parameter (``Qwen2Model.state_dict()`` names, per TP rank) with the HF
+tensors it is built from and the surgery that builds the rank's shard:
+
+    native                          HF (model.layers.{i}. prefix where "layer")      surgery
+    embed.weight                    model.embed_tokens.weight                         vocab_rows
+    layers.{i}.attn_norm.weight     input_layernorm.weight                            replicate
+    layers.{i}.attn.qkv.weight      self_attn.{q,k,v}_proj.weight                     qkv
+    layers.{i}.attn.qkv.bias        self_attn.{q,k,v}_proj.bias  (when qkv_bias)      qkv
+    layers.{i}.attn.out.weight      self_attn.o_proj.weight                           columns
+    layers.{i}.mlp_norm.weight      post_attention_layernorm.weight                   replicate
+    layers.{i}.mlp.gate_up.weight   mlp.{gate,up}_proj.weight                         gate_up
+    layers.{i}.mlp.down.weight      mlp.down_proj.weight                              columns
+    norm.weight                     model.norm.weight                                 replicate
+    lm_head.weight                  lm_head.weight  (absent when tied)                vocab_rows
+
+Surgeries, for TP rank r of tp:
+    replicate   the whole tensor on every rank
+    vocab_rows  rows [r V/tp, (r+1) V/tp)
+    columns     columns [r n/tp, (r+1) n/tp) of a row-parallel weight
+    gate_up     [gate rows of r; up rows of r]: the two halves of SwiGLU split separately, so that
+                each rank computes silu(gate) * up on its own columns
+    qkv         per local KV group g: [q heads of g owned by r, k_g, v_g] (weights and biases alike),
+                so that a contiguous TP chunk holds whole groups. When tp > nkv, KV head g is
+                replicated on the tp/nkv consecutive ranks whose query heads belong to group g.
+
+Tied embeddings: the HF file has no lm_head.weight, the native model none either (the head reads
+``embed.weight``). Readers slice rows lazily, so a rank reads only the bytes of its shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+
+from ..config import ModelConfig
+
+REPLICATE, VOCAB_ROWS, COLUMNS, GATE_UP, QKV = "replicate", "vocab_rows", "columns", "gate_up", "qkv"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match what its config promises."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    native: str
+    hf: tuple[str, ...]
+    surgery: str
+
+
+def name_table(cfg: ModelConfig) -> list[Entry]:
+    """Every native parameter of a model with this config, in state_dict order."""
+    table = [Entry("embed.weight", ("model.embed_tokens.weight",), VOCAB_ROWS)]
+    for i in range(cfg.num_layers):
+        n, p = f"layers.{i}.", f"model.layers.{i}."
+        table += [
+            Entry(n + "attn_norm.weight", (p + "input_layernorm.weight",), REPLICATE),
+            Entry(n + "attn.qkv.weight", tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"), QKV),
+        ]
+        if cfg.qkv_bias:
+            table.append(Entry(n + "attn.qkv.bias", tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"), QKV))
+        table += [
+            Entry(n + "attn.out.weight", (p + "self_attn.o_proj.weight",), COLUMNS),
+            Entry(n + "mlp_norm.weight", (p + "post_attention_layernorm.weight",), REPLICATE),
+            Entry(n + "mlp.gate_up.weight", (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), GATE_UP),
+            Entry(n + "mlp.down.weight", (p + "mlp.down_proj.weight",), COLUMNS),
+        ]
+    table.append(Entry("norm.weight", ("model.norm.weight",), REPLICATE))
+    if not cfg.tie_word_embeddings:
+        table.append(Entry("lm_head.weight", ("lm_head.weight",), VOCAB_ROWS))
+    return table
+
+
+def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape every HF tensor must have under this config."""
+    h, f, hd, v = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (cfg.num_heads * hd, h),
+            p + "self_attn.k_proj.weight": (cfg.num_kv_heads * hd, h),
+            p + "self_attn.v_proj.weight": (cfg.num_kv_heads * hd, h),
+            p + "self_attn.o_proj.weight": (h, cfg.num_heads * hd),
+            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+            p + "mlp.down_proj.weight": (h, f),
+        })
+        if cfg.qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (cfg.num_heads * hd,),
+                           p + f"self_attn.k_proj.bias": (cfg.num_kv_heads * hd,),
+                           p + "self_attn.v_proj.bias": (cfg.num_kv_heads * hd,)})
+    return shapes
+
+
+# A reader returns rows [start, stop) of an HF tensor (all rows for None), and optionally only
+# columns [start, stop); it loads nothing else.
+Reader = Callable[[str, "slice | None", "slice | None"], torch.Tensor]
+
+
+def _chunk(n: int, rank: int, tp: int) -> slice:
+    size = n // tp
+    return slice(rank * size, (rank + 1) * size)
+
+
+def qkv_row_blocks(cfg: ModelConfig, rank: int, tp: int) -> list[tuple[int, slice]]:
+    """The fused QKV rows of rank r as (HF tensor index 0/1/2 for q/k/v, head-row slice) blocks."""
+    hd, heads_local = cfg.head_dim, cfg.num_heads // tp
+    if tp <= cfg.num_kv_heads:
+        kv_local, first_group = cfg.num_kv_heads // tp, rank * (cfg.num_kv_heads // tp)
+    else:
+        kv_local, first_group = 1, rank // (tp // cfg.num_kv_heads)
+    q_per_group = heads_local // kv_local
+    blocks = []
+    for j in range(kv_local):
+        q0, g = rank * heads_local + j * q_per_group, first_group + j
+        blocks += [(0, slice(q0 * hd, (q0 + q_per_group) * hd)),
+                   (1, slice(g * hd, (g + 1) * hd)),
+                   (2, slice(g * hd, (g + 1) * hd))]
+    return blocks
+
+
+def shard_for_rank(entry: Entry, read: Reader, cfg: ModelConfig, rank: int, tp: int) -> torch.Tensor:
+    """Build rank r's shard of a native parameter from HF tensors, reading only what it needs."""
+    if entry.surgery == REPLICATE:
+        return read(entry.hf[0], None, None)
+    if entry.surgery == VOCAB_ROWS:
+        return read(entry.hf[0], _chunk(cfg.vocab_size, rank, tp), None)
+    if entry.surgery == COLUMNS:
+        width = cfg.num_heads * cfg.head_dim if entry.native.endswith("attn.out.weight") else cfg.intermediate_size
+        return read(entry.hf[0], None, _chunk(width, rank, tp))
+    if entry.surgery == GATE_UP:
+        rows = _chunk(cfg.intermediate_size, rank, tp)
+        return torch.cat([read(entry.hf[0], rows, None), read(entry.hf[1], rows, None)])
+    if entry.surgery == QKV:
+        return torch.cat([read(entry.hf[i], rows, None) for i, rows in qkv_row_blocks(cfg, rank, tp)])
+    raise AssertionError(f"unknown surgery {entry.surgery}")
+
+
+class HFCheckpointReader:
+    """Lazy, sliced access to the tensors of an HF safetensors checkpoint (one file, or shards
+    listed by ``model.safetensors.index.json``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        index = os.path.join(path, "model.safetensors.index.json")
+        single = os.path.join(path, "model.safetensors")
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+        elif os.path.exists(single):
+            with safe_open(single, framework="pt") as f:
+                self.files = {name: single for name in f.keys()}
+        else:
+            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+        self._handles = {}
+
+    def _handle(self, file):
+        if file not in self._handles:
+            if not os.path.exists(file):
+                raise CheckpointError(f"{file}: listed in the index but missing")
+            self._handles[file] = safe_open(file, framework="pt")
+        return self._handles[file]
+
+    def names(self) -> set[str]:
+        return set(self.files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(self.files[name]).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        return self._handle(self.files[name]).get_slice(name).get_dtype()
+
+    def read(self, name: str, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
+        s = self._handle(self.files[name]).get_slice(name)
+        if rows is None and cols is None:
+            return s[:]
+        rows = rows if rows is not None else slice(None)
+        return s[rows, cols] if cols is not None else s[rows]
+
+    def validate(self, cfg: ModelConfig) -> None:
+        """Every tensor the config needs is present with its shape, and nothing unknown is."""
+        expected = hf_shapes(cfg)
+        present = self.names()
+        # Tied checkpoints sometimes carry a copy of the head anyway; old ones carry RoPE buffers.
+        ignorable = {n for n in present if n.endswith("rotary_emb.inv_freq")}
+        if cfg.tie_word_embeddings:
+            ignorable.add("lm_head.weight")
+        missing = sorted(set(expected) - present)
+        extra = sorted(present - set(expected) - ignorable)
+        if missing:
+            raise CheckpointError(f"{self.path}: missing tensor(s) {', '.join(missing[:5])}"
+                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        if extra:
+            raise CheckpointError(f"{self.path}: unexpected tensor(s) {', '.join(extra[:5])}"
+                                  + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+                                  + f" for {cfg.architecture}")
+        for name, shape in expected.items():
+            if self.shape(name) != shape:
+                raise CheckpointError(f"{self.path}: tensor {name} has shape {list(self.shape(name))}, "
+                                      f"the config implies {list(shape)}")
+
+
+def merge_shards(entry: Entry, shards: list[torch.Tensor], cfg: ModelConfig) -> list[torch.Tensor]:
+    """Inverse of ``shard_for_rank``: the HF tensors of ``entry`` from all TP ranks' shards.
+
+    Copies that several ranks hold (replicated tensors, KV heads replicated when tp > nkv) must be
+    identical; a mismatch means the replicas drifted, and is an error rather than a silent choice.
+    """
+    tp = len(shards)
+    if entry.surgery == REPLICATE:
+        for r, s in enumerate(shards[1:], 1):
+            if not torch.equal(s, shards[0]):
+                raise CheckpointError(f"{entry.native}: replicated copies differ between TP ranks 0 and {r}")
+        return [shards[0]]
+    if entry.surgery == VOCAB_ROWS:
+        return [torch.cat(shards, 0)]
+    if entry.surgery == COLUMNS:
+        return [torch.cat(shards, 1)]
+    if entry.surgery == GATE_UP:
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return [torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])]
+    if entry.surgery == QKV:
+        hd, rest = cfg.head_dim, shards[0].shape[1:]
+        out = [shards[0].new_empty((n * hd, *rest)) for n in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)]
+        written = [torch.zeros(t.shape[0], dtype=torch.bool) for t in out]
+        for r, shard in enumerate(shards):
+            offset = 0
+            for i, rows in qkv_row_blocks(cfg, r, tp):
+                block = shard[offset: offset + rows.stop - rows.start]
+                offset += rows.stop - rows.start
+                if written[i][rows].any():
+                    if not torch.equal(out[i][rows], block):
+                        raise CheckpointError(f"{entry.native}: replicated KV head rows {rows.start}:"
+                                              f"{rows.stop} differ between TP ranks")
+                else:
+                    out[i][rows] = block
+                    written[i][rows] = True
+        return out
+    raise AssertionError(f"unknown surgery {entry.surgery}")

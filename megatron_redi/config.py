@@ -1,0 +1,189 @@
+"""Model configuration, read from a Hugging Face ``config.json``.
+
+One dataclass describes every supported decoder (Qwen2 and Llama-3 share the architecture:
+GQA, RMSNorm, SwiGLU, RoPE; they differ in biases, RoPE scaling and tying). Each field is
+documented once, here; validation sits in ``__post_init__`` next to the fields it checks.
+Parallel and training settings live elsewhere (``parallel.ParallelState``, the trainer's config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+# architectures (HF ``architectures[0]``) -> whether q/k/v carry biases by default
+SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": True, "LlamaForCausalLM": False}
+
+
+class ConfigError(ValueError):
+    """A config that names an unsupported model or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 ("llama3") frequency scaling of RoPE; see ``model.rope``."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str  # "Qwen2ForCausalLM" or "LlamaForCausalLM"
+    vocab_size: int  # rows of the embedding and the LM head
+    hidden_size: int  # width of the residual stream, h
+    intermediate_size: int  # width of the SwiGLU MLP, f
+    num_layers: int
+    num_heads: int  # query heads, nh
+    num_kv_heads: int  # key/value heads, nkv (GQA groups); divides nh
+    head_dim: int  # hd; hidden_size / num_heads unless the config says otherwise
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 32768
+    qkv_bias: bool = True  # Qwen2: biases on q/k/v projections; Llama: none
+    tie_word_embeddings: bool = False  # LM head shares the embedding matrix
+    # keys of the original config.json that we do not interpret, written back on export
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"architecture {self.architecture!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config field {name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_heads}) is not a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def queries_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def num_parameters(self) -> int:
+        """Parameter count (the tied head counted once)."""
+        h, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
+        qkv += (self.num_heads + 2 * self.num_kv_heads) * hd if self.qkv_bias else 0
+        layer = qkv + self.num_heads * hd * h + 3 * h * f + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_layers * layer + h + head
+
+    # ---- Hugging Face config.json <-> ModelConfig -------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict, source: str = "config") -> ModelConfig:
+        archs = cfg.get("architectures") or []
+        model_type = cfg.get("model_type")
+        arch = archs[0] if archs else {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}.get(model_type)
+        if arch is None:
+            raise ConfigError(f"{source}: cannot tell the architecture (architectures={archs}, "
+                              f"model_type={model_type!r})")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(f"{source}: architecture {arch!r} is not supported; "
+                              f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        try:
+            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+            kwargs = dict(
+                architecture=arch,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            )
+        except KeyError as e:
+            raise ConfigError(f"{source}: required field {e.args[0]!r} is missing") from None
+        kwargs["head_dim"] = int(cfg.get("head_dim") or hidden // heads)
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
+        if cfg.get("use_sliding_window"):
+            raise ConfigError(f"{source}: use_sliding_window=true is not supported")
+        if cfg.get("mlp_bias"):
+            raise ConfigError(f"{source}: mlp_bias=true is not supported")
+        # transformers >= 5 nests theta and scaling in rope_parameters; older files keep
+        # rope_theta and rope_scaling at the top level.
+        rope = dict(cfg.get("rope_parameters") or {})
+        rope.update(cfg.get("rope_scaling") or {})
+        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type == "llama3":
+            kwargs["rope_scaling"] = RopeScaling(
+                factor=float(rope["factor"]),
+                low_freq_factor=float(rope["low_freq_factor"]),
+                high_freq_factor=float(rope["high_freq_factor"]),
+                original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+            )
+        elif rope_type != "default":
+            raise ConfigError(f"{source}: rope type {rope_type!r} is not supported (default, llama3)")
+        kwargs.update(
+            rope_theta=float(theta),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
+            qkv_bias=bool(cfg.get("attention_bias", SUPPORTED_ARCHITECTURES[arch])),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            extra={k: v for k, v in cfg.items() if k in _PASSTHROUGH_KEYS},
+        )
+        return cls(**kwargs)
+
+    @classmethod
+    def from_hf(cls, path: str) -> ModelConfig:
+        """Read ``config.json`` from a checkpoint directory (or the file itself)."""
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        try:
+            with open(file) as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{file}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(cfg, source=file)
+
+    def to_hf_dict(self) -> dict:
+        """The config.json of an HF checkpoint with these weights."""
+        model_type = "qwen2" if self.architecture == "Qwen2ForCausalLM" else "llama"
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope = {"rope_type": "llama3", "rope_theta": self.rope_theta,
+                    **dataclasses.asdict(self.rope_scaling)}
+        cfg = dict(self.extra)
+        cfg.update(
+            architectures=[self.architecture],
+            model_type=model_type,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            hidden_act="silu",
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            rope_theta=self.rope_theta,
+            rope_scaling=None if self.rope_scaling is None else rope,
+            rope_parameters=rope,
+        )
+        if model_type == "llama":
+            cfg.update(attention_bias=self.qkv_bias, mlp_bias=False)
+        return cfg
+
+
+# Keys kept verbatim on a round trip because inference engines read them.
+_PASSTHROUGH_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+                     "initializer_range", "use_cache", "attention_dropout", "max_window_layers",
+                     "sliding_window", "use_sliding_window")

@@ -1,0 +1,187 @@
+"""The Qwen2 decoder (Llama-3 is the same network with another config), tensor- and
+sequence-parallel, over packed micro-batches.
+
+Notation, used in every shape comment of the model:
+    t       tokens of the packed micro-batch (all its sequences, concatenated)
+    t/tp    the rank's contiguous share of them under sequence parallelism (SP)
+    h       hidden size; f MLP width; hd head dim
+    nh, nkv query and key/value heads; *_local: the rank's share under tensor parallelism (TP)
+
+Parallel plan (one row per linear; "column" splits outputs, "row" splits inputs):
+
+    attn.qkv      column   fused [q heads of group g, k_g, v_g] per local KV group
+    attn.out      row
+    mlp.gate_up   column   fused [gate_local; up_local]
+    mlp.down      row
+    embed         vocab-parallel rows
+    lm head       vocab-parallel rows (the embedding itself when tied)
+    norms         replicated; under SP each rank sees only its tokens, so their gradients are
+                  summed over TP (``sync_replicated_grads``)
+
+The residual stream is ``[t, h]`` without SP and ``[t/tp, h]`` with it; the column-parallel
+layers gather tokens on entry and the row-parallel ones reduce-scatter on exit. When TP exceeds
+nkv, each KV head is replicated on the tp/nkv ranks whose query heads use it, and marked so that
+the gradients of its copies are summed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..batch import SeqBoundaries
+from ..config import ModelConfig
+from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
+                        VocabParallelEmbedding, divide, mark_replicated)
+from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
+from .attention import causal_attention
+from .rope import RotaryEmbedding, apply_rotary
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+
+
+def kv_heads_per_partition(cfg: ModelConfig, tp: int) -> int:
+    """KV heads each TP rank holds: nkv/tp when TP splits them, 1 (a replica) when tp > nkv."""
+    if tp <= cfg.num_kv_heads:
+        return divide(cfg.num_kv_heads, tp, "num_key_value_heads")
+    divide(tp, cfg.num_kv_heads, "tensor_parallel_size (greater than num_key_value_heads)")
+    return 1
+
+
+def _maybe_checkpoint(enabled: bool, fn, *args):
+    return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+        super().__init__()
+        tp = parallel.tp_size
+        self.head_dim = cfg.head_dim
+        self.heads_local = divide(cfg.num_heads, tp, "num_attention_heads")
+        self.kv_heads_local = kv_heads_per_partition(cfg, tp)
+        self.queries_per_group = self.heads_local // self.kv_heads_local
+        qkv_rows = (self.heads_local + 2 * self.kv_heads_local) * cfg.head_dim  # per rank
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_rows * tp, parallel,
+                                        bias=cfg.qkv_bias, dtype=dtype)
+        self.out = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, parallel, dtype=dtype)
+        if tp > cfg.num_kv_heads:  # k, v rows (the last 2 hd of the fused rows) are replicas
+            group = parallel.tp_subgroup(tp // cfg.num_kv_heads)
+            kv_rows = slice(self.heads_local * cfg.head_dim, None)
+            for name in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+                mark_replicated(self.qkv, name, group, kv_rows)
+
+    def forward(self, x, cos, sin, seqs: SeqBoundaries, backend: str):
+        qkv = self.qkv(x)  # [t, (nh_local + 2 nkv_local) hd]
+        t = qkv.shape[0]
+        qkv = qkv.view(t, self.kv_heads_local, self.queries_per_group + 2, self.head_dim)
+        q = qkv[:, :, : self.queries_per_group].reshape(t, self.heads_local, self.head_dim)
+        k = qkv[:, :, -2]  # [t, nkv_local, hd]
+        v = qkv[:, :, -1]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        o = causal_attention(q, k, v.contiguous(), seqs, backend)  # [t, nh_local, hd]
+        return self.out(o.reshape(t, self.heads_local * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+        super().__init__()
+        self.gate_up = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, parallel, dtype=dtype)
+        self.down = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, parallel, dtype=dtype)
+
+    def forward(self, x, recompute_activation: bool):
+        act = _maybe_checkpoint(recompute_activation, swiglu, self.gate_up(x))  # [t, f_local]
+        return self.down(act)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.attn = Attention(cfg, parallel, dtype)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = MLP(cfg, parallel, dtype)
+
+    def forward(self, x, cos, sin, seqs, backend: str, selective: bool):
+        # selective recompute: keep GEMM outputs, recompute the elementwise norms and SwiGLU
+        x = x + self.attn(_maybe_checkpoint(selective, self.attn_norm, x), cos, sin, seqs, backend)
+        return x + self.mlp(_maybe_checkpoint(selective, self.mlp_norm, x), selective)
+
+
+class Qwen2Model(nn.Module):
+    """Decoder-only LM. ``forward`` returns final hidden states (sharded along tokens under SP),
+    or, with ``return_logits=True``, fp32 logits over the full vocabulary, for inspection."""
+
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype=torch.float32,
+                 recompute: str = "none", attention_backend: str = "auto", device=None):
+        super().__init__()
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
+        if cfg.num_heads % parallel.tp_size:
+            raise ValueError(f"num_attention_heads ({cfg.num_heads}) is not divisible by "
+                             f"tensor_parallel_size ({parallel.tp_size})")
+        self.cfg, self.parallel = cfg, parallel
+        self.recompute, self.attention_backend = recompute, attention_backend
+        with torch.device(device if device is not None else parallel.device):
+            self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
+            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype) for _ in range(cfg.num_layers))
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+            self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
+                cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)  # used for its weight only
+        self.rope = RotaryEmbedding(cfg)
+        if parallel.sequence_parallel:
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    mark_replicated(module, "weight", parallel.tp_group)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The rank's vocab shard of the LM head, ``[V/tp, h]``."""
+        return (self.embed if self.lm_head is None else self.lm_head).weight
+
+    def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False):
+        """input_ids, position_ids: [t] (every rank holds all t, also under SP);
+        cu_seqlens: a SeqBoundaries, or host offsets [N+1]."""
+        seqs = SeqBoundaries.coerce(cu_seqlens, input_ids.device)
+        t = input_ids.shape[0]
+        if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
+            raise ValueError(f"input_ids has {t} tokens, position_ids {tuple(position_ids.shape)}, "
+                             f"cu_seqlens ends at {seqs.num_tokens}")
+        if self.parallel.sequence_parallel and t % self.parallel.tp_size:
+            raise ValueError(f"sequence parallelism needs the token count ({t}) to be a multiple of "
+                             f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
+        cos, sin = self.rope(position_ids)  # [t, hd]
+        x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
+        selective = self.recompute == "selective"
+        for layer in self.layers:
+            if self.recompute == "full":
+                x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, False, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, seqs, self.attention_backend, selective)
+        x = self.norm(x)
+        return self.logits(x) if return_logits else x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary fp32 logits ``[t, V]`` gathered over TP. Materialises t x V floats:
+        for tests and inspection only; training goes through ``ops`` and never builds them."""
+        group = self.parallel.tp_group
+        h = gather_tokens(hidden, group) if self.parallel.sequence_parallel else copy_to_tp(hidden, group)
+        return gather_last_dim(F.linear(h, self.head_weight).float(), group)  # [t, V]

@@ -1,0 +1,58 @@
+"""Rotary position embedding, with Llama-3's frequency scaling.
+
+Layout: ``x [t, n, hd]``, positions ``[t]`` restarting at 0 per packed sequence. The rotation pairs
+dimension i with i + hd/2 (the "rotate half" convention of the HF Qwen2 and Llama checkpoints).
+Angles and the rotation are computed in fp32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ModelConfig
+
+
+def inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """``[hd/2]`` fp32 rotation speeds, ``theta^(-2i/hd)``, rescaled for Llama-3 when configured."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    # Llama-3: wavelengths longer than the original context / low_freq_factor are slowed by
+    # `factor`, those shorter than context / high_freq_factor are kept, and the band between
+    # is interpolated linearly in (context / wavelength).
+    wavelength = 2 * math.pi / inv_freq
+    ctx = s.original_max_position_embeddings
+    slow = inv_freq / s.factor
+    blend = (ctx / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    mixed = (1 - blend) * slow + blend * inv_freq
+    out = torch.where(wavelength > ctx / s.low_freq_factor, slow, inv_freq)
+    in_band = (wavelength <= ctx / s.low_freq_factor) & (wavelength >= ctx / s.high_freq_factor)
+    return torch.where(in_band, mixed, out)
+
+
+class RotaryEmbedding:
+    """Turns position ids into the ``cos, sin [t, hd]`` tables, once per forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.inv_freq_cpu = inverse_frequencies(cfg)
+        self._inv_freq = {}  # device -> tensor; not a buffer so that meta construction is free
+
+    def __call__(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = position_ids.device
+        if device not in self._inv_freq:
+            self._inv_freq[device] = self.inv_freq_cpu.to(device)
+        angles = position_ids.float()[:, None] * self._inv_freq[device][None, :]  # [t, hd/2]
+        angles = torch.cat((angles, angles), dim=-1)  # [t, hd]
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [t, n, hd]`` by the angles of its token; fp32 math, result in x's dtype."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)

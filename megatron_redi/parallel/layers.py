@@ -1,0 +1,128 @@
+"""Tensor-parallel layers: column- and row-parallel linear, vocab-parallel embedding.
+
+Shapes per TP rank (``tp`` ranks; ``t`` tokens of the micro-batch; SP = sequence parallel):
+
+    ColumnParallelLinear  W [out/tp, in]
+      forward  X [t, in] (SP: [t/tp, in], all-gathered over tokens) -> Y [t, out/tp]
+      dgrad    dY [t, out/tp] -> dX partial [t, in], all-reduced (SP: reduce-scattered to [t/tp, in])
+      wgrad    dW = dY^T X  [out/tp, in], no communication
+
+    RowParallelLinear     W [out, in/tp]
+      forward  X [t, in/tp] -> Y partial [t, out], all-reduced (SP: reduce-scattered to [t/tp, out])
+      dgrad    dY [t, out] (SP: all-gathered from [t/tp, out]) -> dX [t, in/tp]
+      wgrad    dW = dY^T X  [out, in/tp], no communication
+
+    VocabParallelEmbedding  W [V/tp, h], rank r owns rows [r V/tp, (r+1) V/tp)
+      forward  ids [t] -> rows of owned ids, zeros elsewhere -> summed over TP
+               (SP: reduce-scattered to [t/tp, h])
+
+Parameters that every TP rank holds in full are marked with ``mark_replicated`` so that the
+trainer can sum their gradients over the ranks that share them (``sync_replicated_grads``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .mappings import copy_to_tp, gather_tokens, reduce_from_tp, reduce_scatter_tokens
+from .state import ParallelState, divide
+
+
+def _new_param(shape, parallel: ParallelState, dtype, std: float | None) -> nn.Parameter:
+    data = torch.empty(shape, device=parallel.device, dtype=dtype)
+    if std is None:
+        nn.init.ones_(data)
+    elif std == 0:
+        nn.init.zeros_(data)
+    else:
+        nn.init.normal_(data, std=std)
+    return nn.Parameter(data)
+
+
+class ColumnParallelLinear(nn.Module):
+    """``Y = X W^T (+ b)`` with W split along its output rows; the output stays split."""
+
+    def __init__(self, in_features: int, out_features: int, parallel: ParallelState,
+                 bias: bool = False, dtype=torch.float32):
+        super().__init__()
+        self.parallel = parallel
+        self.out_features_per_partition = divide(out_features, parallel.tp_size, "out_features")
+        self.weight = _new_param((self.out_features_per_partition, in_features), parallel, dtype, 0.02)
+        self.bias = _new_param((self.out_features_per_partition,), parallel, dtype, 0) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        group = self.parallel.tp_group
+        x = gather_tokens(x, group) if self.parallel.sequence_parallel else copy_to_tp(x, group)
+        return F.linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """``Y = X W^T`` with W split along its input columns; X arrives split, Y is reduced."""
+
+    def __init__(self, in_features: int, out_features: int, parallel: ParallelState,
+                 dtype=torch.float32):
+        super().__init__()
+        self.parallel = parallel
+        self.in_features_per_partition = divide(in_features, parallel.tp_size, "in_features")
+        self.weight = _new_param((out_features, self.in_features_per_partition), parallel, dtype, 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        group = self.parallel.tp_group
+        return reduce_scatter_tokens(y, group) if self.parallel.sequence_parallel else reduce_from_tp(y, group)
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding whose rows (the vocabulary) are split over TP ranks."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, parallel: ParallelState,
+                 dtype=torch.float32):
+        super().__init__()
+        self.parallel = parallel
+        self.num_embeddings_per_partition = divide(num_embeddings, parallel.tp_size, "vocab_size")
+        self.vocab_start = parallel.tp_rank * self.num_embeddings_per_partition
+        self.weight = _new_param((self.num_embeddings_per_partition, embedding_dim), parallel, dtype, 0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.parallel.tp_size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.vocab_start
+        outside = (local < 0) | (local >= self.num_embeddings_per_partition)
+        rows = F.embedding(local.masked_fill(outside, 0), self.weight)
+        rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
+        group = self.parallel.tp_group
+        return reduce_scatter_tokens(rows, group) if self.parallel.sequence_parallel else reduce_from_tp(rows, group)
+
+
+# ---- parameters replicated over (part of) a TP group ------------------------------------------
+
+def mark_replicated(module: nn.Module, param_name: str, group, rows: slice | None = None) -> None:
+    """Declare that ``module.<param_name>[rows]`` (all of it when rows is None) is held identically
+    by every rank of ``group``, each rank computing only its share of the gradient.
+
+    The mark lives on the module, not the parameter: ``Module.to_empty`` (loading from the meta
+    device) replaces parameter objects and would drop attributes set on them.
+    """
+    if group is None:
+        return
+    if "replicated_params" not in module.__dict__:
+        module.replicated_params = []
+    module.replicated_params.append((param_name, rows if rows is not None else slice(None), group))
+
+
+@torch.no_grad()
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Sum the gradients of replicated parameters over the ranks that share them, so that the
+    copies receive the same update and never drift. Call after backward, before the optimizer."""
+    for module in model.modules():
+        for param_name, rows, group in module.__dict__.get("replicated_params", ()):
+            grad = getattr(module, param_name).grad
+            if grad is None:
+                continue
+            part = grad[rows]
+            buf = part.contiguous()
+            dist.all_reduce(buf, group=group)
+            part.copy_(buf)

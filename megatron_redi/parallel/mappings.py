@@ -1,0 +1,167 @@
+"""Autograd-aware collectives over a tensor-parallel group, one Function per conjugate pair.
+
+Each mapping's backward is its partner's forward:
+
+    copy_to_tp                 forward: identity              backward: all-reduce
+    reduce_from_tp             forward: all-reduce            backward: identity
+    split_last_dim             forward: keep own chunk (-1)   backward: all-gather along -1
+    gather_last_dim            forward: all-gather along -1   backward: keep own chunk (-1)
+    split_tokens               forward: keep own chunk (0)    backward: all-gather along 0
+    gather_tokens              forward: all-gather along 0    backward: reduce-scatter along 0
+    reduce_scatter_tokens      forward: reduce-scatter (0)    backward: all-gather along 0
+
+The token dimension is dim 0 of the packed ``[t, ...]`` layout: sequence parallelism shards it
+into ``t / tp`` contiguous rows per rank, in rank order. With ``group=None`` (a TP size of 1)
+every mapping is the identity. The all-reduce of ``reduce_from_tp`` works in place on its input,
+which in the model is always a fresh GEMM output that nothing else holds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    if _size(group) > 1:
+        dist.all_reduce(x, group=group)
+    return x
+
+
+def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
+    n = _size(group)
+    if n == 1:
+        return x
+    x = x.movedim(dim, 0).contiguous()
+    out = x.new_empty((n * x.shape[0], *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x, group=group)
+    return out.movedim(0, dim)
+
+
+def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
+    n = _size(group)
+    if n == 1:
+        return x
+    x = x.movedim(dim, 0).contiguous()
+    if x.shape[0] % n:
+        raise ValueError(f"reduce-scatter: dim {dim} of size {x.shape[0]} is not divisible by {n}")
+    out = x.new_empty((x.shape[0] // n, *x.shape[1:]))
+    dist.reduce_scatter_tensor(out, x, group=group)
+    return out.movedim(0, dim)
+
+
+def _split(x: torch.Tensor, group, dim: int) -> torch.Tensor:
+    n = _size(group)
+    if n == 1:
+        return x
+    if x.shape[dim] % n:
+        raise ValueError(f"split: dim {dim} of size {x.shape[dim]} is not divisible by {n}")
+    return x.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
+
+
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(grad.contiguous(), ctx.group), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _SplitLastDim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split(x, group, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group, -1), None
+
+
+class _GatherLastDim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _split(grad, ctx.group, -1), None
+
+
+class _SplitTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split(x, group, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group, 0), None
+
+
+class _GatherTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _reduce_scatter(grad, ctx.group, 0), None
+
+
+class _ReduceScatterTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather(grad, ctx.group, 0), None
+
+
+def copy_to_tp(x, group):
+    return _CopyToTP.apply(x, group)
+
+
+def reduce_from_tp(x, group):
+    return _ReduceFromTP.apply(x, group)
+
+
+def split_last_dim(x, group):
+    return _SplitLastDim.apply(x, group)
+
+
+def gather_last_dim(x, group):
+    return _GatherLastDim.apply(x, group)
+
+
+def split_tokens(x, group):
+    return _SplitTokens.apply(x, group)
+
+
+def gather_tokens(x, group):
+    return _GatherTokens.apply(x, group)
+
+
+def reduce_scatter_tokens(x, group):
+    return _ReduceScatterTokens.apply(x, group)

@@ -1,0 +1,122 @@
+"""Process groups, held in one validated object that is passed explicitly.
+
+Layout: ``world = tp * dp``. Tensor-parallel groups are blocks of consecutive ranks (they share a
+node, where NVLink is), data-parallel groups stride across them:
+
+    world 4, tp 2:   tp groups {0,1} {2,3}     dp groups {0,2} {1,3}
+
+Nothing here lives in a module global: every layer receives the ``ParallelState`` it works in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+def divide(numerator: int, denominator: int, what: str = "value") -> int:
+    """Exact division for per-partition sizes; a clear error when it does not divide."""
+    if numerator % denominator:
+        raise ValueError(f"{what} ({numerator}) is not divisible by {denominator}")
+    return numerator // denominator
+
+
+@dataclass(eq=False)
+class ParallelState:
+    world_size: int = 1
+    rank: int = 0
+    tp_size: int = 1
+    tp_rank: int = 0
+    dp_size: int = 1
+    dp_rank: int = 0
+    tp_group: dist.ProcessGroup | None = None  # None when tp_size == 1
+    dp_group: dist.ProcessGroup | None = None  # None when dp_size == 1
+    # Shard activations along tokens between the TP regions (LayerNorm, residual, dropout-free
+    # elementwise work), Megatron-style; only meaningful with tp_size > 1.
+    sequence_parallel: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # sub-groups of consecutive TP ranks, keyed by their size (see tp_subgroup)
+    _subgroups: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.tp_size * self.dp_size != self.world_size:
+            raise ValueError(f"tp_size ({self.tp_size}) x dp_size ({self.dp_size}) != "
+                             f"world_size ({self.world_size})")
+        if not (0 <= self.tp_rank < self.tp_size and 0 <= self.dp_rank < self.dp_size):
+            raise ValueError(f"ranks out of range: {self}")
+        if self.sequence_parallel and self.tp_size == 1:
+            self.sequence_parallel = False  # nothing to shard over
+
+    def tp_subgroup(self, size: int) -> dist.ProcessGroup | None:
+        """The group of ``size`` consecutive TP ranks that this rank belongs to.
+
+        Used for parameters replicated on part of a TP group (KV heads when tp_size exceeds
+        num_kv_heads). Creating groups is collective over the whole world, so every rank creates
+        every sub-group in the same order, once, the first time a size is asked for.
+        """
+        if size == 1:
+            return None
+        if size == self.tp_size:
+            return self.tp_group
+        if size not in self._subgroups:
+            divide(self.tp_size, size, "tp_size")
+            mine = None
+            for tp_start in range(0, self.world_size, self.tp_size):
+                for start in range(tp_start, tp_start + self.tp_size, size):
+                    ranks = list(range(start, start + size))
+                    group = dist.new_group(ranks)
+                    if self.rank in ranks:
+                        mine = group
+            self._subgroups[size] = mine
+        return self._subgroups[size]
+
+
+def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
+               backend: str | None = None) -> ParallelState:
+    """Build the TP and DP groups from the torchrun environment.
+
+    Without torchrun (no ``WORLD_SIZE``) and without an initialised process group this returns a
+    single-process state. The backend is NCCL when CUDA is available, gloo otherwise.
+    """
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized() and env_world == 1:
+        if tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs that many "
+                             "processes; launch with torchrun")
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        return ParallelState(device=device)
+
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available() and backend == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    tp = tensor_parallel_size
+    if tp < 1 or world % tp:
+        raise ValueError(f"tensor_parallel_size={tp} does not divide the world size {world}")
+    dp = world // tp
+
+    # new_group is collective: every rank creates every group, in the same order.
+    tp_group = dp_group = None
+    for start in range(0, world, tp):
+        ranks = list(range(start, start + tp))
+        group = dist.new_group(ranks) if tp > 1 else None
+        if rank in ranks:
+            tp_group = group
+    for offset in range(tp):
+        ranks = list(range(offset, world, tp))
+        group = dist.new_group(ranks) if dp > 1 else None
+        if rank in ranks:
+            dp_group = group
+    return ParallelState(world_size=world, rank=rank, tp_size=tp, tp_rank=rank % tp,
+                         dp_size=dp, dp_rank=rank // tp, tp_group=tp_group, dp_group=dp_group,
+                         sequence_parallel=sequence_parallel, device=device)

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny HF checkpoints and a tiny tokenizer, built once per test session."""
+
+import os
+
+import pytest
+import torch
+
+# 2 cores: keep each process (and each spawned rank) on one intra-op thread.
+torch.set_num_threads(1)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(arch="qwen2", tie_word_embeddings=True, num_kv_heads=2, ...)`` -> path,
+    cached per set of arguments."""
+    cache = {}
+
+    def build(**kwargs):
+        key = tuple(sorted(kwargs.items()))
+        if key not in cache:
+            from megatron_redi.fixtures import make_tiny_hf_checkpoint
+            path = tmp_path_factory.mktemp("ckpt")
+            cache[key] = make_tiny_hf_checkpoint(str(path), **kwargs)
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from megatron_redi.fixtures import make_tiny_tokenizer
+    path = str(tmp_path_factory.mktemp("tokenizer"))
+    make_tiny_tokenizer(path)
+    return path
