@@ -21,6 +21,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+# torch 2.13 renamed the tensor-in/tensor-out collectives; 2.11 (the GPU machine) has only the old names.
+_all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 def _size(group) -> int:
     return 1 if group is None else dist.get_world_size(group)
@@ -38,7 +42,7 @@ def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
         return x
     x = x.movedim(dim, 0).contiguous()
     out = x.new_empty((n * x.shape[0], *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x, group=group)
+    _all_gather_into(out, x, group=group)
     return out.movedim(0, dim)
 
 
@@ -50,7 +54,7 @@ def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     if x.shape[0] % n:
         raise ValueError(f"reduce-scatter: dim {dim} of size {x.shape[0]} is not divisible by {n}")
     out = x.new_empty((x.shape[0] // n, *x.shape[1:]))
-    dist.reduce_scatter_tensor(out, x, group=group)
+    _reduce_scatter_into(out, x, group=group)
     return out.movedim(0, dim)
 
 

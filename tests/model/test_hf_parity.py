@@ -58,3 +58,14 @@ def test_recompute_modes_give_identical_gradients(tiny_checkpoint):
     for mode in ("selective", "full"):
         for a, b in zip(grads["none"], grads[mode]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_bf16_forward_tracks_fp32(tiny_checkpoint):
+    path = tiny_checkpoint()
+    ids, pos, offsets = _packed_batch(384)
+    with torch.no_grad():
+        fp32 = from_pretrained(path)(ids, pos, offsets, return_logits=True)
+        bf16 = from_pretrained(path, dtype=torch.bfloat16)(ids, pos, offsets, return_logits=True)
+    assert bf16.dtype == torch.float32  # logits are always returned in fp32
+    rel = (bf16 - fp32).norm() / fp32.norm()
+    assert rel < 3e-2, rel

@@ -1,0 +1,109 @@
+"""Bad checkpoints and configs fail before any weight is read, naming the field or tensor."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from megatron_redi.checkpoint import CheckpointError
+from megatron_redi.config import ConfigError, ModelConfig
+from megatron_redi.model import from_pretrained
+from megatron_redi.parallel import ParallelState
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def _edit_tensors(path, edit):
+    file = os.path.join(path, "model.safetensors")
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+def _edit_config(path, edit):
+    file = os.path.join(path, "config.json")
+    with open(file) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    with open(file, "w") as f:
+        json.dump(cfg, f)
+
+
+def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint(), tmp_path / "ck")
+    _edit_tensors(path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"missing tensor\(s\) model.layers.1.mlp.up_proj.weight"):
+        from_pretrained(path)
+
+
+def test_wrong_shape_is_named(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint(), tmp_path / "ck")
+    _edit_tensors(path, lambda t: t.update({"model.layers.0.self_attn.k_proj.weight": torch.zeros(8, 64)}))
+    with pytest.raises(CheckpointError, match=r"model.layers.0.self_attn.k_proj.weight has shape \[8, 64\]"):
+        from_pretrained(path)
+
+
+def test_unexpected_tensor_is_named(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint(tie_word_embeddings=False), tmp_path / "ck")
+    _edit_tensors(path, lambda t: t.update({"model.layers.0.mlp.extra.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match="unexpected tensor.*mlp.extra.weight"):
+        from_pretrained(path)
+
+
+def test_unsupported_architecture(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint(), tmp_path / "ck")
+    _edit_config(path, lambda c: c.update(architectures=["MistralForCausalLM"]))
+    with pytest.raises(ConfigError, match="MistralForCausalLM.*not supported"):
+        from_pretrained(path)
+
+
+def test_missing_config_field(tiny_checkpoint, tmp_path):
+    path = _copy(tiny_checkpoint(), tmp_path / "ck")
+    _edit_config(path, lambda c: c.pop("intermediate_size"))
+    with pytest.raises(ConfigError, match="'intermediate_size' is missing"):
+        from_pretrained(path)
+
+
+def test_tp_that_does_not_divide_heads(tiny_checkpoint):
+    # 4 query heads: TP 3 cannot split them (checked before any group is used)
+    state = ParallelState(world_size=3, tp_size=3, tp_rank=0)
+    with pytest.raises(ValueError, match=r"num_attention_heads \(4\) is not divisible by .*3"):
+        from_pretrained(tiny_checkpoint(), state)
+
+
+def test_sharded_checkpoint_loads_like_single_file(tiny_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    single = tiny_checkpoint()
+    sharded = str(tmp_path / "sharded")
+    AutoModelForCausalLM.from_pretrained(single).save_pretrained(sharded, max_shard_size="40KB")
+    assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+    a, b = from_pretrained(single), from_pretrained(sharded)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_config_round_trip_keeps_rope_and_tying(tiny_checkpoint):
+    cfg = ModelConfig.from_hf(tiny_checkpoint(arch="llama3", tie_word_embeddings=False))
+    assert cfg.rope_scaling is not None and cfg.rope_scaling.factor == 8.0 and cfg.rope_theta == 500000.0
+    assert not cfg.qkv_bias and not cfg.tie_word_embeddings
+    assert ModelConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+    # the pre-transformers-5 spelling: rope_theta and rope_scaling at the top level
+    old = {k: v for k, v in cfg.to_hf_dict().items() if k != "rope_parameters"}
+    assert ModelConfig.from_hf_dict(old) == cfg
+
+
+def test_parameter_count_matches_transformers(tiny_checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    for tie in (True, False):
+        path = tiny_checkpoint(tie_word_embeddings=tie)
+        hf = AutoModelForCausalLM.from_pretrained(path)
+        assert ModelConfig.from_hf(path).num_parameters() == sum(p.numel() for p in hf.parameters())
+        assert from_pretrained(path).cfg.num_parameters() == sum(p.numel() for p in from_pretrained(path).parameters())
