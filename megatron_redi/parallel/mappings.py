@@ -67,105 +67,57 @@ def _split(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     return x.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
 
 
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
+def _conjugate(name: str, forward, backward):
+    """An autograd collective: ``forward(x, group)`` and its conjugate ``backward(grad, group)``."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad.contiguous(), ctx.group), None
+    class Mapping(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, group):
+            ctx.group = group
+            return forward(x, group)
 
+        @staticmethod
+        def backward(ctx, grad):
+            return backward(grad.contiguous(), ctx.group), None
 
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x, group)
+    Mapping.__name__ = Mapping.__qualname__ = name
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    def apply(x: torch.Tensor, group) -> torch.Tensor:
+        return Mapping.apply(x, group)
 
-
-class _SplitLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group, -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group, -1), None
+    apply.__name__ = name
+    return apply
 
 
-class _GatherLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split(grad, ctx.group, -1), None
+def _identity(x, group):
+    return x
 
 
-class _SplitTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group, 0), None
+def _gather_last(x, group):
+    return _all_gather(x, group, -1)
 
 
-class _GatherTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.group, 0), None
+def _split_last(x, group):
+    return _split(x, group, -1)
 
 
-class _ReduceScatterTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _reduce_scatter(x, group, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group, 0), None
+def _gather_first(x, group):
+    return _all_gather(x, group, 0)
 
 
-def copy_to_tp(x, group):
-    return _CopyToTP.apply(x, group)
+def _split_first(x, group):
+    return _split(x, group, 0)
 
 
-def reduce_from_tp(x, group):
-    return _ReduceFromTP.apply(x, group)
+def _reduce_scatter_first(x, group):
+    return _reduce_scatter(x, group, 0)
 
 
-def split_last_dim(x, group):
-    return _SplitLastDim.apply(x, group)
-
-
-def gather_last_dim(x, group):
-    return _GatherLastDim.apply(x, group)
-
-
-def split_tokens(x, group):
-    return _SplitTokens.apply(x, group)
-
-
-def gather_tokens(x, group):
-    return _GatherTokens.apply(x, group)
-
-
-def reduce_scatter_tokens(x, group):
-    return _ReduceScatterTokens.apply(x, group)
+# name                     forward                 backward
+copy_to_tp = _conjugate("copy_to_tp", _identity, _all_reduce)
+reduce_from_tp = _conjugate("reduce_from_tp", _all_reduce, _identity)
+split_last_dim = _conjugate("split_last_dim", _split_last, _gather_last)
+gather_last_dim = _conjugate("gather_last_dim", _gather_last, _split_last)
+split_tokens = _conjugate("split_tokens", _split_first, _gather_first)
+gather_tokens = _conjugate("gather_tokens", _gather_first, _reduce_scatter_first)
+reduce_scatter_tokens = _conjugate("reduce_scatter_tokens", _reduce_scatter_first, _gather_first)
