@@ -187,3 +187,33 @@ class ModelConfig:
 _PASSTHROUGH_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
                      "initializer_range", "use_cache", "attention_dropout", "max_window_layers",
                      "sliding_window", "use_sliding_window")
+
+
+# Shapes of the models users train, as HF config dicts (weights are never downloaded here; the
+# benchmark and the converter's memory test build random checkpoints of these shapes).
+_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rms_norm_eps": 1e-6}
+PRESETS = {
+    "qwen2.5-0.5b": {**_QWEN2, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "tie_word_embeddings": True, "rope_theta": 1e6, "max_position_embeddings": 32768},
+    "qwen2.5-1.5b": {**_QWEN2, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "tie_word_embeddings": True, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+    "qwen2.5-7b": {**_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                   "tie_word_embeddings": False, "rope_theta": 1e6, "max_position_embeddings": 32768},
+    "llama-3.2-3b": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 3072,
+                     "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
+                     "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+                     "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+                     "max_position_embeddings": 131072,
+                     "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A preset's ModelConfig, with HF config fields overridden (e.g. num_hidden_layers=2)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return ModelConfig.from_hf_dict({**PRESETS[name], **overrides}, source=f"preset {name}")

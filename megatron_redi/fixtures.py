@@ -101,3 +101,25 @@ def make_tiny_hf_checkpoint(path: str, arch: str = "qwen2", tie_word_embeddings:
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
     return path
+
+
+def write_random_hf_checkpoint(path: str, cfg, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> str:
+    """A random HF checkpoint of any size (e.g. a preset's shapes), written tensor by tensor so
+    that making it needs memory near one tensor. No transformers involved: config.json comes from
+    ``cfg.to_hf_dict()``."""
+    import json
+
+    from .checkpoint.hf_mapping import hf_shapes, name_table
+    from .checkpoint.safetensors_io import StreamingWriter
+
+    shapes = hf_shapes(cfg)
+    names = [hf for entry in name_table(cfg) for hf in entry.hf]
+    os.makedirs(path, exist_ok=True)
+    writer = StreamingWriter(os.path.join(path, "model.safetensors"), [(n, dtype, shapes[n]) for n in names])
+    gen = torch.Generator().manual_seed(seed)
+    for name in names:
+        writer.write(name, (torch.randn(shapes[name], generator=gen) * 0.02).to(dtype))
+    writer.close()
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg.to_hf_dict(), f, indent=2)
+    return path

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
 from ..config import ModelConfig
+from .safetensors_io import SafetensorsFile
 
 REPLICATE, VOCAB_ROWS, COLUMNS, GATE_UP, QKV = "replicate", "vocab_rows", "columns", "gate_up", "qkv"
 
@@ -147,46 +147,47 @@ def shard_for_rank(entry: Entry, read: Reader, cfg: ModelConfig, rank: int, tp: 
 
 
 class HFCheckpointReader:
-    """Lazy, sliced access to the tensors of an HF safetensors checkpoint (one file, or shards
-    listed by ``model.safetensors.index.json``)."""
+    """Sliced access to the tensors of an HF safetensors checkpoint (one file, or shards listed by
+    ``model.safetensors.index.json``), reading only the bytes asked for."""
 
     def __init__(self, path: str):
         self.path = path
         index = os.path.join(path, "model.safetensors.index.json")
         single = os.path.join(path, "model.safetensors")
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index}: not a valid index ({e})") from None
             self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
         elif os.path.exists(single):
-            with safe_open(single, framework="pt") as f:
-                self.files = {name: single for name in f.keys()}
+            self.files = {name: single for name in SafetensorsFile(single).names()}
         else:
             raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
-        self._handles = {}
+        self._open = {}
 
-    def _handle(self, file):
-        if file not in self._handles:
+    def _file(self, name: str) -> SafetensorsFile:
+        file = self.files[name]
+        if file not in self._open:
             if not os.path.exists(file):
                 raise CheckpointError(f"{file}: listed in the index but missing")
-            self._handles[file] = safe_open(file, framework="pt")
-        return self._handles[file]
+            self._open[file] = SafetensorsFile(file)
+            if name not in self._open[file].names():
+                raise CheckpointError(f"{file}: the index places {name} here, but it is not in the file")
+        return self._open[file]
 
     def names(self) -> set[str]:
         return set(self.files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(self.files[name]).get_slice(name).get_shape())
+        return self._file(name).shape(name)
 
-    def dtype(self, name: str) -> str:
-        return self._handle(self.files[name]).get_slice(name).get_dtype()
+    def dtype(self, name: str) -> torch.dtype:
+        return self._file(name).dtype(name)
 
     def read(self, name: str, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
-        s = self._handle(self.files[name]).get_slice(name)
-        if rows is None and cols is None:
-            return s[:]
-        rows = rows if rows is not None else slice(None)
-        return s[rows, cols] if cols is not None else s[rows]
+        return self._file(name).read(name, rows, cols)
 
     def validate(self, cfg: ModelConfig) -> None:
         """Every tensor the config needs is present with its shape, and nothing unknown is."""
@@ -211,31 +212,44 @@ class HFCheckpointReader:
                                       f"the config implies {list(shape)}")
 
 
-def merge_shards(entry: Entry, shards: list[torch.Tensor], cfg: ModelConfig) -> list[torch.Tensor]:
+def merge_shards(entry: Entry, shards, cfg: ModelConfig) -> list[torch.Tensor]:
     """Inverse of ``shard_for_rank``: the HF tensors of ``entry`` from all TP ranks' shards.
 
+    ``shards`` may be lazy (each item read when indexed): every shard is indexed once, in rank
+    order, and copied into preallocated outputs, so merging holds about one full tensor.
     Copies that several ranks hold (replicated tensors, KV heads replicated when tp > nkv) must be
     identical; a mismatch means the replicas drifted, and is an error rather than a silent choice.
     """
-    tp = len(shards)
+    tp, first = len(shards), shards[0]
     if entry.surgery == REPLICATE:
-        for r, s in enumerate(shards[1:], 1):
-            if not torch.equal(s, shards[0]):
+        for r in range(1, tp):
+            if not torch.equal(shards[r], first):
                 raise CheckpointError(f"{entry.native}: replicated copies differ between TP ranks 0 and {r}")
-        return [shards[0]]
-    if entry.surgery == VOCAB_ROWS:
-        return [torch.cat(shards, 0)]
-    if entry.surgery == COLUMNS:
-        return [torch.cat(shards, 1)]
+        return [first]
+    if entry.surgery in (VOCAB_ROWS, COLUMNS):
+        dim = 0 if entry.surgery == VOCAB_ROWS else 1
+        width = first.shape[dim]
+        shape = list(first.shape)
+        shape[dim] *= tp
+        out = first.new_empty(shape)
+        out.narrow(dim, 0, width).copy_(first)
+        del first  # hold the output and one shard at a time: these are the largest tensors
+        for r in range(1, tp):
+            out.narrow(dim, r * width, width).copy_(shards[r])
+        return [out]
     if entry.surgery == GATE_UP:
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return [torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])]
+        rows = first.shape[0] // 2
+        gate, up = first.new_empty((rows * tp, *first.shape[1:])), first.new_empty((rows * tp, *first.shape[1:]))
+        for r in range(tp):
+            shard = first if r == 0 else shards[r]
+            gate[r * rows:(r + 1) * rows], up[r * rows:(r + 1) * rows] = shard[:rows], shard[rows:]
+        return [gate, up]
     if entry.surgery == QKV:
-        hd, rest = cfg.head_dim, shards[0].shape[1:]
-        out = [shards[0].new_empty((n * hd, *rest)) for n in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)]
+        hd, rest = cfg.head_dim, first.shape[1:]
+        out = [first.new_empty((n * hd, *rest)) for n in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)]
         written = [torch.zeros(t.shape[0], dtype=torch.bool) for t in out]
-        for r, shard in enumerate(shards):
-            offset = 0
+        for r in range(tp):
+            shard, offset = (first if r == 0 else shards[r]), 0
             for i, rows in qkv_row_blocks(cfg, r, tp):
                 block = shard[offset: offset + rows.stop - rows.start]
                 offset += rows.stop - rows.start

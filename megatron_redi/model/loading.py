@@ -1,34 +1,37 @@
-"""Load a Hugging Face checkpoint straight into each rank's tensor-parallel shard."""
+"""Load an HF or native checkpoint straight into each rank's tensor-parallel shard."""
 
 from __future__ import annotations
 
 import torch
 
-from ..checkpoint.hf_mapping import HFCheckpointReader, name_table, shard_for_rank
-from ..config import ModelConfig
+from ..checkpoint.hf_mapping import name_table, shard_for_rank
+from ..checkpoint.native import NativeCheckpointReader, open_checkpoint
 from ..parallel import ParallelState
 from .qwen2 import Qwen2Model
 
 
 def from_pretrained(path: str, parallel: ParallelState | None = None, dtype=torch.float32,
                     recompute: str = "none", attention_backend: str = "auto") -> Qwen2Model:
-    """Build the model for ``parallel`` and fill it from the HF checkpoint at ``path``.
+    """Build the model for ``parallel`` and fill it from the checkpoint at ``path``: a Hugging Face
+    directory, or a native one at any TP size (resharded on the fly when it differs).
 
     The config and every tensor's presence and shape are checked before any weight is read, so a
     bad checkpoint fails with the name of the offending field or tensor and no half-loaded model.
-    Each rank reads only the rows and columns of its own shard (safetensors slices are lazy).
+    Each rank reads only the rows and columns of its own shard.
     """
     parallel = parallel or ParallelState()
-    cfg = ModelConfig.from_hf(path)
-    reader = HFCheckpointReader(path)
-    reader.validate(cfg)
+    reader, cfg = open_checkpoint(path)
     model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=recompute,
                        attention_backend=attention_backend, device="meta")
     model = model.to_empty(device=parallel.device)
     params = dict(model.named_parameters())
+    own_file = isinstance(reader, NativeCheckpointReader) and reader.tp_size == parallel.tp_size
     with torch.no_grad():
         for entry in name_table(cfg):
-            shard = shard_for_rank(entry, reader.read, cfg, parallel.tp_rank, parallel.tp_size)
+            if own_file:
+                shard = reader.read_shard(entry.native, parallel.tp_rank)
+            else:
+                shard = shard_for_rank(entry, reader.read, cfg, parallel.tp_rank, parallel.tp_size)
             target = params.pop(entry.native)
             if shard.shape != target.shape:  # a mapping bug, not bad input: the shapes were validated
                 raise AssertionError(f"{entry.native}: shard {tuple(shard.shape)} vs parameter {tuple(target.shape)}")
