@@ -32,3 +32,30 @@ def _entry(rank, world_size, port, fn, args):
 def run_ranks(world_size: int, fn, *args) -> None:
     mp.start_processes(_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size,
                        start_method="spawn")
+
+
+def gathered(tensor: torch.Tensor, group, n: int) -> list[torch.Tensor]:
+    """Every rank's copy of ``tensor`` over ``group`` (n ranks), in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(n)]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return parts
+
+
+def merged_grads(model, shards_of) -> dict[str, torch.Tensor]:
+    """The model's gradients in HF layout: ``shards_of(grad)`` lists every TP rank's shard, which
+    the converter's own surgery merges (refusing replicas that differ)."""
+    from megatron_redi.checkpoint import merge_shards, name_table
+
+    params, out = dict(model.named_parameters()), {}
+    for entry in name_table(model.cfg):
+        for hf_name, tensor in zip(entry.hf, merge_shards(entry, shards_of(params[entry.native].grad), model.cfg)):
+            out[hf_name] = tensor
+    return out
+
+
+def assert_grads_close(got: dict, want: dict, tol: float = 1e-5) -> None:
+    assert want.keys() == got.keys()
+    for name in want:
+        scale = max(1.0, want[name].abs().max().item())
+        err = (got[name] - want[name]).abs().max().item()
+        assert err <= tol * scale, f"{name}: gradient differs by {err} (scale {scale})"

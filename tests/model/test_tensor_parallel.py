@@ -7,8 +7,7 @@ tensor by tensor on the full parameters.
 
 import pytest
 import torch
-import torch.distributed as dist
-from multirank import run_ranks
+from multirank import assert_grads_close, gathered, merged_grads, run_ranks
 
 from megatron_redi.checkpoint import merge_shards, name_table
 from megatron_redi.model import from_pretrained
@@ -24,21 +23,6 @@ def _batch(vocab):
     offsets = [0, 5, 16, 24]
     weights = torch.randn(sum(LENGTHS), vocab, generator=g)  # a loss that touches every logit
     return ids, pos, offsets, weights
-
-
-def _gathered(tensor, group, tp):
-    parts = [torch.empty_like(tensor) for _ in range(tp)]
-    dist.all_gather(parts, tensor.contiguous(), group=group)
-    return parts
-
-
-def _merged_grads(model, shards_of):
-    out = {}
-    for entry in name_table(model.cfg):
-        grad = dict(model.named_parameters())[entry.native].grad
-        for hf_name, tensor in zip(entry.hf, merge_shards(entry, shards_of(grad), model.cfg)):
-            out[hf_name] = tensor
-    return out
 
 
 def _check_equivalence(path, tp, sequence_parallel):
@@ -57,13 +41,9 @@ def _check_equivalence(path, tp, sequence_parallel):
     (logits * weights).sum().backward()
     sync_replicated_grads(model)
 
-    want = _merged_grads(reference, lambda g: [g])
-    got = _merged_grads(model, lambda g: _gathered(g, parallel.tp_group, tp))
-    assert want.keys() == got.keys()
-    for name in want:
-        scale = max(1.0, want[name].abs().max().item())
-        err = (got[name] - want[name]).abs().max().item()
-        assert err <= 1e-5 * scale, f"{name}: gradient differs by {err} (scale {scale})"
+    want = merged_grads(reference, lambda g: [g])
+    got = merged_grads(model, lambda g: gathered(g, parallel.tp_group, tp))
+    assert_grads_close(got, want)
 
 
 @pytest.mark.parametrize("sequence_parallel", [False, True])
@@ -88,7 +68,7 @@ def _check_replicas_stay_identical(path):
         (model(ids, pos, offsets, return_logits=True) * weights).sum().backward()
         if step == 0:  # without the sync the shares differ: the check below is not vacuous
             norm_grad = model.layers[0].attn_norm.weight.grad
-            other = _gathered(norm_grad, parallel.tp_group, 2)[1 - parallel.tp_rank]
+            other = gathered(norm_grad, parallel.tp_group, 2)[1 - parallel.tp_rank]
             assert not torch.allclose(norm_grad, other)
         sync_replicated_grads(model)
         optimizer.step()
@@ -96,7 +76,7 @@ def _check_replicas_stay_identical(path):
     # both ranks when num_kv_heads=1)
     for entry in name_table(model.cfg):
         param = dict(model.named_parameters())[entry.native].detach()
-        merge_shards(entry, _gathered(param, parallel.tp_group, 2), model.cfg)
+        merge_shards(entry, gathered(param, parallel.tp_group, 2), model.cfg)
 
 
 def test_replicated_parameters_identical_after_steps(tiny_checkpoint):
