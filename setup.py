@@ -1,12 +1,41 @@
 """Install megatron_redi: ``pip install --no-build-isolation -e .``
 
-``--no-build-isolation`` matters: this file will import torch to build the CUDA extension of csrc/
-when a CUDA toolchain is present, and an isolated build environment would fetch a multi-GB CUDA
-torch to do so. Without CUDA the package installs as pure Python and every op falls back to its
-PyTorch reference.
+``--no-build-isolation`` matters: this file imports torch to build the CUDA extension of csrc/,
+and an isolated build environment would fetch a multi-GB CUDA torch to do so. The extension is
+built when torch sees a GPU and a CUDA toolchain is present, or when MEGATRON_REDI_BUILD_CUDA=1
+(CI compiles it that way on machines without a GPU). Without it the package installs as pure
+Python and every op falls back to Triton or its PyTorch reference.
 """
 
+import os
+
 from setuptools import find_packages, setup
+
+
+def cuda_extensions():
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return [], {}
+    forced = os.environ.get("MEGATRON_REDI_BUILD_CUDA") == "1"
+    if CUDA_HOME is None or torch.version.cuda is None or not (forced or torch.cuda.is_available()):
+        return [], {}
+    # pip's CUDA wheels (nvidia-*) carry headers, e.g. cuSPARSE's, that a bare toolkit may lack
+    import glob
+    import site
+    include_dirs = sorted(d for p in site.getsitepackages() for d in glob.glob(os.path.join(p, "nvidia", "*", "include")))
+    # cuBLAS is not linked here: libtorch_cuda, which the extension depends on, brings it.
+    ext = CUDAExtension(
+        name="megatron_redi._logprob_cuda",
+        sources=["csrc/logprob_kernels.cu"],
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = cuda_extensions()
 
 setup(
     name="megatron_redi",
@@ -14,6 +43,8 @@ setup(
     description="Megatron-style training for Reinforcement Distillation (REDI) of reasoning models",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_redi", "megatron_redi.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=2.11",
         "safetensors>=0.4",

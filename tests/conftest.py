@@ -33,3 +33,13 @@ def tiny_tokenizer_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tokenizer"))
     make_tiny_tokenizer(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA tests run where a GPU is; elsewhere they are reported as skipped, with the reason."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run tools/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

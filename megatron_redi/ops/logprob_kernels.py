@@ -10,9 +10,9 @@ shard, fp32 or bf16) with the chunk's ``targets [c]`` already shifted into the s
     segment_sum(values, index, n)         -> out[n] = sum of values[i] with index[i] == n (fp32)
     wgrad_accumulate(acc, dlogits, h)     -> acc += dlogits^T h, accumulated in fp32
 
-``KERNELS`` picks, once, the CUDA extension (csrc/) when it is built and the device is CUDA, else
-Triton where it is importable and the device is CUDA, else the references below, which are exact
-and are what CPU runs (and what the tests compare the others with).
+``KERNELS`` picks, once, the CUDA extension (csrc/, built by setup.py where CUDA is present) for
+CUDA tensors, else the references below, which are exact, are what CPU runs, and are what the
+tests compare the extension with.
 """
 
 from __future__ import annotations
@@ -71,18 +71,11 @@ def _cuda_extension():
         wgrad_accumulate = staticmethod(_logprob_cuda.wgrad_accumulate)
 
         @staticmethod
-        def dlogits(logits, lse, local, coeff, out_dtype):
-            return _logprob_cuda.dlogits(logits, lse, local, coeff, out_dtype)
+        def dlogits(logits, lse, local, coeff, out_dtype):  # in place when the dtypes agree
+            out = logits if logits.dtype == out_dtype else torch.empty_like(logits, dtype=out_dtype)
+            return _logprob_cuda.dlogits(logits, lse, local, coeff, out)
 
     return _Cuda
-
-
-def _triton():
-    try:
-        from . import triton_logprob
-    except ImportError:
-        return None
-    return triton_logprob.TritonKernels if triton_logprob.AVAILABLE else None
 
 
 class KernelChoice:
@@ -95,13 +88,12 @@ class KernelChoice:
         if device.type != "cuda" or prefer == "pytorch":
             return _Reference
         if self._cuda is None:
-            ext, tri = _cuda_extension(), _triton()
-            self._cuda = {"cuda-extension": ext, "triton": tri}
+            self._cuda = {"cuda-extension": _cuda_extension()}
         if prefer is not None:
             if self._cuda.get(prefer) is None:
                 raise RuntimeError(f"log-prob kernels {prefer!r} are not available here")
             return self._cuda[prefer]
-        return self._cuda["cuda-extension"] or self._cuda["triton"] or _Reference
+        return self._cuda["cuda-extension"] or _Reference
 
     def available(self, device: torch.device) -> list[str]:
         names = ["pytorch"]

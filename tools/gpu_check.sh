@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run: install (building csrc/), the CUDA tests, the benchmarks.
+# Results land in $OUT (default ./gpu_results): logs, JSON, and summary.txt.
+#
+#   bash tools/gpu_check.sh              on a machine with one NVIDIA GPU (H100 / H200)
+#   bash tools/gpu_check.sh --dry-run    the same steps at toy sizes on CPU, to check the script
+#
+# The GPU machine of this project has torch, Triton, transformers, safetensors, tokenizers and
+# pytest but no package registry: the project is installed with --no-deps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+summary="$OUT/summary.txt"
+: > "$summary"
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record the outcome
+    local name=$1; shift
+    local t0=$(date +%s)
+    "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name: rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$summary"
+    tail -25 "$OUT/$name.log" >> "$summary"
+    return 0
+}
+
+if [ $DRY = 1 ]; then
+    step logprob_benchmark python tools/benchmark_logprob.py --tokens 1024 --hidden 128 --vocab 4096 --repeats 1 \
+        --json "$OUT/logprob_tiny.json"
+    step cuda_tests python -m pytest -q -m cuda tests
+    exit 0
+fi
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+step install python -m pip install --no-deps --no-build-isolation -e .
+step extension_import python -c "import megatron_redi._logprob_cuda as m; print('built:', m.__file__)"
+step cuda_tests env MEGATRON_REDI_EXPECT_CUDA_EXT=1 python -m pytest -q -m cuda tests
+step logprob_16k python tools/benchmark_logprob.py --tokens 16384 --json "$OUT/logprob_16k.json"
+step logprob_65k python tools/benchmark_logprob.py --tokens 65536 --repeats 3 \
+    --paths two-pass/pytorch,single-pass/pytorch,two-pass/cuda-extension,single-pass/cuda-extension \
+    --json "$OUT/logprob_65k.json"
+echo "done; results in $OUT" | tee -a "$summary"
