@@ -14,6 +14,7 @@ import argparse
 import resource
 import sys
 
+from ..atomic import OutputExistsError
 from ..config import ConfigError
 from .hf_mapping import CheckpointError
 from .native import (DTYPE_ARGS, NativeCheckpointReader, atomic_directory, check_tp_size, copy_side_files,
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(convert(args))
-    except (CheckpointError, ConfigError, SafetensorsError, ValueError) as e:
+    except (CheckpointError, ConfigError, OutputExistsError, SafetensorsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,7 +16,6 @@ format": hf-to-native, native-to-hf and native-to-native (resharding) share ``wr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_directory
 from ..config import ModelConfig
 from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter
@@ -163,32 +163,6 @@ def open_checkpoint(path: str):
 
 
 # ---- writing ----------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_directory(output: str, overwrite: bool = False):
-    """Yield a temporary sibling of ``output`` to fill; it becomes ``output`` only when the block
-    ends without error, so an interrupted conversion never leaves a directory that looks complete."""
-    output = os.path.abspath(output)
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
-        raise CheckpointError(f"{output}: exists and is not empty (pass --overwrite to replace it)")
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(output):
-        old = f"{tmp}.old"
-        os.rename(output, old)
-    os.rename(tmp, output)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
 
 def copy_side_files(src: str, dst: str) -> None:
     """Tokenizer files and generation_config.json travel with the weights."""
