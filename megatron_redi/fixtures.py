@@ -46,8 +46,9 @@ def _training_text():
     return lines
 
 
-def make_tiny_tokenizer(path: str, vocab_size: int = 384):
-    """Train a byte-level BPE and save it, with the chat template, as an HF tokenizer in ``path``."""
+def make_tiny_tokenizer(path: str, vocab_size: int = 384, texts=None):
+    """Train a byte-level BPE on ``texts`` (default: a small arithmetic corpus) and save it, with
+    the chat template, as an HF tokenizer in ``path``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -57,7 +58,7 @@ def make_tiny_tokenizer(path: str, vocab_size: int = 384):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.train_from_iterator(texts if texts is not None else _training_text(), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:])
     fast.chat_template = CHAT_TEMPLATE

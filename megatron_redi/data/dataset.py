@@ -1,0 +1,100 @@
+"""Memory-mapped access to the tokenised datasets that ``preprocess`` writes.
+
+    sft[i]    -> Sequence(tokens = prompt + response, prompt_len)
+    pairs[i]  -> (Sequence(prompt + chosen), Sequence(prompt + rejected))
+
+Token ids live in one flat ``tokens.bin`` per dataset; ``items.npy`` holds offsets, lengths and
+provenance. ``pairs/ref_logps.npy`` ([P, 2] float32: reference log-prob sums of chosen and
+rejected), when present, was written by the trainer's DPO pre-pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .preprocess import FORMAT_VERSION
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sequence:
+    tokens: np.ndarray  # [prompt_len + response_len] token ids
+    prompt_len: int
+
+    @property
+    def response_len(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+
+class _Part:
+    def __init__(self, directory: str):
+        self.directory = directory
+        try:
+            self.items = np.load(os.path.join(directory, "items.npy"), mmap_mode="r")
+            path = os.path.join(directory, "tokens.bin")
+            self.tokens = np.memmap(path, dtype=np.uint32, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint32)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{directory}: cannot read the tokenised data ({e})") from None
+
+    def __len__(self):
+        return len(self.items)
+
+    def _slice(self, start, length):
+        return np.asarray(self.tokens[start:start + length], dtype=np.int64)
+
+
+class SFTData(_Part):
+    def __getitem__(self, i) -> Sequence:
+        it = self.items[i]
+        n = int(it["prompt_len"]) + int(it["response_len"])
+        return Sequence(self._slice(int(it["offset"]), n), int(it["prompt_len"]))
+
+    def total_lengths(self) -> np.ndarray:
+        return self.items["prompt_len"].astype(np.int64) + self.items["response_len"]
+
+    def response_lengths(self) -> np.ndarray:
+        return self.items["response_len"].astype(np.int64)
+
+
+class PairData(_Part):
+    def __init__(self, directory):
+        super().__init__(directory)
+        ref = os.path.join(directory, "ref_logps.npy")
+        self.ref_logps = np.load(ref, mmap_mode="r") if os.path.exists(ref) else None
+
+    def __getitem__(self, i) -> tuple[Sequence, Sequence]:
+        it = self.items[i]
+        p, c, r, off = int(it["prompt_len"]), int(it["chosen_len"]), int(it["rejected_len"]), int(it["offset"])
+        prompt = self._slice(off, p)
+        chosen, rejected = self._slice(off + p, c), self._slice(off + p + c, r)
+        return Sequence(np.concatenate([prompt, chosen]), p), Sequence(np.concatenate([prompt, rejected]), p)
+
+    def total_lengths(self) -> np.ndarray:
+        """Tokens of both sequences of each pair (the prompt counted twice, as it is computed twice)."""
+        it = self.items
+        return 2 * it["prompt_len"].astype(np.int64) + it["chosen_len"] + it["rejected_len"]
+
+
+class TokenizedData:
+    """A directory written by ``tools/preprocess_data.py``."""
+
+    def __init__(self, directory: str):
+        meta_file = os.path.join(directory, "meta.json")
+        try:
+            with open(meta_file) as f:
+                self.meta = json.load(f)
+        except FileNotFoundError:
+            raise DatasetError(f"{directory}: not a tokenised dataset (no meta.json; run tools/preprocess_data.py)") from None
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DatasetError(f"{meta_file}: format_version {self.meta.get('format_version')!r} is not {FORMAT_VERSION}")
+        self.directory = directory
+        self.sft = SFTData(os.path.join(directory, "sft"))
+        self.pairs = PairData(os.path.join(directory, "pairs"))
+        self.tokenizer_dir = os.path.join(directory, "tokenizer")

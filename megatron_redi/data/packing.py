@@ -1,0 +1,116 @@
+"""Pack sequences into micro-batches: DESIGN.md's micro-batch contract, built on the host.
+
+A unit is what must stay together: one SFT sequence, or a pair (prompt + chosen, prompt +
+rejected), so that a pair's two log-probs meet in one micro-batch. ``pack`` fills micro-batches up
+to a token budget, longest units first (first-fit decreasing), so little room is wasted; a unit
+larger than the budget gets a micro-batch of its own.
+
+Every index the step needs (sequence boundaries, response-token positions) is computed here, on
+the host, so that the step itself never waits on a device-to-host copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..batch import SeqBoundaries
+from ..losses import Pairs
+from .dataset import Sequence
+
+
+@dataclass(frozen=True)
+class Unit:
+    item: int  # index in its dataset (a pair or an SFT sequence)
+    sequences: tuple[Sequence, ...]  # (chosen, rejected) for a pair, (sequence,) for SFT
+    ref_logps: tuple[float, ...] | None = None  # DPO reference sums, one per sequence
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.sequences)
+
+
+@dataclass
+class MicroBatch:
+    """The micro-batch contract (DESIGN.md). N real sequences, T tokens (padding included)."""
+
+    input_ids: torch.Tensor  # [T] int64
+    position_ids: torch.Tensor  # [T] int64, restarting at 0 per sequence
+    seqs: SeqBoundaries  # cu_seqlens [N+1] (+1 for a padding sequence), device and host
+    targets: torch.Tensor  # [T] int64: the next token within the sequence (0 where none)
+    loss_mask: torch.Tensor  # [T] bool: targets[i] is a response token
+    loss_index: torch.Tensor  # [t_resp] int64: positions where loss_mask is true (host-computed)
+    seq_index: torch.Tensor  # [T] int64: sequence of each token (num_seqs for padding)
+    num_seqs: int  # N, real sequences
+    pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
+    items: tuple[int, ...]  # dataset index of each unit, in order
+    ref_logps: torch.Tensor | None = None  # [N] DPO reference sums
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def num_response_tokens(self) -> int:
+        return self.loss_index.shape[0]
+
+    def to(self, device) -> MicroBatch:
+        move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
+        return replace(
+            self,
+            input_ids=move(self.input_ids), position_ids=move(self.position_ids), targets=move(self.targets),
+            loss_mask=move(self.loss_mask), loss_index=move(self.loss_index), seq_index=move(self.seq_index),
+            seqs=SeqBoundaries.from_offsets(self.seqs.host, device),
+            pairs=Pairs(move(self.pairs.chosen), None if self.pairs.rejected is None else move(self.pairs.rejected)),
+            ref_logps=None if self.ref_logps is None else move(self.ref_logps),
+        )
+
+
+def build_micro_batch(units: list[Unit], pad_multiple: int = 1, pad_token: int = 0) -> MicroBatch:
+    """Concatenate the units' sequences; pad T to a multiple of ``pad_multiple`` (the TP size under
+    sequence parallelism) with one dummy sequence that no loss sees."""
+    seqs = [s for u in units for s in u.sequences]
+    n = len(seqs)
+    lengths = [len(s.tokens) for s in seqs]
+    pad = -sum(lengths) % pad_multiple
+    ids = np.concatenate([s.tokens for s in seqs] + ([np.full(pad, pad_token, np.int64)] if pad else []))
+    all_lengths = lengths + ([pad] if pad else [])
+    positions = np.concatenate([np.arange(k) for k in all_lengths])
+    seq_index = np.repeat(np.arange(len(all_lengths)), all_lengths)
+    offsets = np.concatenate([[0], np.cumsum(all_lengths)])
+    targets = np.zeros_like(ids)
+    mask = np.zeros(len(ids), dtype=bool)
+    for s, start, k in zip(seqs, offsets, lengths):
+        targets[start:start + k - 1] = s.tokens[1:]
+        # label position i predicts token i+1: a response token when i+1 >= prompt_len
+        mask[start + max(s.prompt_len - 1, 0):start + k - 1] = True
+    per_unit = [len(u.sequences) for u in units]
+    starts = np.concatenate([[0], np.cumsum(per_unit)[:-1]]).astype(np.int64)
+    pairs = (Pairs(torch.from_numpy(starts), torch.from_numpy(starts + 1)) if per_unit and per_unit[0] == 2
+             else Pairs(torch.arange(n)))
+    ref = [r for u in units for r in (u.ref_logps or ())]
+    return MicroBatch(
+        input_ids=torch.from_numpy(ids), position_ids=torch.from_numpy(positions),
+        seqs=SeqBoundaries.from_offsets(offsets.tolist(), "cpu"), targets=torch.from_numpy(targets),
+        loss_mask=torch.from_numpy(mask), loss_index=torch.from_numpy(np.flatnonzero(mask)),
+        seq_index=torch.from_numpy(seq_index), num_seqs=n, pairs=pairs, items=tuple(u.item for u in units),
+        ref_logps=torch.tensor(ref, dtype=torch.float32) if len(ref) == n and n else None,
+    )
+
+
+def pack(units: list[Unit], token_budget: int, pad_multiple: int = 1, pad_token: int = 0) -> list[MicroBatch]:
+    """First-fit decreasing: each unit goes to the first micro-batch with room, longest first."""
+    bins: list[list[Unit]] = []
+    room: list[int] = []
+    for unit in sorted(units, key=lambda u: -u.num_tokens):
+        for i, free in enumerate(room):
+            if unit.num_tokens <= free:
+                bins[i].append(unit)
+                room[i] -= unit.num_tokens
+                break
+        else:
+            bins.append([unit])
+            room.append(token_budget - unit.num_tokens)
+    return [build_micro_batch(b, pad_multiple, pad_token) for b in bins]

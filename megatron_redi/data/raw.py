@@ -1,0 +1,114 @@
+"""Read raw teacher traces, row by row, from local files: JSON lines, parquet, Arrow, or a
+directory saved by ``datasets.Dataset.save_to_disk``. Rows stream in batches; nothing holds a
+whole file (the real corpus has 516k rows with several long generations each)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+
+class RawDataError(ValueError):
+    """An input that cannot be read at all (as opposed to a bad row, which is counted)."""
+
+
+@dataclass
+class RawRow:
+    file: str
+    row: int  # index of the row within its file (-1: the file itself failed)
+    record: dict | None  # None when the row could not be read
+    error: str | None = None  # why not, for a row that could not be read
+    reason: str | None = None  # the report's name for that: invalid_json, unreadable_file
+
+
+def _jsonl(path) -> Iterator[RawRow]:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield RawRow(path, i, None, f"invalid JSON ({e.msg})", "invalid_json")
+                continue
+            if not isinstance(record, dict):
+                yield RawRow(path, i, None, "a JSON line that is not an object", "invalid_json")
+                continue
+            yield RawRow(path, i, record)
+
+
+def _arrow_batches(path, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind == "parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=256)
+        return
+    with pa.memory_map(path) as source:
+        try:
+            reader = pa.ipc.open_stream(source)  # datasets' .arrow files are IPC streams
+        except pa.ArrowInvalid:
+            source.seek(0)
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+            return
+        yield from reader
+
+
+def _columnar(path, kind) -> Iterator[RawRow]:
+    i = 0
+    for batch in _arrow_batches(path, kind):
+        for record in batch.to_pylist():
+            yield RawRow(path, i, record)
+            i += 1
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """(path, kind) for every file named, globbed, or inside a saved datasets directory."""
+    files = []
+    for spec in inputs:
+        paths = sorted(glob.glob(spec)) or [spec]
+        for path in paths:
+            if not os.path.exists(path):
+                raise RawDataError(f"{path}: no such file")
+            if os.path.isdir(path):
+                state = os.path.join(path, "state.json")
+                if not os.path.exists(state):
+                    raise RawDataError(f"{path}: a directory, but not one saved by datasets (no state.json)")
+                with open(state) as f:
+                    names = [d["filename"] for d in json.load(f)["_data_files"]]
+                files += [(os.path.join(path, n), "arrow") for n in names]
+            elif path.endswith((".jsonl", ".json")):
+                files.append((path, "jsonl"))
+            elif path.endswith(".parquet"):
+                files.append((path, "parquet"))
+            elif path.endswith(".arrow"):
+                files.append((path, "arrow"))
+            else:
+                raise RawDataError(f"{path}: unknown format (expected .jsonl, .parquet, .arrow or a saved dataset)")
+    return files
+
+
+def count_rows(files: list[tuple[str, str]]) -> int | None:
+    """Total rows when the formats record it (parquet); None otherwise (for the progress bar)."""
+    if any(kind != "parquet" for _, kind in files):
+        return None
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p, _ in files)
+
+
+def read_rows(files: list[tuple[str, str]]) -> Iterator[RawRow]:
+    """Every row of every file; a file that cannot be read yields one row saying so, and reading
+    goes on with the next file."""
+    for path, kind in files:
+        try:
+            yield from (_jsonl(path) if kind == "jsonl" else _columnar(path, kind))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for corrupt files
+            if not isinstance(e, (OSError, UnicodeDecodeError)) and not type(e).__module__.startswith("pyarrow"):
+                raise
+            yield RawRow(path, -1, None, f"unreadable file ({e})", "unreadable_file")

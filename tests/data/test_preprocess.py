@@ -1,0 +1,176 @@
+"""Hand-made raw rows for every selection rule, and the report of bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from megatron_redi.data import TokenizedData
+from megatron_redi.data.preprocess import Options, StrictModeError, Templater, choose, preprocess
+
+
+def row(gens=("good", "bad"), llama=(True, False), mv=(True, False), valid="Yes", source="olympiads",
+        problem="Compute 1+2."):
+    return {"problem": problem, "generations": list(gens), "problem_is_valid": valid, "source": source,
+            "correctness": {"llama_verification": list(llama), "math_verify_answer": list(mv),
+                            "math_verify_reparsed_answer": list(mv)}}
+
+
+OPTS = Options(tokenizer="unused", shuffle=False)
+
+
+@pytest.mark.parametrize("record,expected", [
+    (row(), ([], 0, 1)),
+    # both verifiers must agree for "correct": generation 0 fails math-verify, 1 is the correct one
+    (row(gens=("a", "b"), llama=(True, True), mv=(False, True)), ([], 1, 0)),
+    (row(gens=("a", "b"), llama=(True, True), mv=(True, True)), (["no_incorrect_generation"], 0, None)),
+    (row(gens=("a", "b"), llama=(False, True), mv=(True, False)), (["no_correct_generation"], None, None)),
+    (row(valid="no"), (["invalid_problem"], None, None)),
+    (row(valid="YES"), ([], 0, 1)),
+    (row(source="cn_k12"), (["excluded_source"], None, None)),
+    # empty generations are never chosen, and are counted
+    (row(gens=("", "good", "bad"), llama=(True, True, False), mv=(True, True, False)), (["empty_generation"], 1, 2)),
+    # labels may be strings or missing (None counts as not verified)
+    (row(gens=("a", "b"), llama=("True", None), mv=(True, True)), ([], 0, 1)),
+])
+def test_selection_rules(record, expected):
+    assert choose(record, 0, OPTS) == expected
+
+
+def test_either_rule_accepts_one_verifier():
+    record = row(gens=("a", "b"), llama=(True, False), mv=(False, False))
+    assert choose(record, 0, Options(tokenizer="unused", shuffle=False, correctness="either")) == ([], 0, 1)
+    assert choose(record, 0, OPTS)[1] is None
+
+
+def test_seeded_shuffle_picks_deterministically():
+    record = row(gens=[f"g{i}" for i in range(8)], llama=[True] * 4 + [False] * 4, mv=[True] * 4 + [False] * 4)
+    picks = {choose(record, key, Options(tokenizer="unused", seed=0))[1:] for key in range(20)}
+    assert len(picks) > 1  # different rows visit generations in different orders
+    assert all(c < 4 <= r for c, r in picks)
+    assert choose(record, 5, Options(tokenizer="unused")) == choose(record, 5, Options(tokenizer="unused"))
+
+
+@pytest.mark.parametrize("record,reason", [
+    ({k: v for k, v in row().items() if k != "source"}, "missing_field"),
+    (dict(row(), generations="text"), "wrong_type"),
+    (dict(row(), correctness={"llama_verification": [True, False]}), "missing_field"),
+    (dict(row(), correctness={"llama_verification": [True], "math_verify_reparsed_answer": [True, False]}),
+     "verifier_length_mismatch"),
+    (dict(row(), correctness={"llama_verification": [1, 0], "math_verify_reparsed_answer": [True, False]}),
+     "wrong_type"),
+])
+def test_malformed_rows_name_their_reason(record, reason):
+    with pytest.raises(ValueError) as e:
+        choose(record, 0, OPTS)
+    assert e.value.args[0] == reason
+
+
+def test_templater_builds_prompt_and_response(tiny_tokenizer_dir):
+    t = Templater(tiny_tokenizer_dir)
+    assert t.end_of_turn == "<|im_end|>\n"
+    prompt = t.tok.decode(t.prompt("Compute 1+2."))
+    assert prompt.startswith("<|im_start|>system\nPlease reason step by step") and prompt.endswith("<|im_start|>assistant\n")
+    response = t.response("1+2=3")
+    assert t.tok.decode(response) == "1+2=3<|im_end|>\n<|endoftext|>" and response[-1] == t.tok.eos_token_id
+
+
+def _write(path, records, extra_lines=()):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+
+
+def test_end_to_end_outputs_and_report(tiny_tokenizer_dir, tmp_path):
+    records = [row(problem=f"Compute {i}+1.") for i in range(5)]
+    records += [row(source="cn_k12"), row(gens=("a", "b"), llama=(True, True), mv=(True, True))]
+    records += [dict(row(), correctness={"llama_verification": [True], "math_verify_reparsed_answer": [True, False]})]
+    records += [row(gens=("x" * 300, "bad"), problem="Long one.")]  # a long chosen trace
+    _write(tmp_path / "a.jsonl", records, extra_lines=["{not json"])
+    opts = Options(tokenizer=tiny_tokenizer_dir, shuffle=False, max_response_tokens=100)
+    report = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), opts, progress=False)
+    assert report["rows_read"] == 10
+    assert report["sft_rows"] == 7  # 5 plain + the all-correct row + the long one
+    assert report["pairs"] == 5
+    assert report["dropped"] == {"excluded_source": 1, "invalid_json": 1, "no_incorrect_generation": 1,
+                                 "response_too_long": 1, "verifier_length_mismatch": 1}
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+
+    data = TokenizedData(str(tmp_path / "out"))
+    t = Templater(tiny_tokenizer_dir)
+    chosen, rejected = data.pairs[2]
+    assert np.array_equal(chosen.tokens[:chosen.prompt_len], t.prompt("Compute 2+1."))
+    assert chosen.tokens[chosen.prompt_len:].tolist() == t.response("good")
+    assert rejected.tokens[rejected.prompt_len:].tolist() == t.response("bad")
+    assert data.pairs.items[2]["row"] == 2 and data.pairs.items[2]["rejected_gen"] == 1
+    assert len(data.sft) == 7 and data.sft[0].response_len == len(t.response("good"))
+    assert os.path.exists(tmp_path / "out" / "tokenizer" / "tokenizer.json")
+
+
+def test_workers_give_the_same_output(tiny_tokenizer_dir, tmp_path):
+    from megatron_redi.data import synthetic
+
+    synthetic.write_corpus(str(tmp_path / "raw.jsonl"), rows=300)
+    opts = Options(tokenizer=tiny_tokenizer_dir)
+    one = preprocess([str(tmp_path / "raw.jsonl")], str(tmp_path / "w1"), opts, workers=1, progress=False)
+    two = preprocess([str(tmp_path / "raw.jsonl")], str(tmp_path / "w2"), opts, workers=2, progress=False)
+    assert one == two
+    for part in ("sft", "pairs"):
+        for name in ("tokens.bin", "items.npy"):
+            assert (tmp_path / "w1" / part / name).read_bytes() == (tmp_path / "w2" / part / name).read_bytes()
+
+
+def test_parquet_and_saved_dataset_inputs(tiny_tokenizer_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([row(problem=f"Compute {i}+1.") for i in range(4)])
+    pq.write_table(table, tmp_path / "a.parquet")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    with pa.OSFile(str(saved / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (saved / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    report = preprocess([str(tmp_path / "a.parquet"), str(saved)], str(tmp_path / "out"),
+                        Options(tokenizer=tiny_tokenizer_dir), progress=False)
+    assert report["rows_read"] == 8 and report["pairs"] == 8
+
+
+def test_strict_mode_names_file_and_row(tiny_tokenizer_dir, tmp_path):
+    bad = dict(row(), generations=["a"])  # labels for 2 generations, 1 generation
+    _write(tmp_path / "a.jsonl", [row(), bad])
+    with pytest.raises(StrictModeError, match=r"a.jsonl: row 1: correctness.llama_verification has 2 labels for 1"):
+        preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"),
+                   Options(tokenizer=tiny_tokenizer_dir, strict=True), progress=False)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_unreadable_file_is_counted_or_fatal(tiny_tokenizer_dir, tmp_path):
+    _write(tmp_path / "ok.jsonl", [row()])
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    inputs = [str(tmp_path / "broken.parquet"), str(tmp_path / "ok.jsonl")]
+    report = preprocess(inputs, str(tmp_path / "out"), Options(tokenizer=tiny_tokenizer_dir), progress=False)
+    assert report["dropped"] == {"unreadable_file": 1} and report["pairs"] == 1
+    with pytest.raises(StrictModeError, match="broken.parquet: row -1: unreadable file"):
+        preprocess(inputs, str(tmp_path / "out2"), Options(tokenizer=tiny_tokenizer_dir, strict=True), progress=False)
+
+
+def test_command_line_errors_exit_2(tiny_tokenizer_dir, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "preprocess_data", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "preprocess_data.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--input", str(tmp_path / "missing.jsonl"), "--tokenizer", tiny_tokenizer_dir,
+                      "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    _write(tmp_path / "a.jsonl", [row()])
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x").write_text("keep")
+    assert tool.main(["--input", str(tmp_path / "a.jsonl"), "--tokenizer", tiny_tokenizer_dir,
+                      "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Teacher traces (OpenR1-Math-Raw schema) -> tokenised D_SFT and D_Pref for training.
+
+    python tools/preprocess_data.py --input raw/*.parquet --tokenizer Qwen2.5-Math-1.5B --output-dir data/redi
+
+Reads local .jsonl, .parquet, .arrow files or a directory saved by datasets (globs allowed).
+Writes sft/, pairs/, meta.json and report.json (rows read, SFT rows, pairs, dropped rows by
+reason, length percentiles). Malformed rows are counted per reason, or with --strict stop the run
+with the file and row named. Exit code 2 on bad input; the output appears only when complete.
+"""
+
+import argparse
+import json
+import sys
+
+from megatron_redi.atomic import OutputExistsError
+from megatron_redi.data.preprocess import Options, StrictModeError, preprocess
+from megatron_redi.data.raw import RawDataError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, help="files, globs or saved datasets directories")
+    p.add_argument("--tokenizer", required=True, help="an HF tokenizer directory (with a chat template)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-prompt-tokens", type=int, default=800)
+    p.add_argument("--max-response-tokens", type=int, default=19000)
+    p.add_argument("--max-sft-tokens", type=int, default=32768)
+    p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"])
+    p.add_argument("--correctness", choices=["both", "either"], default="both",
+                   help="a trace is correct when both verifiers (default) or either says so")
+    p.add_argument("--no-shuffle", action="store_true", help="choose in the generations' own order")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed row")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    opts = Options(tokenizer=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
+                   max_response_tokens=args.max_response_tokens, max_sft_tokens=args.max_sft_tokens,
+                   exclude_sources=tuple(args.exclude_sources), seed=args.seed, correctness=args.correctness,
+                   shuffle=not args.no_shuffle, strict=args.strict)
+    try:
+        report = preprocess(args.input, args.output_dir, opts, workers=args.workers, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+    except (RawDataError, StrictModeError, OutputExistsError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("rows_read", "sft_rows", "pairs", "dropped")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
