@@ -43,6 +43,7 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [T] bool: targets[i] is a response token
     loss_index: torch.Tensor  # [t_resp] int64: positions where loss_mask is true (host-computed)
     seq_index: torch.Tensor  # [T] int64: sequence of each token (num_seqs for padding)
+    response_lengths: torch.Tensor  # [N] int64: response tokens of each sequence (host-computed)
     num_seqs: int  # N, real sequences
     pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
     items: tuple[int, ...]  # dataset index of each unit, in order
@@ -62,6 +63,7 @@ class MicroBatch:
             self,
             input_ids=move(self.input_ids), position_ids=move(self.position_ids), targets=move(self.targets),
             loss_mask=move(self.loss_mask), loss_index=move(self.loss_index), seq_index=move(self.seq_index),
+            response_lengths=move(self.response_lengths),
             seqs=SeqBoundaries.from_offsets(self.seqs.host, device),
             pairs=Pairs(move(self.pairs.chosen), None if self.pairs.rejected is None else move(self.pairs.rejected)),
             ref_logps=None if self.ref_logps is None else move(self.ref_logps),
@@ -96,6 +98,7 @@ def build_micro_batch(units: list[Unit], pad_multiple: int = 1, pad_token: int =
         seqs=SeqBoundaries.from_offsets(offsets.tolist(), "cpu"), targets=torch.from_numpy(targets),
         loss_mask=torch.from_numpy(mask), loss_index=torch.from_numpy(np.flatnonzero(mask)),
         seq_index=torch.from_numpy(seq_index), num_seqs=n, pairs=pairs, items=tuple(u.item for u in units),
+        response_lengths=torch.tensor([s.response_len for s in seqs], dtype=torch.int64),
         ref_logps=torch.tensor(ref, dtype=torch.float32) if len(ref) == n and n else None,
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..checkpoint.hf_mapping import name_table, shard_for_rank
@@ -11,16 +13,19 @@ from .qwen2 import Qwen2Model
 
 
 def from_pretrained(path: str, parallel: ParallelState | None = None, dtype=torch.float32,
-                    recompute: str = "none", attention_backend: str = "auto") -> Qwen2Model:
+                    recompute: str = "none", attention_backend: str = "auto", **config_overrides) -> Qwen2Model:
     """Build the model for ``parallel`` and fill it from the checkpoint at ``path``: a Hugging Face
     directory, or a native one at any TP size (resharded on the fly when it differs).
 
     The config and every tensor's presence and shape are checked before any weight is read, so a
     bad checkpoint fails with the name of the offending field or tensor and no half-loaded model.
-    Each rank reads only the rows and columns of its own shard.
+    Each rank reads only the rows and columns of its own shard. ``config_overrides`` replace
+    ModelConfig fields that do not change any tensor's shape (e.g. rope_theta=300000.0,
+    max_position_embeddings=32768, as the paper's stage 1 did).
     """
     parallel = parallel or ParallelState()
     reader, cfg = open_checkpoint(path)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in config_overrides.items() if v is not None})
     model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=recompute,
                        attention_backend=attention_backend, device="meta")
     model = model.to_empty(device=parallel.device)

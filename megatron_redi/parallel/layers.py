@@ -116,10 +116,12 @@ def mark_replicated(module: nn.Module, param_name: str, group, rows: slice | Non
 @torch.no_grad()
 def sync_replicated_grads(model: nn.Module) -> None:
     """Sum the gradients of replicated parameters over the ranks that share them, so that the
-    copies receive the same update and never drift. Call after backward, before the optimizer."""
+    copies receive the same update and never drift. Call after backward, before the optimizer.
+    Works on the trainer's fp32 ``main_grad`` when a parameter has one, else on ``.grad``."""
     for module in model.modules():
         for param_name, rows, group in module.__dict__.get("replicated_params", ()):
-            grad = getattr(module, param_name).grad
+            param = getattr(module, param_name)
+            grad = param.main_grad if getattr(param, "main_grad", None) is not None else param.grad
             if grad is None:
                 continue
             part = grad[rows]

@@ -1,0 +1,222 @@
+"""The trainer's configuration: one small dataclass per section of the YAML file.
+
+    python -m megatron_redi.train --config examples/configs/redi_1.5b.yaml --optim.lr 2e-6
+
+A YAML file (read with ``yaml.safe_load``: no code runs) gives the sections below; ``--section.key
+value`` overrides any field (values parsed as YAML scalars). Unknown sections or keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import yaml
+
+from ..losses import LossConfig
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelSection:
+    path: str = ""  # HF or native checkpoint to start from
+    dtype: str = "bf16"  # compute dtype of the forward/backward: bf16 | fp32 (master weights are fp32)
+    recompute: str = "selective"  # none | selective | full
+    attention_backend: str = "auto"  # auto | sdpa | varlen
+    rope_theta: float | None = None  # override the checkpoint's (stage 1 of the paper: 300000)
+    max_position_embeddings: int | None = None  # override (stage 1: 32768)
+
+
+@dataclass
+class ParallelSection:
+    tensor_parallel: int = 1
+    sequence_parallel: bool = True  # with tensor_parallel > 1
+    zero1: bool = False  # shard the optimizer state (and the update) over data-parallel ranks
+    bucket_mb: float = 100.0  # data-parallel gradient all-reduce bucket, MB of fp32
+
+
+@dataclass
+class DataSection:
+    path: str = ""  # directory written by tools/preprocess_data.py
+    global_batch: int = 32  # pairs (stage 2) or sequences (stage 1) per optimizer step
+    micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
+    seed: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4  # not applied to biases and norm weights
+    warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay to 0
+    clip_grad: float = 1.0  # max global gradient norm (0: no clipping)
+
+
+@dataclass
+class CollapseSection:
+    """The paper's collapse signature: chosen and rejected LogPS falling together (Section 4.3)."""
+
+    window: int = 10  # steps averaged on each side of the comparison
+    drop: float = 0.5  # nats per token below the first window's chosen LogPS that raise the alarm
+    stop: bool = False  # stop the run when the alarm fires
+
+
+@dataclass
+class TrainSection:
+    stage: str = "pairwise"  # sft | pairwise
+    epochs: int = 1
+    max_steps: int | None = None  # stop earlier (the schedule still spans the epochs)
+    output_dir: str = "runs/default"
+    export_hf: str | None = None  # write an HF checkpoint here at the end
+    seed: int = 1234
+    max_bad_steps: int = 5  # consecutive non-finite steps (skipped) that stop the run
+    log_every: int = 1
+    tensorboard: bool = True
+    peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (H200 measured)
+    progress: bool = True
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 0  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # newest checkpoints kept
+    resume: bool = True  # continue from the newest good checkpoint in output_dir, if any
+
+
+@dataclass
+class ReferenceSection:
+    """DPO's reference model: its log-probs computed once before training ("prepass", stored
+    beside the data) or by a frozen copy run in every step ("model")."""
+
+    mode: str = "prepass"  # prepass | model
+    path: str | None = None  # reference checkpoint (default: model.path)
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # steps between evaluations on the benchmark (0: never)
+    benchmark: str | None = None  # JSONL of {"problem", "answer"}
+    samples: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    max_problems: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    collapse: CollapseSection = field(default_factory=CollapseSection)
+    reference: ReferenceSection = field(default_factory=ReferenceSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def validate(self) -> TrainConfig:
+        if not self.model.path:
+            raise TrainConfigError("model.path is required (an HF or native checkpoint)")
+        if not self.data.path:
+            raise TrainConfigError("data.path is required (run tools/preprocess_data.py first)")
+        choices = {"model.dtype": (self.model.dtype, ("bf16", "fp32")),
+                   "model.recompute": (self.model.recompute, ("none", "selective", "full")),
+                   "train.stage": (self.train.stage, ("sft", "pairwise")),
+                   "reference.mode": (self.reference.mode, ("prepass", "model"))}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise TrainConfigError(f"{name} must be one of {allowed}, got {value!r}")
+        if (self.train.stage == "sft") != (self.loss.type == "sft"):
+            raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
+        for name, value in (("data.global_batch", self.data.global_batch), ("train.epochs", self.train.epochs),
+                            ("data.micro_batch_tokens", self.data.micro_batch_tokens)):
+            if value < 1:
+                raise TrainConfigError(f"{name} must be at least 1, got {value}")
+        if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1:
+            raise TrainConfigError("optim.lr must be positive and optim.warmup_ratio in [0, 1)")
+        return self
+
+
+def _coerce(value, annotation: str, where: str):
+    """A YAML value as the field's declared type ("1e-6" is a string to YAML, a float here)."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise TrainConfigError(f"{where} may not be empty")
+    try:
+        if base == "float":
+            return float(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base.startswith("tuple"):
+            return tuple(float(v) for v in value)
+        if base == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise TrainConfigError(f"{where}: {value!r} is not a valid {base}") from None
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise TrainConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        sub = names[key].default_factory if names[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            kwargs[key] = _build(sub, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, names[key].type, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise TrainConfigError(f"{where}: {e}") from None
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read the YAML file (if any) and apply ``--section.key value`` overrides."""
+    raw: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise TrainConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise TrainConfigError(f"{path}: the top level must be a mapping of sections")
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise TrainConfigError(f"overrides come as '--section.key value' pairs, got {overrides}")
+    for flag, value in zip(overrides[::2], overrides[1::2]):
+        if not flag.startswith("--") or "." not in flag:
+            raise TrainConfigError(f"override {flag!r} is not of the form --section.key")
+        section, key = flag[2:].split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise TrainConfigError(f"section {section!r} must be a mapping")
+        raw[section][key] = yaml.safe_load(value)
+    return _build(TrainConfig, raw, path or "config").validate()
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

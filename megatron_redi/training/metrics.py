@@ -1,0 +1,104 @@
+"""Metrics: a JSONL file and TensorBoard, the collapse alarm, and the FLOP count behind MFU.
+
+FLOPs of one training step (forward + backward = 3 x forward), counted as matrix products only:
+
+    per sequence of L tokens, R of them response tokens:
+      forward = 2 * P_layers * L                      weights of the decoder layers (QKV, O, MLP)
+              + 2 * n_layers * L^2 * nh * hd          causal attention: QK^T and PV, each
+                                                      2 L^2 nh hd / 2 under the causal mask
+              + 2 * V * h * R                         the LM head, on response tokens only
+      training = 3 * forward
+
+Activation recompute is not counted (it is overhead, not model work). MFU = FLOPs / time /
+``train.peak_tflops`` (793 TFLOP/s: the dense bf16 rate measured on an H200, ANCHORS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+from ..config import ModelConfig
+
+
+def layer_params(cfg: ModelConfig) -> int:
+    h, hd = cfg.hidden_size, cfg.head_dim
+    qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * hd
+    return cfg.num_layers * (qkv + cfg.num_heads * hd * h + 3 * h * cfg.intermediate_size)
+
+
+def step_flops(cfg: ModelConfig, seq_lengths, response_tokens: int) -> float:
+    dense = 2 * layer_params(cfg)
+    attn = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+    forward = sum(dense * n + attn * n * n for n in seq_lengths) + 2 * cfg.vocab_size * cfg.hidden_size * response_tokens
+    return 3.0 * forward
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard
+    when the tensorboard package is installed. Only rank 0 writes."""
+
+    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.tb = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if resume_step and os.path.exists(self.path):  # drop what a killed run logged past the checkpoint
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+        elif not resume_step and os.path.exists(self.path):
+            os.remove(self.path)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            except ImportError:
+                warnings.warn("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    def log(self, step: int, values: dict):
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: (round(v, 8) if isinstance(v, float) else v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+class CollapseAlarm:
+    """Fires when the mean chosen LogPS of the last ``window`` steps has fallen more than ``drop``
+    nats per token below that of the first ``window`` steps while rejected LogPS fell too: the
+    paper's collapse signature (Section 4.3), where symmetric REDI lowers both together."""
+
+    def __init__(self, window: int, drop: float):
+        self.window, self.drop = window, drop
+        self.chosen, self.rejected = [], []
+        self.fired = False
+
+    def update(self, chosen_mean: float, rejected_mean: float) -> str | None:
+        self.chosen.append(chosen_mean)
+        self.rejected.append(rejected_mean)
+        w = self.window
+        if len(self.chosen) < 2 * w:
+            return None
+        first_c, first_r = sum(self.chosen[:w]) / w, sum(self.rejected[:w]) / w
+        last_c, last_r = sum(self.chosen[-w:]) / w, sum(self.rejected[-w:]) / w
+        if first_c - last_c > self.drop and last_r < first_r:
+            self.fired = True
+            return (f"collapse alarm: chosen LogPS fell from {first_c:.3f} to {last_c:.3f} and rejected from "
+                    f"{first_r:.3f} to {last_r:.3f} nats/token (the paper's collapse signature; consider a "
+                    "lower learning rate or a smaller alpha)")
+        return None

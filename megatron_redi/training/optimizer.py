@@ -1,0 +1,275 @@
+"""fp32 master weights, fp32 gradient buffers with overlapped data-parallel reduction, and AdamW.
+
+Layout. Every trainable parameter ``p`` (in the compute dtype, bf16 on GPU) gets an fp32 master
+copy and an fp32 gradient ``p.main_grad``, both views into flat buffers, one pair per weight-decay
+group (decay; no decay for biases and norm weights, as the reference's trainer). Inside a group,
+parameters sit in reverse registration order, roughly the order their gradients are ready in the
+backward, so the buffers split into contiguous buckets that fill one after another.
+
+Gradients. A post-accumulate hook adds each micro-batch's ``p.grad`` into ``p.main_grad`` and drops
+``p.grad``, so accumulation over micro-batches is fp32. The fused LM head writes straight into
+``main_grad``. In the last micro-batch of a step, a bucket whose parameters have all reported is
+all-reduced (SUM: the loss is already scaled by the global batch) asynchronously over the
+data-parallel group while the backward goes on; ``finish_reduction`` launches any bucket left and
+waits.
+
+Update. AdamW runs over the flat buffers in chunks, which also yields the exact norm of the update
+(the paper's "gradient step size") without a copy of the weights. With ZeRO-1 each data-parallel
+rank updates only its slice of each buffer (and holds only that slice's moments), then the slices
+are all-gathered. The master weights are then copied into the model's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from ..parallel import ParallelState
+
+CHUNK = 1 << 24  # elements per AdamW chunk: bounds its temporaries
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    return param.dim() < 2  # biases and norm weights
+
+
+class _Group:
+    def __init__(self, params, device, dp: int):
+        self.params = params
+        n = sum(p.numel() for _, p in params)
+        self.numel = n + (-n % dp)  # padded so that ZeRO-1 slices are equal
+        self.master = torch.zeros(self.numel, dtype=torch.float32, device=device)
+        self.grad = torch.zeros(self.numel, dtype=torch.float32, device=device)
+        self.ranges = {}
+        offset = 0
+        for name, p in params:
+            self.ranges[name] = (offset, offset + p.numel())
+            self.master[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
+            p.main_grad = self.grad[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+
+class MasterParams:
+    def __init__(self, model: torch.nn.Module, parallel: ParallelState, zero1: bool = False, bucket_mb: float = 100.0):
+        self.model, self.parallel, self.zero1 = model, parallel, zero1
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad][::-1]
+        device = named[0][1].device
+        dp = parallel.dp_size
+        self.groups = [_Group([(n, p) for n, p in named if not no_weight_decay(n, p)], device, dp),
+                       _Group([(n, p) for n, p in named if no_weight_decay(n, p)], device, dp)]
+        self.weight_decay_groups = (True, False)
+        # optimizer state: for ZeRO-1 only this rank's slice of each group
+        self.slices = [self._my_slice(g) for g in self.groups]
+        self.exp_avg = [torch.zeros(s.stop - s.start, dtype=torch.float32, device=device) for s in self.slices]
+        self.exp_avg_sq = [torch.zeros_like(m) for m in self.exp_avg]
+        self.step_count = 0
+        self._build_buckets(bucket_mb)
+        self._reducing = False
+        self._handles = []
+        for _, p in named:
+            p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def _my_slice(self, g: _Group) -> slice:
+        if not self.zero1:
+            return slice(0, g.numel)
+        size = g.numel // self.parallel.dp_size
+        return slice(self.parallel.dp_rank * size, (self.parallel.dp_rank + 1) * size)
+
+    def _build_buckets(self, bucket_mb):
+        limit = max(1, int(bucket_mb * 2**20 / 4))
+        self.buckets = []  # (group, start, end, parameter names)
+        self._bucket_of = {}
+        for g in self.groups:
+            start, names = 0, []
+            for name, p in g.params:
+                names.append(name)
+                end = g.ranges[name][1]
+                if end - start >= limit:
+                    self.buckets.append((g, start, end, names))
+                    start, names = end, []
+            if names or start < g.numel:
+                self.buckets.append((g, start, g.numel, names))
+        for i, (_, _, _, names) in enumerate(self.buckets):
+            for name in names:
+                self._bucket_of[name] = i
+        self._param_name = {id(p): n for g in self.groups for n, p in g.params}
+
+    # ---- gradients ------------------------------------------------------------------------------
+
+    def zero_grad(self):
+        for g in self.groups:
+            g.grad.zero_()
+        for _, p in self.named_params():
+            p.grad = None
+
+    def named_params(self):
+        for g in self.groups:
+            yield from g.params
+
+    def start_reduction(self):
+        """Call before the backward of a step's last micro-batch: ready buckets reduce as it runs."""
+        self._reducing = True
+        self._pending = [len(names) for (_, _, _, names) in self.buckets]
+        self._launched = [False] * len(self.buckets)
+
+    def _on_grad(self, p):
+        p.main_grad.add_(p.grad)
+        p.grad = None
+        if self._reducing:
+            i = self._bucket_of[self._param_name[id(p)]]
+            self._pending[i] -= 1
+            if self._pending[i] == 0:
+                self._launch(i)
+
+    def _launch(self, i):
+        if self._launched[i] or self.parallel.dp_size == 1:
+            self._launched[i] = True
+            return
+        g, start, end, _ = self.buckets[i]
+        self._handles.append(dist.all_reduce(g.grad[start:end], group=self.parallel.dp_group, async_op=True))
+        self._launched[i] = True
+
+    def finish_reduction(self):
+        """Launch the buckets that did not fill (parameters whose gradient arrives another way,
+        like the fused head's) and wait for every reduction."""
+        if self._reducing:
+            for i in range(len(self.buckets)):
+                self._launch(i)
+        for h in self._handles:
+            h.wait()
+        self._handles, self._reducing = [], False
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of the gradient (fp32), each parameter counted once across TP ranks."""
+        total = torch.zeros((), dtype=torch.float32, device=self.groups[0].grad.device)
+        replicated = _replicated_regions(self.model)
+        for name, p in self.named_params():
+            sq = p.main_grad.square().sum()
+            for rows, share in replicated.get(name, ()):
+                sq = sq - (1 - 1 / share) * p.main_grad[rows].square().sum()
+            total += sq
+        if self.parallel.tp_size > 1:
+            dist.all_reduce(total, group=self.parallel.tp_group)
+        return total.sqrt()
+
+    def scale_grads(self, factor: float):
+        for g in self.groups:
+            g.grad.mul_(factor)
+
+    # ---- update ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def adamw_step(self, lr: float, betas, eps: float, weight_decay: float) -> torch.Tensor:
+        """One AdamW step on this rank's slices; returns this rank's share of the squared norm of
+        the update, replicated parameters counted once over the TP ranks that share them."""
+        self.step_count += 1
+        b1, b2 = betas
+        bc1, bc2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        replicated = self._replicated_views() if self.parallel.tp_size > 1 else []
+        before = [view.clone() for view, _ in replicated]
+        sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
+        for g, decay, sl, m_all, v_all in zip(self.groups, self.weight_decay_groups, self.slices,
+                                              self.exp_avg, self.exp_avg_sq):
+            for s in range(0, sl.stop - sl.start, CHUNK):
+                e = min(s + CHUNK, sl.stop - sl.start)
+                p, grad = g.master[sl.start + s:sl.start + e], g.grad[sl.start + s:sl.start + e]
+                m, v = m_all[s:e], v_all[s:e]
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                update = (m / bc1).div_(v.div(bc2).sqrt_().add_(eps)).mul_(lr)
+                if decay and weight_decay:
+                    update.add_(p, alpha=lr * weight_decay)
+                p.sub_(update)
+                sq += update.square().sum()
+        if self.zero1 and self.parallel.dp_size > 1:
+            for g, sl in zip(self.groups, self.slices):
+                dist.all_gather_into_tensor(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
+        for (view, share), old in zip(replicated, before):
+            sq -= (1 - 1 / share) * (view - old).square().sum()
+        return sq
+
+    def _replicated_views(self):
+        """(master view of a replicated region, number of TP ranks sharing it)."""
+        out = []
+        for name, regions in _replicated_regions(self.model).items():
+            g = self._group_of(name)
+            start, end = g.ranges[name]
+            master = g.master[start:end].view_as(self.model.get_parameter(name))
+            out += [(master[rows], share) for rows, share in regions]
+        return out
+
+    def update_norm(self, sq: torch.Tensor) -> torch.Tensor:
+        """The global norm of the step, from every rank's ``adamw_step`` share."""
+        if self.zero1 and self.parallel.dp_size > 1:
+            dist.all_reduce(sq, group=self.parallel.dp_group)
+        if self.parallel.tp_size > 1:
+            dist.all_reduce(sq, group=self.parallel.tp_group)
+        return sq.clamp_min(0).sqrt()
+
+    def _group_of(self, name):
+        return next(g for g in self.groups if name in g.ranges)
+
+    @torch.no_grad()
+    def copy_to_model(self):
+        for g in self.groups:
+            for name, p in g.params:
+                start, end = g.ranges[name]
+                p.copy_(g.master[start:end].view_as(p))
+
+    def master_tensors(self) -> dict[str, torch.Tensor]:
+        """Native name -> fp32 master weight (views, shaped like the parameters)."""
+        out = {}
+        for g in self.groups:
+            for name, p in g.params:
+                start, end = g.ranges[name]
+                out[name] = g.master[start:end].view_as(p)
+        return out
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(g.master).all()) for g in self.groups)
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i in range(len(self.groups)):
+            out[f"exp_avg.{i}"], out[f"exp_avg_sq.{i}"] = self.exp_avg[i], self.exp_avg_sq[i]
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], step_count: int):
+        for i in range(len(self.groups)):
+            for key, mine in ((f"exp_avg.{i}", self.exp_avg[i]), (f"exp_avg_sq.{i}", self.exp_avg_sq[i])):
+                if key not in tensors or tensors[key].shape != mine.shape:
+                    raise ValueError(f"optimizer state {key}: expected shape {list(mine.shape)}")
+                mine.copy_(tensors[key])
+        self.step_count = step_count
+
+    def load_master(self, tensors: dict[str, torch.Tensor]):
+        for g in self.groups:
+            for name, p in g.params:
+                start, end = g.ranges[name]
+                g.master[start:end].copy_(tensors[name].reshape(-1))
+        self.copy_to_model()
+
+
+def _replicated_regions(model) -> dict[str, list[tuple[slice, int]]]:
+    """Parameter name -> [(rows, number of TP ranks sharing them)] from the model's marks."""
+    out = {}
+    for mod_name, module in model.named_modules():
+        for param_name, rows, group in module.__dict__.get("replicated_params", ()):
+            full = f"{mod_name}.{param_name}" if mod_name else param_name
+            out.setdefault(full, []).append((rows, dist.get_world_size(group)))
+    return out
+
+
+def lr_at(step: int, total_steps: int, peak: float, warmup_ratio: float) -> float:
+    """The learning rate of optimizer step ``step`` (from 0): linear warmup over the first
+    ceil(warmup_ratio * total) steps, then linear decay to 0. This is HF's
+    get_linear_schedule_with_warmup as the reference's Trainer applied it, so the very first step
+    runs at lr 0, as it did there."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+    if step < warmup:
+        return peak * step / warmup
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup))

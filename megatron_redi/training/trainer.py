@@ -1,0 +1,302 @@
+"""The training loop: SFT (stage 1) or a pairwise loss (stage 2), over TP x DP ranks.
+
+One optimizer step, following DESIGN.md's step contract:
+
+    plan     the sampler's global batch: this DP rank's items, and the global totals (P pairs,
+             or SFT's N response tokens), identical on every rank
+    pack     the rank's items into micro-batches of at most data.micro_batch_tokens tokens
+    for each micro-batch:
+      forward -> final hidden states -> fused head on response rows -> per-sequence log-probs
+      loss = sum of its pair losses / P (SFT: token NLL sum / N); backward
+      (REDI and SFT use the single-pass head: the per-token gradients are the loss's coefficients,
+      known before the forward; DPO and SimPO take the two-pass head)
+    reduce   fp32 gradients summed over micro-batches and DP ranks (overlapped with the last
+             backward), replicated parameters summed over the TP ranks that share them
+    update   non-finite -> skip; clip to optim.clip_grad; AdamW on the fp32 master weights;
+             copy to the compute-dtype parameters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
+from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
+from ..atomic import atomic_directory
+from ..losses import microbatch_loss, sequence_coefficients
+from ..model import from_pretrained
+from ..ops import head_logprobs
+from ..parallel import initialize, sync_replicated_grads
+from . import checkpointing
+from .config import TrainConfig, to_dict
+from .metrics import CollapseAlarm, MetricsLogger, step_flops
+from .optimizer import MasterParams, lr_at
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose: too many bad steps, or the collapse alarm with collapse.stop."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        torch.manual_seed(cfg.train.seed)
+        self.parallel = p = initialize(tensor_parallel_size=cfg.parallel.tensor_parallel,
+                                       sequence_parallel=cfg.parallel.sequence_parallel)
+        self.is_main = p.rank == 0
+        self.dtype = DTYPES[cfg.model.dtype]
+        self.data = TokenizedData(cfg.data.path)
+        self.sft = cfg.train.stage == "sft"
+        dataset = self.data.sft if self.sft else self.data.pairs
+        lengths = dataset.total_lengths()
+        responses = dataset.response_lengths() if self.sft else np.zeros(len(dataset), np.int64)
+        self.sampler = GlobalBatchSampler(lengths, responses, cfg.data.global_batch, p.dp_rank, p.dp_size,
+                                          cfg.data.seed, cfg.data.shuffle)
+        self.total_steps = self.sampler.steps_per_epoch * cfg.train.epochs
+        self.model = self._load_model(cfg.model.path)
+        self.master = MasterParams(self.model, p, cfg.parallel.zero1, cfg.parallel.bucket_mb)
+        self.pad_token = int(self.data.meta["eos_token_id"])
+        self.step, self.bad_steps = 0, 0
+        self.alarm = CollapseAlarm(cfg.collapse.window, cfg.collapse.drop)
+        self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
+        self._resume()
+        self.reference = None
+        if cfg.loss.needs_reference:
+            self._setup_reference()
+        self.logger = MetricsLogger(cfg.train.output_dir, self.is_main, cfg.train.tensorboard, self.step)
+        if self.is_main:
+            with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
+                json.dump(to_dict(cfg), f, indent=2)
+
+    # ---- setup ----------------------------------------------------------------------------------
+
+    def _load_model(self, path, trainable=True):
+        m = self.cfg.model
+        model = from_pretrained(path, self.parallel, dtype=self.dtype, recompute=m.recompute if trainable else "none",
+                                attention_backend=m.attention_backend, rope_theta=m.rope_theta,
+                                max_position_embeddings=m.max_position_embeddings)
+        if not trainable:
+            model.requires_grad_(False).eval()
+        return model
+
+    def _resume(self):
+        if not self.cfg.checkpoint.resume:
+            return
+        found = checkpointing.find_resumable(self.ckpt_root, self.parallel)
+        if found is None:
+            return
+        path, state = found
+        master, optim = checkpointing.load(path, state, self.parallel)
+        self.master.load_master(master)
+        self.master.load_state_tensors(optim, state["optimizer_steps"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.alarm.chosen, self.alarm.rejected = state["alarm"]["chosen"], state["alarm"]["rejected"]
+        if self.is_main:
+            print(f"resumed from {path} (step {self.step})", flush=True)
+
+    def _setup_reference(self):
+        ref_path = self.cfg.reference.path or self.cfg.model.path
+        if self.cfg.reference.mode == "model":
+            self.reference = self._load_model(ref_path, trainable=False)
+            return
+        stored = os.path.join(self.data.pairs.directory, "ref_logps.json")
+        if os.path.exists(stored) and json.load(open(stored)).get("reference") == os.path.abspath(ref_path):
+            return  # computed by an earlier run for the same reference
+        compute_reference_logps(self, self._load_model(ref_path, trainable=False), ref_path)
+        self.data = TokenizedData(self.cfg.data.path)
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    def units(self, items):
+        if self.sft:
+            return [Unit(i, (self.data.sft[i],)) for i in items]
+        ref = self.data.pairs.ref_logps
+        return [Unit(i, self.data.pairs[i], None if ref is None else tuple(float(x) for x in ref[i])) for i in items]
+
+    def micro_batches(self, items):
+        pad = self.parallel.tp_size if self.parallel.sequence_parallel else 1
+        return pack(self.units(items), self.cfg.data.micro_batch_tokens, pad, self.pad_token)
+
+    def _global_total(self, plan) -> float:
+        if not self.sft or self.cfg.loss.per_sequence_mean:
+            return float(plan.global_items)
+        return float(plan.global_response_tokens)
+
+    def sequence_logps(self, model, mb, seq_coeff=None):
+        hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
+        return head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, seq_coeff)
+
+    def train_step(self, plan) -> dict:
+        cfg, loss_cfg, device = self.cfg, self.cfg.loss, self.parallel.device
+        start = time.perf_counter()
+        batches = self.micro_batches(plan.items)
+        total = self._global_total(plan)
+        self.master.zero_grad()
+        loss_sum = torch.zeros((), device=device)
+        sums: dict[str, torch.Tensor] = {}
+        seq_lengths, response_tokens = [], 0
+        for k, mb in enumerate(batches):
+            mb = mb.to(device)
+            if k == len(batches) - 1:
+                self.master.start_reduction()
+            coeff = (sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total)
+                     if loss_cfg.linear else None)
+            logp_sum, count = self.sequence_logps(self.model, mb, coeff)
+            ref = mb.ref_logps
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref, _ = self.sequence_logps(self.reference, mb)
+            loss, metrics = microbatch_loss(loss_cfg, logp_sum, count, mb.pairs, total, ref)
+            loss.backward()
+            loss_sum += loss.detach()
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0) + value
+            seq_lengths += [b - a for a, b in zip(mb.seqs.host[:mb.num_seqs], mb.seqs.host[1:mb.num_seqs + 1])]
+            response_tokens += mb.num_response_tokens
+        self.master.finish_reduction()
+        sync_replicated_grads(self.model)
+        grad_norm = self.master.grad_norm()
+
+        # one all-reduce (DP) for the loss, the metric sums and the work done, then one host sync
+        names = sorted(sums)
+        flops = step_flops(self.model.cfg, seq_lengths, response_tokens)
+        work = torch.tensor([sum(seq_lengths), flops], dtype=torch.float64, device=device).float()
+        packed = torch.cat([loss_sum.reshape(1), torch.stack([sums[n].float() for n in names]), work])
+        if self.parallel.dp_size > 1:
+            dist.all_reduce(packed, group=self.parallel.dp_group)
+        values = packed.tolist()
+        loss_value, grad_norm = values[0], grad_norm.item()
+        out = {"loss": loss_value}
+        out.update({n: v / plan.global_items for n, v in zip(names, values[1:1 + len(names)])})
+        tokens, flops = values[-2], values[-1]
+
+        lr = lr_at(self.step, self.total_steps, cfg.optim.lr, cfg.optim.warmup_ratio)
+        if not (np.isfinite(loss_value) and np.isfinite(grad_norm)):
+            self.bad_steps += 1
+            out.update(skipped=1, grad_norm=grad_norm)
+            if self.bad_steps >= cfg.train.max_bad_steps:
+                raise TrainingStopped(f"{self.bad_steps} consecutive steps with a non-finite loss or gradient")
+        else:
+            self.bad_steps = 0
+            if cfg.optim.clip_grad and grad_norm > cfg.optim.clip_grad:
+                self.master.scale_grads(cfg.optim.clip_grad / (grad_norm + 1e-6))
+            sq = self.master.adamw_step(lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay)
+            update_norm = self.master.update_norm(sq).item()
+            self.master.copy_to_model()
+            out.update(grad_norm=grad_norm, update_norm=update_norm)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        out.update(lr=lr, tokens=int(tokens), tokens_per_s=tokens / elapsed, step_time_s=elapsed,
+                   micro_batches=len(batches))
+        if device.type == "cuda":  # every TP rank of a DP group did the same work: count it once
+            out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.dp_size * self.parallel.tp_size)
+        return out
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"step": self.step, "optimizer_steps": self.master.step_count, "sampler": self.sampler.state_dict(),
+                "bad_steps": self.bad_steps, "alarm": {"chosen": self.alarm.chosen, "rejected": self.alarm.rejected},
+                "config": to_dict(self.cfg)}
+
+    def save_checkpoint(self) -> str:
+        if not self.master.all_finite():  # never persist broken weights
+            raise TrainingStopped("the master weights hold NaN or inf; no checkpoint written")
+        side = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
+        return checkpointing.save(self.ckpt_root, self.step, self.model.cfg, self.parallel,
+                                  self.master.master_tensors(), self.master.state_tensors(), self.cfg.parallel.zero1,
+                                  self._state(), side, self.cfg.checkpoint.keep)
+
+    def run(self) -> str:
+        cfg = self.cfg
+        last = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+        bar = tqdm(total=last, initial=self.step, desc=f"{cfg.train.stage} ({cfg.loss.type})", unit="step",
+                   disable=not (self.is_main and cfg.train.progress), dynamic_ncols=True)
+        final = None
+        while self.step < last:
+            plan = self.sampler.plan()
+            out = self.train_step(plan)
+            self.sampler.advance()
+            self.step += 1
+            out["epoch"] = plan.epoch + (plan.step + 1) / self.sampler.steps_per_epoch
+            if not self.sft and "logps/chosen_mean" in out:
+                message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
+                if message and self.is_main and not getattr(self, "_alarmed", False):
+                    warnings.warn(message)
+                    self._alarmed = True
+                out["collapse_alarm"] = int(self.alarm.fired)
+            if self.step % cfg.train.log_every == 0 or self.step == last:
+                self.logger.log(self.step, out)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
+            bar.update()
+            if self.alarm.fired and cfg.collapse.stop:
+                final = self.save_checkpoint()
+                raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < last:
+                final = self.save_checkpoint()
+        bar.close()
+        final = self.save_checkpoint()
+        if cfg.train.export_hf:
+            self.export_hf(final, cfg.train.export_hf)
+        self.logger.close()
+        return final
+
+    def export_hf(self, checkpoint: str, out_dir: str):
+        if self.is_main:
+            reader = NativeCheckpointReader(checkpoint)
+            with atomic_directory(out_dir, overwrite=True) as tmp:
+                copy_side_files(checkpoint, tmp)
+                write_hf(reader, reader.cfg, tmp, self.dtype, 5 * 10**9, progress=False)
+        if self.parallel.world_size > 1:
+            dist.barrier()
+
+
+@torch.no_grad()
+def compute_reference_logps(trainer: Trainer, reference, ref_path: str):
+    """DPO pre-pass: the reference model's log-prob sums of every pair, once, stored as
+    ``pairs/ref_logps.npy`` beside the data; the reference model then leaves memory."""
+    p, pairs = trainer.parallel, trainer.data.pairs
+    n = len(pairs)
+    out = torch.zeros(n, 2, dtype=torch.float32, device=p.device)
+    mine = list(range(p.dp_rank, n, p.dp_size))
+    bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (trainer.is_main and trainer.cfg.train.progress))
+    pad = p.tp_size if p.sequence_parallel else 1
+    chunk = max(1, trainer.cfg.data.global_batch)
+    for s in range(0, len(mine), chunk):
+        units = [Unit(i, pairs[i]) for i in mine[s:s + chunk]]
+        for mb in pack(units, trainer.cfg.data.micro_batch_tokens, pad, trainer.pad_token):
+            mb = mb.to(p.device)
+            logps, _ = trainer.sequence_logps(reference, mb)
+            items = torch.tensor(mb.items, device=p.device)
+            out[items, 0] = logps[mb.pairs.chosen]
+            out[items, 1] = logps[mb.pairs.rejected]
+        bar.update(len(units))
+    bar.close()
+    if p.dp_size > 1:
+        dist.all_reduce(out, group=p.dp_group)  # each pair was computed by exactly one DP rank
+    if p.rank == 0:
+        tmp = os.path.join(pairs.directory, f".ref_logps.{os.getpid()}.npy")
+        np.save(tmp, out.cpu().numpy())
+        os.replace(tmp, os.path.join(pairs.directory, "ref_logps.npy"))
+        with open(os.path.join(pairs.directory, "ref_logps.json"), "w") as f:
+            json.dump({"reference": os.path.abspath(ref_path), "pairs": n}, f)
+    if p.world_size > 1:
+        dist.barrier()
+    del reference
+
+
+def train(cfg: TrainConfig) -> str:
+    trainer = Trainer(cfg)
+    return trainer.run()
