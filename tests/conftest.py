@@ -43,3 +43,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_inputs(tmp_path_factory):
+    """A preprocessed synthetic corpus and a tiny Qwen2 matching its tokenizer: (data, model)."""
+    from megatron_redi.data import synthetic
+    from megatron_redi.data.preprocess import Options, preprocess
+    from megatron_redi.fixtures import make_tiny_hf_checkpoint, make_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("run_inputs")
+    synthetic.write_corpus(str(root / "traces.jsonl"), rows=240, digits=3, seed=0)
+    make_tiny_tokenizer(str(root / "tokenizer"), 512, texts=synthetic.tokenizer_corpus(3, samples=100))
+    preprocess([str(root / "traces.jsonl")], str(root / "data"), Options(tokenizer=str(root / "tokenizer")),
+               progress=False)
+    model = make_tiny_hf_checkpoint(str(root / "model"), vocab_size=512, hidden_size=32, intermediate_size=64,
+                                    num_layers=2, num_heads=4, num_kv_heads=2)
+    return str(root / "data"), model

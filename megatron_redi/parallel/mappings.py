@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 # torch 2.13 renamed the tensor-in/tensor-out collectives; 2.11 (the GPU machine) has only the old names.
-_all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def _size(group) -> int:
@@ -42,7 +42,7 @@ def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
         return x
     x = x.movedim(dim, 0).contiguous()
     out = x.new_empty((n * x.shape[0], *x.shape[1:]))
-    _all_gather_into(out, x, group=group)
+    all_gather_into(out, x, group=group)
     return out.movedim(0, dim)
 
 
@@ -54,7 +54,7 @@ def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     if x.shape[0] % n:
         raise ValueError(f"reduce-scatter: dim {dim} of size {x.shape[0]} is not divisible by {n}")
     out = x.new_empty((x.shape[0] // n, *x.shape[1:]))
-    _reduce_scatter_into(out, x, group=group)
+    reduce_scatter_into(out, x, group=group)
     return out.movedim(0, dim)
 
 

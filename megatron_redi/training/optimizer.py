@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..parallel import ParallelState
+from ..parallel.mappings import all_gather_into
 
 CHUNK = 1 << 24  # elements per AdamW chunk: bounds its temporaries
 
@@ -185,9 +186,11 @@ class MasterParams:
                 sq += update.square().sum()
         if self.zero1 and self.parallel.dp_size > 1:
             for g, sl in zip(self.groups, self.slices):
-                dist.all_gather_into_tensor(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
-        for (view, share), old in zip(replicated, before):
-            sq -= (1 - 1 / share) * (view - old).square().sum()
+                all_gather_into(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
+        # After ZeRO-1's gather every DP rank sees the whole replicated update: let one count it.
+        if not (self.zero1 and self.parallel.dp_rank > 0):
+            for (view, share), old in zip(replicated, before):
+                sq -= (1 - 1 / share) * (view - old).square().sum()
         return sq
 
     def _replicated_views(self):

@@ -1,0 +1,170 @@
+"""The trainer end to end on CPU: every loss, parallel equivalence, resume, bad steps, export."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from multirank import run_ranks
+
+from megatron_redi.training import TrainConfigError, Trainer, TrainingStopped, load_config
+
+
+def config(data, model, out, *overrides, stage="pairwise", loss="redi"):
+    base = ["--model.path", model, "--model.dtype", "fp32", "--data.path", data, "--train.stage", stage,
+            "--loss.type", loss, "--data.global_batch", "8", "--data.micro_batch_tokens", "512",
+            "--optim.lr", "1e-3", "--train.max_steps", "4", "--train.output_dir", str(out),
+            "--train.progress", "false", "--train.tensorboard", "false"]
+    return load_config(None, base + [str(o) for o in overrides])
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("stage,loss,extra", [
+    ("sft", "sft", []), ("pairwise", "redi", []), ("pairwise", "symmetric", []),
+    ("pairwise", "simpo", ["--loss.beta", "2.0"]), ("pairwise", "dpo", ["--reference.mode", "model"]),
+])
+def test_each_loss_trains_a_few_steps(tiny_run_inputs, tmp_path, stage, loss, extra):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path, *extra, stage=stage, loss=loss)).run()
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert all(v == v for v in r.values() if isinstance(v, float))  # no NaN
+        assert r["grad_norm"] > 0 and "update_norm" in r and r["tokens"] > 0
+    assert rows[0]["lr"] == 0.0 and rows[1]["lr"] > 0  # HF's warmup: the first step at lr 0
+    if stage == "pairwise":
+        assert {"logps/chosen_mean", "logps/rejected_mean", "rewards/margin", "rewards/accuracy"} <= rows[0].keys()
+    if loss == "dpo":  # the reference is the starting model: the first step has no margin yet
+        assert abs(rows[0]["rewards/margin"]) < 1e-5 and rows[0]["loss"] == pytest.approx(0.6931, abs=1e-4)
+
+
+def test_dpo_prepass_stores_reference_logps(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    Trainer(config(str(copy), model, tmp_path / "run", "--reference.mode", "prepass", loss="dpo")).run()
+    assert (copy / "pairs" / "ref_logps.npy").exists()
+    a = metrics(tmp_path / "run")
+    Trainer(config(str(copy), model, tmp_path / "run2", "--reference.mode", "model", loss="dpo")).run()
+    b = metrics(tmp_path / "run2")
+    for x, y in zip(a, b):  # stored and live reference log-probs give the same training
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+
+
+def test_micro_batch_split_does_not_change_the_step(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path / "one", "--data.micro_batch_tokens", "100000")).run()
+    Trainer(config(data, model, tmp_path / "many", "--data.micro_batch_tokens", "150")).run()
+    one, many = metrics(tmp_path / "one"), metrics(tmp_path / "many")
+    assert one[0]["micro_batches"] == 1 and many[0]["micro_batches"] > 2
+    for x, y in zip(one, many):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_killed_and_resumed_run_reproduces_bit_for_bit(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path / "full", "--train.max_steps", "6")).run()
+    Trainer(config(data, model, tmp_path / "cut", "--train.max_steps", "3", "--checkpoint.every", "3")).run()
+    # as if killed after step 3: the rerun finds the checkpoint and continues to step 6
+    Trainer(config(data, model, tmp_path / "cut", "--train.max_steps", "6")).run()
+    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(full, cut):
+        for key in ("loss", "grad_norm", "update_norm", "logps/chosen", "lr"):
+            assert x[key] == y[key], (x["step"], key)
+
+
+def test_truncated_latest_checkpoint_falls_back_with_a_warning(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path, "--train.max_steps", "4", "--checkpoint.every", "2")).run()
+    latest = tmp_path / "checkpoints" / "step_00000004" / "model" / "tp_rank_00.safetensors"
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    with pytest.warns(UserWarning, match="step_00000004 is incomplete or damaged"):
+        trainer = Trainer(config(data, model, tmp_path, "--train.max_steps", "4"))
+    assert trainer.step == 2
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_run_inputs, tmp_path, monkeypatch):
+    from megatron_redi.training import trainer as T
+
+    data, model = tiny_run_inputs
+    real = T.microbatch_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] >= 2 else loss), m  # from the second micro-batch on
+
+    monkeypatch.setattr(T, "microbatch_loss", poisoned)
+    trainer = Trainer(config(data, model, tmp_path, "--train.max_bad_steps", "2", "--data.micro_batch_tokens", "100000",
+                             "--optim.warmup_ratio", "0"))
+    before = {k: v.clone() for k, v in trainer.master.master_tensors().items()}
+    with pytest.raises(TrainingStopped, match="2 consecutive steps"):
+        trainer.run()
+    rows = metrics(tmp_path)
+    assert rows[0].get("skipped") is None and rows[1]["skipped"] == 1
+    after = trainer.master.master_tensors()
+    assert all(torch.isfinite(v).all() for v in after.values())  # skipped steps changed nothing
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # but the good first step did
+
+
+def test_export_hf_loads_with_transformers(tiny_run_inputs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path, "--train.export_hf", tmp_path / "hf", "--train.max_steps", "2")).run()
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    from megatron_redi.checkpoint.native import NativeCheckpointReader
+    reader = NativeCheckpointReader(str(tmp_path / "checkpoints" / "step_00000002"))  # fp32 master weights
+    assert reader.dtype == torch.float32
+    assert torch.equal(hf.state_dict()["model.norm.weight"], reader.read("model.norm.weight"))
+    assert tok.eos_token == "<|endoftext|>"
+
+
+def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    with pytest.raises(TrainConfigError, match=r"unknown key\(s\) \['lrr'\]"):
+        config(data, model, tmp_path, "--optim.lrr", "1")
+    with pytest.raises(TrainConfigError, match="optim.lr: 'fast' is not a valid float"):
+        config(data, model, tmp_path, "--optim.lr", "fast")
+    with pytest.raises(TrainConfigError, match="does not go with loss.type"):
+        config(data, model, tmp_path, stage="sft", loss="redi")
+    (tmp_path / "c.yaml").write_text("optim: {lr: 1e-6}\nmodel: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(TrainConfigError, match="not valid YAML"):  # safe_load refuses code
+        load_config(str(tmp_path / "c.yaml"))
+
+
+# ---- parallel equivalence ------------------------------------------------------------------------
+
+def _run(data, model, out, *overrides):
+    Trainer(config(data, model, out, *overrides)).run()
+
+
+def test_tp2_equals_tp1(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    _run(data, model, tmp_path / "tp1")
+    run_ranks(2, _run, data, model, tmp_path / "tp2", "--parallel.tensor_parallel", "2")
+    for x, y in zip(metrics(tmp_path / "tp1"), metrics(tmp_path / "tp2")):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+        assert x["update_norm"] == pytest.approx(y["update_norm"], rel=1e-4)
+
+
+def test_tp2_dp2_with_zero1_equals_tp1_dp1(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    _run(data, model, tmp_path / "ref")
+    run_ranks(4, _run, data, model, tmp_path / "par", "--parallel.tensor_parallel", "2", "--parallel.zero1", "true",
+              "--parallel.bucket_mb", "0.01")
+    for x, y in zip(metrics(tmp_path / "ref"), metrics(tmp_path / "par")):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+        assert x["logps/chosen_mean"] == pytest.approx(y["logps/chosen_mean"], rel=1e-5)
+        assert x["update_norm"] == pytest.approx(y["update_norm"], rel=1e-4)
