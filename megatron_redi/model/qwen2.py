@@ -72,9 +72,10 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int):
         super().__init__()
         tp = parallel.tp_size
+        self.layer_idx = layer_idx
         self.head_dim = cfg.head_dim
         self.heads_local = divide(cfg.num_heads, tp, "num_attention_heads")
         self.kv_heads_local = kv_heads_per_partition(cfg, tp)
@@ -89,7 +90,7 @@ class Attention(nn.Module):
             for name in ("weight", "bias") if cfg.qkv_bias else ("weight",):
                 mark_replicated(self.qkv, name, group, kv_rows)
 
-    def forward(self, x, cos, sin, seqs: SeqBoundaries, backend: str):
+    def forward(self, x, cos, sin, seqs: SeqBoundaries, backend: str, cache=None):
         qkv = self.qkv(x)  # [t, (nh_local + 2 nkv_local) hd]
         t = qkv.shape[0]
         qkv = qkv.view(t, self.kv_heads_local, self.queries_per_group + 2, self.head_dim)
@@ -97,7 +98,12 @@ class Attention(nn.Module):
         k = qkv[:, :, -2]  # [t, nkv_local, hd]
         v = qkv[:, :, -1]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o = causal_attention(q, k, v.contiguous(), seqs, backend)  # [t, nh_local, hd]
+        if cache is not None and cache.decoding:  # t = B sequences, one new token each
+            o = cache.attend(self.layer_idx, q, k, v)
+        else:
+            o = causal_attention(q, k, v.contiguous(), seqs, backend)  # [t, nh_local, hd]
+            if cache is not None:
+                cache.store_prefill(self.layer_idx, k, v, seqs.host)
         return self.out(o.reshape(t, self.heads_local * self.head_dim))
 
 
@@ -113,16 +119,16 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.attn = Attention(cfg, parallel, dtype)
+        self.attn = Attention(cfg, parallel, dtype, layer_idx)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.mlp = MLP(cfg, parallel, dtype)
 
-    def forward(self, x, cos, sin, seqs, backend: str, selective: bool):
+    def forward(self, x, cos, sin, seqs, backend: str, selective: bool, cache=None):
         # selective recompute: keep GEMM outputs, recompute the elementwise norms and SwiGLU
-        x = x + self.attn(_maybe_checkpoint(selective, self.attn_norm, x), cos, sin, seqs, backend)
+        x = x + self.attn(_maybe_checkpoint(selective, self.attn_norm, x), cos, sin, seqs, backend, cache)
         return x + self.mlp(_maybe_checkpoint(selective, self.mlp_norm, x), selective)
 
 
@@ -142,7 +148,7 @@ class Qwen2Model(nn.Module):
         self.recompute, self.attention_backend = recompute, attention_backend
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
-            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype) for _ in range(cfg.num_layers))
+            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype, i) for i in range(cfg.num_layers))
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
             self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
                 cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)  # used for its weight only
@@ -157,9 +163,9 @@ class Qwen2Model(nn.Module):
         """The rank's vocab shard of the LM head, ``[V/tp, h]``."""
         return (self.embed if self.lm_head is None else self.lm_head).weight
 
-    def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False):
+    def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False, cache=None):
         """input_ids, position_ids: [t] (every rank holds all t, also under SP);
-        cu_seqlens: a SeqBoundaries, or host offsets [N+1]."""
+        cu_seqlens: a SeqBoundaries, or host offsets [N+1]; cache: a KVCache when generating."""
         seqs = SeqBoundaries.coerce(cu_seqlens, input_ids.device)
         t = input_ids.shape[0]
         if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
@@ -172,10 +178,10 @@ class Qwen2Model(nn.Module):
         x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
         selective = self.recompute == "selective"
         for layer in self.layers:
-            if self.recompute == "full":
+            if self.recompute == "full" and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, False, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, seqs, self.attention_backend, selective)
+                x = layer(x, cos, sin, seqs, self.attention_backend, selective and torch.is_grad_enabled(), cache)
         x = self.norm(x)
         return self.logits(x) if return_logits else x
 

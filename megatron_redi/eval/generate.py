@@ -1,0 +1,108 @@
+"""Batched sampling from the project's own model, with a KV cache, under tensor parallelism.
+
+Every TP rank runs the same batch; the logits are gathered over TP, and the sampled tokens are
+broadcast from TP rank 0 so that the ranks can never diverge. Sequence parallelism is switched off
+for generation (a decode step has one token per sequence). Sampling: greedy at temperature 0,
+else temperature and nucleus (top-p) sampling from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from ..model.kv_cache import KVCache
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(parallel):
+    saved = parallel.sequence_parallel
+    parallel.sequence_parallel = False
+    try:
+        yield
+    finally:
+        parallel.sequence_parallel = saved
+
+
+def _offsets(lengths):
+    out = [0]
+    for n in lengths:
+        out.append(out[-1] + n)
+    return out
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """logits [B, V] fp32 -> token ids [B]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set reaching top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _broadcast_tp(tokens, parallel):
+    if parallel.tp_size > 1:
+        dist.broadcast(tokens, src=parallel.rank - parallel.tp_rank, group=parallel.tp_group)
+    return tokens
+
+
+def _last_logits(model, ids_list, device, cache=None):
+    """Run packed sequences; logits of each one's last position [B, V]."""
+    lengths = [len(x) for x in ids_list]
+    offsets = _offsets(lengths)
+    ids = torch.tensor([t for x in ids_list for t in x], device=device)
+    pos = torch.cat([torch.arange(n, device=device) for n in lengths])
+    hidden = model(ids, pos, offsets, cache=cache)
+    last = torch.tensor(offsets[1:], device=device) - 1
+    return model.logits(hidden.index_select(0, last))
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32) -> list[list[int]]:
+    """The generated token ids of each prompt (prompt excluded), cut after the first stop token."""
+    parallel, device = model.parallel, model.parallel.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    outputs = []
+    with sequence_parallel_off(parallel):
+        for start in range(0, len(prompts), batch_size):
+            outputs += _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
+                                       temperature, top_p, generator, use_cache)
+    return outputs
+
+
+def _generate_batch(model, prompts, max_new_tokens, stop_ids, temperature, top_p, generator, use_cache):
+    device, cfg = model.parallel.device, model.cfg
+    batch = len(prompts)
+    cache = None
+    if use_cache:
+        attn = model.layers[0].attn
+        cache = KVCache(cfg.num_layers, batch, max(map(len, prompts)) + max_new_tokens, attn.kv_heads_local,
+                        cfg.head_dim, model.head_weight.dtype, device)
+    logits = _last_logits(model, prompts, device, cache)
+    if cache is not None:
+        cache.advance([len(p) for p in prompts])
+        cache.decoding = True
+    out, done = [[] for _ in prompts], [False] * batch
+    for step in range(max_new_tokens):
+        tokens = _broadcast_tp(sample(logits, temperature, top_p, generator), model.parallel)
+        for b, t in enumerate(tokens.tolist()):
+            if not done[b]:
+                out[b].append(t)
+                done[b] = t in stop_ids
+        if all(done) or step == max_new_tokens - 1:
+            break
+        if cache is None:  # recompute everything: the reference the cache is tested against
+            logits = _last_logits(model, [p + o for p, o in zip(prompts, out)], device)
+            continue
+        positions = torch.tensor(cache.lengths, device=device)
+        hidden = model(tokens, positions, list(range(batch + 1)), cache=cache)
+        cache.advance([1] * batch)
+        logits = model.logits(hidden)
+    return out

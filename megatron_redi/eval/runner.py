@@ -1,0 +1,97 @@
+"""Evaluate a model on a benchmark file: prompts, sampling, answer checks, pass@1 with SEM.
+
+Benchmark files are JSON lines ``{"problem": "...", "answer": "..."}`` (other keys are kept in the
+results). Problems are split over data-parallel ranks; every TP rank of a group generates together.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch.distributed as dist
+
+from .answers import is_correct, last_boxed
+from .generate import generate
+from .metrics import summarize
+
+# The prompt the paper used (Appendix C.5, after Open-R1 / LightEval's MATH template).
+LIGHTEVAL_TEMPLATE = (
+    "Solve the following math problem efficiently and clearly. The last line of your response should be "
+    "of the following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. I hope it is correct' "
+    "(without quotes) where ANSWER is just the final number or expression that solves the problem. Think "
+    "step by step before answering.\n\n{question}"
+)
+PROMPT_STYLES = ("chat", "lighteval", "raw")
+
+
+class BenchmarkError(ValueError):
+    pass
+
+
+def load_benchmark(path: str, max_problems: int | None = None) -> list[dict]:
+    problems = []
+    try:
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BenchmarkError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+                for key in ("problem", "answer"):
+                    if not isinstance(row.get(key), (str, int, float)):
+                        raise BenchmarkError(f"{path}: line {i}: field {key!r} is missing or not a string")
+                row["answer"] = str(row["answer"])
+                problems.append(row)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{path}: no such benchmark file") from None
+    if not problems:
+        raise BenchmarkError(f"{path}: no problems")
+    return problems[:max_problems] if max_problems else problems
+
+
+def build_prompt(tokenizer, problem: str, style: str, force_think: bool) -> list[int]:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style {style!r} is not one of {PROMPT_STYLES}")
+    if style == "raw":
+        text = problem
+    else:
+        content = LIGHTEVAL_TEMPLATE.format(question=problem) if style == "lighteval" else problem
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    if force_think:  # the paper fixes "<think>" as the first generated token of its models
+        text += "<think>"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_tokens(tokenizer) -> set[int]:
+    stops = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        stops.add(im_end)
+    return {s for s in stops if s is not None}
+
+
+def evaluate(model, tokenizer, problems: list[dict], samples: int = 1, max_new_tokens: int = 512,
+             temperature: float = 0.0, top_p: float = 1.0, prompt_style: str = "chat", force_think: bool = False,
+             seed: int = 0, batch_size: int = 32) -> tuple[list[dict], dict]:
+    """(one result per problem with its ``correct`` list of ``samples`` booleans, summary)."""
+    parallel = model.parallel
+    mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
+    prompts = [build_prompt(tokenizer, problems[i]["problem"], prompt_style, force_think) for i in mine]
+    stops = stop_tokens(tokenizer)
+    texts = {i: [] for i in mine}
+    for j in range(samples):  # sample j of every problem: the P_j of the SEM
+        outs = generate(model, prompts, max_new_tokens, stops, temperature, top_p, seed=seed + j, batch_size=batch_size)
+        for i, ids in zip(mine, outs):
+            texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
+    results = [{**problems[i], "index": i, "generations": texts[i],
+                "predicted": [last_boxed(t) for t in texts[i]],
+                "correct": [is_correct(t, problems[i]["answer"]) for t in texts[i]]} for i in mine]
+    if parallel.dp_size > 1:
+        gathered = [None] * parallel.dp_size
+        dist.all_gather_object(gathered, results, group=parallel.dp_group)
+        results = [r for part in gathered for r in part]
+    results.sort(key=lambda r: r["index"])
+    return results, summarize([r["correct"] for r in results])

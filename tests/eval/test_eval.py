@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+from multirank import run_ranks
+
+from megatron_redi.eval import generate, is_correct, last_boxed, load_benchmark, pass_at_k, summarize
+from megatron_redi.eval import answers
+from megatron_redi.eval.runner import BenchmarkError
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so \\boxed{42}.", "42"), ("\\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{a_{n}+\\{x\\}}", "a_{n}+\\{x\\}"), ("no box", None), ("\\boxed{12", None), ("\\boxed 7 apples", "7"),
+])
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize("pred,ref,ok", [
+    ("42", "42", True), ("42.0", "42", True), ("0.5", "\\frac{1}{2}", True), ("\\dfrac{3}{4}", "3/4", True),
+    ("-\\frac{1}{3}", "-1/3", True), ("1,000", "1000", True), ("$7$", "7", True), ("\\left(2\\right)", "(2)", True),
+    ("43", "42", False), ("\\frac{1}{3}", "0.33", False), ("x+1", "x + 1", True), ("50\\%", "50", True),
+    ("\\text{yes}", "yes", True), ("\\frac12", "0.5", True),
+])
+def test_answer_checking(pred, ref, ok, monkeypatch):
+    monkeypatch.setattr(answers, "_mv_verify", None)  # the built-in checker, whatever is installed
+    assert is_correct(f"... \\boxed{{{pred}}}", ref) is ok
+
+
+def test_no_box_is_wrong():
+    assert not is_correct("the answer is 42", "42")
+
+
+def test_sem_on_a_fixed_matrix():
+    # 4 problems x 3 samples; per-sample benchmark scores P_j = 3/4, 1/4, 2/4
+    correct = [[1, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    s = summarize([[bool(x) for x in row] for row in correct])
+    assert s["per_sample_pass@1"] == [0.75, 0.25, 0.5]
+    assert s["pass@1"] == pytest.approx(0.5)
+    std = math.sqrt(((0.25) ** 2 + (0.25) ** 2 + 0) / 2)  # sample standard deviation (n - 1)
+    assert s["sem"] == pytest.approx(std / math.sqrt(3))
+    assert s["pass@3"] == pytest.approx(0.75)  # 3 of 4 problems have a right sample
+    assert summarize([[True], [False]])["sem"] is None
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(4, 0, 1) == 0 and pass_at_k(4, 4, 1) == 1
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25) and pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+def test_benchmark_errors_name_the_line(tmp_path):
+    (tmp_path / "b.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "x"}\n')
+    with pytest.raises(BenchmarkError, match="line 2: field 'answer'"):
+        load_benchmark(str(tmp_path / "b.jsonl"))
+    with pytest.raises(BenchmarkError, match="no such benchmark"):
+        load_benchmark(str(tmp_path / "none.jsonl"))
+
+
+PROMPTS = [[5, 9, 13, 2], [7, 3], [11, 12, 13, 14, 15, 16, 17]]
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_greedy_with_kv_cache_equals_without(tiny_checkpoint, recompute):
+    from megatron_redi.model import from_pretrained
+
+    model = from_pretrained(tiny_checkpoint(num_kv_heads=2), recompute=recompute)
+    cached = generate(model, PROMPTS, 16, stop_ids=set(), use_cache=True)
+    plain = generate(model, PROMPTS, 16, stop_ids=set(), use_cache=False)
+    assert cached == plain and all(len(o) == 16 for o in cached)
+
+
+def test_sampling_is_seeded_and_stops_at_stop_tokens(tiny_checkpoint):
+    from megatron_redi.model import from_pretrained
+
+    model = from_pretrained(tiny_checkpoint())
+    a = generate(model, PROMPTS, 12, set(), temperature=1.0, top_p=0.9, seed=3)
+    b = generate(model, PROMPTS, 12, set(), temperature=1.0, top_p=0.9, seed=3)
+    assert a == b
+    stop = a[0][4]
+    cut = generate(model, PROMPTS, 12, {stop}, temperature=1.0, top_p=0.9, seed=3)
+    assert cut[0] == a[0][:a[0].index(stop) + 1]  # the same draws, cut after the first stop token
+
+
+def _tp_generation(path):
+    from megatron_redi.model import from_pretrained
+    from megatron_redi.parallel import initialize
+
+    reference = from_pretrained(path)
+    model = from_pretrained(path, initialize(tensor_parallel_size=2, sequence_parallel=True))
+    want = generate(reference, PROMPTS, 10, set())
+    got = generate(model, PROMPTS, 10, set())
+    assert got == want
+    assert model.parallel.sequence_parallel  # restored after generation
+
+
+def test_tp2_generation_equals_tp1(tiny_checkpoint):
+    run_ranks(2, _tp_generation, tiny_checkpoint(num_kv_heads=1))

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""The panels of the paper's Figure 6 from one or several runs' metrics.jsonl, as a PNG.
+
+    python tools/plot_metrics.py runs/redi_a0.8 runs/redi_a1.0 --output figure6.png
+
+Panels against the optimizer step: evaluation pass@1 (when the run evaluated), chosen LogPS and
+rejected LogPS (mean log-prob per response token), and the update size (norm of the parameter
+change per step, the paper's "gradient step size"). Each run is one line, labelled by its
+directory name or by --labels.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+PANELS = [("eval/pass@1", "eval pass@1"), ("logps/chosen_mean", "chosen LogPS"),
+          ("logps/rejected_mean", "rejected LogPS"), ("update_norm", "update size ||Δθ||")]
+
+
+def read_metrics(run: str) -> list[dict]:
+    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [read_metrics(r) for r in runs]
+    panels = [(k, t) for k, t in PANELS if any(k in row for rows in data for row in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for rows, label in zip(data, labels):
+            points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            if smooth > 1 and key != "eval/pass@1":
+                values = [sum(values[max(0, i - smooth + 1):i + 1]) / len(values[max(0, i - smooth + 1):i + 1])
+                          for i in range(len(values))]
+            ax.plot(steps, values, label=label, marker="o" if key == "eval/pass@1" else None, linewidth=1.4)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    return [k for k, _ in panels]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
+    p.add_argument("--labels", nargs="*", help="one label per run (default: directory names)")
+    p.add_argument("--smooth", type=int, default=1, help="moving average over this many steps")
+    p.add_argument("--output", default="figure6.png")
+    args = p.parse_args(argv)
+    labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
+    if len(labels) != len(args.runs):
+        print("error: give one label per run", file=sys.stderr)
+        return 2
+    try:
+        panels = plot(args.runs, labels, args.output, args.smooth)
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: {', '.join(panels)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
