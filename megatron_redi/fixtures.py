@@ -118,8 +118,14 @@ def write_random_hf_checkpoint(path: str, cfg, dtype: torch.dtype = torch.bfloat
     os.makedirs(path, exist_ok=True)
     writer = StreamingWriter(os.path.join(path, "model.safetensors"), [(n, dtype, shapes[n]) for n in names])
     gen = torch.Generator().manual_seed(seed)
-    for name in names:
-        writer.write(name, (torch.randn(shapes[name], generator=gen) * 0.02).to(dtype))
+    for name in names:  # HF's initialisation: N(0, 0.02) matrices, unit norms, zero biases
+        if "norm" in name:
+            tensor = torch.ones(shapes[name])
+        elif name.endswith("bias"):
+            tensor = torch.zeros(shapes[name])
+        else:
+            tensor = torch.randn(shapes[name], generator=gen) * 0.02
+        writer.write(name, tensor.to(dtype))
     writer.close()
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2)

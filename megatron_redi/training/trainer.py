@@ -219,9 +219,30 @@ class Trainer:
                                   self.master.master_tensors(), self.master.state_tensors(), self.cfg.parallel.zero1,
                                   self._state(), side, self.cfg.checkpoint.keep)
 
+    def evaluate(self) -> dict:
+        """pass@1 (and its SEM) on the held-out benchmark, with the model as it is now."""
+        from transformers import AutoTokenizer
+
+        from ..eval import evaluate, load_benchmark
+
+        e = self.cfg.eval
+        if not hasattr(self, "_eval_inputs"):
+            tokenizer_dir = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
+            self._eval_inputs = (AutoTokenizer.from_pretrained(tokenizer_dir), load_benchmark(e.benchmark, e.max_problems))
+        tokenizer, problems = self._eval_inputs
+        _, summary = evaluate(self.model, tokenizer, problems, e.samples, e.max_new_tokens, e.temperature,
+                              0.95 if e.temperature > 0 else 1.0, "chat", seed=self.cfg.train.seed)
+        return {"eval/pass@1": summary["pass@1"], "eval/sem": summary["sem"]}
+
+    def _eval_due(self) -> bool:
+        e = self.cfg.eval
+        return bool(e.every and e.benchmark and self.step % e.every == 0)
+
     def run(self) -> str:
         cfg = self.cfg
         last = min(self.total_steps, cfg.train.max_steps or self.total_steps)
+        if self.step == 0 and self._eval_due():  # the starting point of Figure 6's accuracy curve
+            self.logger.log(0, self.evaluate())
         bar = tqdm(total=last, initial=self.step, desc=f"{cfg.train.stage} ({cfg.loss.type})", unit="step",
                    disable=not (self.is_main and cfg.train.progress), dynamic_ncols=True)
         final = None
@@ -237,7 +258,9 @@ class Trainer:
                     warnings.warn(message)
                     self._alarmed = True
                 out["collapse_alarm"] = int(self.alarm.fired)
-            if self.step % cfg.train.log_every == 0 or self.step == last:
+            if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
+                out.update(self.evaluate())
+            if self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out:
                 self.logger.log(self.step, out)
             bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
             bar.update()
