@@ -53,6 +53,9 @@ setup(
         "transformers>=4.45",  # tokenizers, chat templates, HF parity and export
         "tokenizers",
         "tqdm",
+        "pyarrow",  # parquet / Arrow inputs of the data pipeline
+        "matplotlib",  # tools/plot_metrics.py
+        "tensorboard",  # the trainer's TensorBoard logs
     ],
     extras_require={"test": ["pytest>=8"]},
 )

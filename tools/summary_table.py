@@ -17,7 +17,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
     lines = [f"| model | pass@1 (%) ± SEM, k={k} | pass@{k} (%) | problems |", "|---|---|---|---|"]
     for label, s in rows:
         sem = "n/a" if s["sem"] is None else f"{100 * s['sem']:.1f}"
-        lines.append(f"| {label} | {100 * s['pass@1']:.1f} ± {sem} | {100 * s[f'pass@{s['samples']}']:.1f} | {s['problems']} |")
+        pass_k = s["pass@" + str(s["samples"])]
+        lines.append(f"| {label} | {100 * s['pass@1']:.1f} ± {sem} | {100 * pass_k:.1f} | {s['problems']} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from megatron_redi.config import preset
+from megatron_redi.training.metrics import CollapseAlarm, layer_params, step_flops
+
+
+def test_collapse_alarm_fires_when_both_logps_fall():
+    alarm = CollapseAlarm(window=3, drop=0.5)
+    for _ in range(3):
+        assert alarm.update(-0.05, -0.2) is None
+    for c, r in ((-0.3, -0.5), (-0.7, -0.9), (-1.0, -1.3)):
+        message = alarm.update(c, r)
+    assert message and "collapse alarm" in message and alarm.fired
+
+
+def test_collapse_alarm_stays_quiet_when_only_rejected_falls():
+    alarm = CollapseAlarm(window=3, drop=0.5)
+    for c, r in [(-0.05, -0.2)] * 3 + [(-0.06, -2.0)] * 5:  # REDI alpha 0.8's healthy picture
+        assert alarm.update(c, r) is None
+    assert not alarm.fired
+
+
+def test_flop_count_of_qwen_1_5b():
+    cfg = preset("qwen2.5-1.5b")
+    # per layer: QKV 1536 x (12 + 4) x 128, O 1536 x 1536, MLP 3 x 1536 x 8960
+    assert layer_params(cfg) == 28 * (1536 * 16 * 128 + 1536 * 1536 + 3 * 1536 * 8960)
+    flops = step_flops(cfg, [8192, 8192], response_tokens=0)
+    dense = 2 * layer_params(cfg) * 16384
+    attn = 2 * 28 * 12 * 128 * 2 * 8192 ** 2
+    assert flops == pytest.approx(3 * (dense + attn))
+
+
+def test_plot_metrics_draws_the_figure6_panels(tmp_path):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "plot_metrics", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "plot_metrics.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for name, slope in (("a0.8", 0.0), ("a1.0", -0.1)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"step": 0, "eval/pass@1": 0.5}] + [
+            {"step": s, "logps/chosen_mean": slope * s, "logps/rejected_mean": -0.2 * s, "update_norm": 0.01}
+            for s in range(1, 20)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "fig.png"
+    assert tool.main([str(tmp_path / "a0.8"), str(tmp_path / "a1.0"), "--output", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

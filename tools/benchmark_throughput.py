@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Training-step throughput on one device: this library against what users run today.
+
+    python tools/benchmark_throughput.py --preset qwen2.5-1.5b --seq-len 8192 --compare hf --json out.json
+    python tools/benchmark_throughput.py --preset tiny --seq-len 256 --steps 2      (CPU smoke run)
+
+One step = one (chosen, rejected) pair of --seq-len tokens each (SFT: one sequence of 2 x seq-len),
+the first --prompt-len tokens of each sequence being prompt: forward, the loss's log-probs, backward,
+gradient norm and clipping, AdamW on fp32 master weights, copy to the bf16 weights. Random weights
+of the preset's shapes; nothing is downloaded.
+
+Printed: tokens/s, model TFLOP/s and MFU (FLOPs as in megatron_redi/training/metrics.py; MFU
+against --peak-tflops), peak memory, the time per phase (forward, head, backward, optimizer;
+communication is zero on one device), and the step's ceiling measured in the same run: the time
+of the model's own GEMM shapes (forward, dgrad, wgrad) and attention kernels (forward + backward)
+for this micro-batch, summed without recompute (ANCHORS.md's method).
+
+--compare hf runs the step as a Hugging Face user does (transformers, SDPA, gradient checkpointing,
+fp32 weights with bf16 autocast, full logits, fused AdamW) in the same process; --compare hf-liger
+adds Liger's RoPE / RMSNorm / SwiGLU kernels and its fused linear cross-entropy (when liger-kernel
+is importable). --json writes tokens_per_s and, when compared, hf_tokens_per_s and speedup_vs_hf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from megatron_redi.config import PRESETS, ModelConfig, preset
+from megatron_redi.data.packing import build_micro_batch, Unit
+from megatron_redi.data.dataset import Sequence
+from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
+from megatron_redi.model import Qwen2Model
+from megatron_redi.ops import head_logprobs
+from megatron_redi.parallel import ParallelState
+from megatron_redi.training.metrics import step_flops
+from megatron_redi.training.optimizer import MasterParams
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def now(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def make_batch(cfg: ModelConfig, seq_len: int, prompt_len: int, sft: bool, device):
+    g = torch.Generator().manual_seed(0)
+    seqs = [Sequence(torch.randint(0, cfg.vocab_size, (n,), generator=g).numpy(), prompt_len)
+            for n in ([2 * seq_len] if sft else [seq_len, seq_len])]
+    return build_micro_batch([Unit(0, tuple(seqs))]).to(device)
+
+
+def ours(cfg, args, device, dtype):
+    parallel = ParallelState(device=device)
+    torch.manual_seed(0)
+    model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=args.recompute)
+    master = MasterParams(model, parallel)
+    loss_cfg = LossConfig(type=args.loss, beta=2.0 if args.loss == "simpo" else 0.1)
+    mb = make_batch(cfg, args.seq_len, args.prompt_len, args.loss == "sft", device)
+    total = float(mb.num_response_tokens) if args.loss == "sft" else float(len(mb.pairs.chosen))
+    ref = torch.zeros(mb.num_seqs, device=device) if args.loss == "dpo" else None
+    timer = Timer(device)
+    phases = {"forward": [], "head": [], "backward": [], "optimizer": []}
+    for step in range(args.warmup + args.steps):
+        t0 = timer.now()
+        master.zero_grad()
+        master.start_reduction()
+        hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
+        t1 = timer.now()
+        coeff = sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total) if loss_cfg.linear else None
+        logp, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff)
+        loss, _ = microbatch_loss(loss_cfg, logp, count, mb.pairs, total, ref)
+        t2 = timer.now()
+        loss.backward()
+        master.finish_reduction()
+        t3 = timer.now()
+        norm = master.grad_norm()
+        master.scale_grads(min(1.0, 1.0 / (float(norm) + 1e-6)))
+        master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4)
+        master.copy_to_model()
+        t4 = timer.now()
+        if step >= args.warmup:
+            for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                phases[name].append(dt)
+    step_time = sum(sum(v) for v in phases.values()) / args.steps
+    return {"step_s": step_time, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
+            "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
+            "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens}
+
+
+def hf_step(cfg, args, device, liger: bool):
+    """The Hugging Face user's step (ANCHORS.md): fp32 weights, bf16 autocast, full recompute."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, LlamaConfig
+
+    hf_cfg = cfg.to_hf_dict()
+    cls = Qwen2Config if cfg.architecture == "Qwen2ForCausalLM" else LlamaConfig
+    config = cls(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")})
+    config._attn_implementation = "sdpa"
+    if liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama, apply_liger_kernel_to_qwen2
+        apply = apply_liger_kernel_to_qwen2 if cfg.architecture == "Qwen2ForCausalLM" else apply_liger_kernel_to_llama
+        apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).to(device)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=1e-4, fused=device.type == "cuda")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (2, args.seq_len), generator=g).to(device)
+    labels = ids[:, 1:]
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, args.prompt_len - 1:] = True
+    lengths = mask.sum(-1).float()
+    if liger:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        lce = LigerFusedLinearCrossEntropyLoss(reduction="none")
+    timer, times = Timer(device), []
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for step in range(args.warmup + args.steps):
+        t0 = timer.now()
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            if liger:
+                hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
+                nll = lce(model.lm_head.weight, hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1))
+                token_logps = -nll.view(2, -1)
+            else:
+                logits = model(input_ids=ids).logits[:, :-1]
+                token_logps = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+            logps = (token_logps * mask).sum(-1)
+            loss = -logps[0] / lengths[0] + 0.8 * logps[1] / lengths[1]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        t1 = timer.now()
+        if step >= args.warmup:
+            times.append(t1 - t0)
+    return sum(times) / len(times)
+
+
+def _time(fn, device, repeats=5):
+    timer = Timer(device)
+    fn()
+    t0 = timer.now()
+    for _ in range(repeats):
+        fn()
+    return (timer.now() - t0) / repeats
+
+
+def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> float:
+    """Seconds of the step's GEMMs (forward, dgrad, wgrad) and attention (fwd + bwd), no recompute."""
+    t = sum(seq_lengths)
+    h, hd = cfg.hidden_size, cfg.head_dim
+    shapes = [(h, (cfg.num_heads + 2 * cfg.num_kv_heads) * hd), (cfg.num_heads * hd, h),
+              (h, 2 * cfg.intermediate_size), (cfg.intermediate_size, h)]
+
+    def gemms(rows, k, n):
+        x, w = torch.randn(rows, k, device=device, dtype=dtype), torch.randn(n, k, device=device, dtype=dtype)
+        dy = torch.randn(rows, n, device=device, dtype=dtype)
+        return (_time(lambda: x @ w.t(), device) + _time(lambda: dy @ w, device) + _time(lambda: dy.t() @ x, device))
+
+    layer = sum(gemms(t, k, n) for k, n in shapes)
+    attn = 0.0
+    for n in set(seq_lengths):
+        q = torch.randn(1, cfg.num_heads, n, hd, device=device, dtype=dtype, requires_grad=True)
+        k = torch.randn(1, cfg.num_kv_heads, n, hd, device=device, dtype=dtype, requires_grad=True)
+        v = torch.randn_like(k, requires_grad=True)
+        def run():
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
+        attn += _time(run, device) * seq_lengths.count(n)
+    head = gemms(response_tokens, h, cfg.vocab_size)
+    return cfg.num_layers * (layer + attn) + head
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=sorted(PRESETS))
+    src.add_argument("--hf-config", help="an HF config.json (or its directory)")
+    p.add_argument("--seq-len", type=int, default=8192, help="tokens per sequence of the pair")
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--loss", default="redi", choices=["redi", "symmetric", "dpo", "simpo", "sft"])
+    p.add_argument("--recompute", default="selective", choices=["none", "selective", "full"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compare", choices=["hf", "hf-liger"])
+    p.add_argument("--no-ceiling", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=793.0, help="dense bf16 rate of the card (H200: 793)")
+    p.add_argument("--json")
+    args = p.parse_args()
+    cfg = preset(args.preset) if args.preset else ModelConfig.from_hf(args.hf_config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    r = ours(cfg, args, device, dtype)
+    flops = step_flops(cfg, r["seq_lengths"], r["response_tokens"])
+    out = {"device": card, "preset": args.preset, "seq_len": args.seq_len, "loss": args.loss, "recompute": args.recompute,
+           "tokens_per_s": r["tokens"] / r["step_s"], "step_ms": 1000 * r["step_s"], "phases_ms": r["phases_ms"],
+           "communication_ms": 0.0, "model_tflops": flops / r["step_s"] / 1e12,
+           "mfu": flops / r["step_s"] / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
+           "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
+    print(f"{card}: {cfg.architecture} {args.preset or args.hf_config}, pair of 2 x {args.seq_len} tokens, {args.loss}, "
+          f"recompute {args.recompute}")
+    print(f"  megatron_redi   {out['tokens_per_s']:10,.0f} tokens/s  {out['model_tflops']:7.1f} TFLOP/s"
+          + (f"  MFU {100 * out['mfu']:.1f} %  peak {out['peak_memory_gb']:.1f} GB" if out["mfu"] is not None else ""))
+    print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items()) + ", communication 0.0")
+    if not args.no_ceiling:
+        c = ceiling(cfg, r["seq_lengths"], r["response_tokens"], device, dtype)
+        out.update(ceiling_ms=1000 * c, ceiling_tokens_per_s=r["tokens"] / c, fraction_of_ceiling=c / r["step_s"])
+        print(f"  ceiling (GEMMs + attention, same run) {out['ceiling_tokens_per_s']:,.0f} tokens/s: "
+              f"this step reaches {100 * out['fraction_of_ceiling']:.0f} % of it")
+    if args.compare:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        hf_s = hf_step(cfg, args, device, liger=args.compare == "hf-liger")
+        out.update(hf_stack=args.compare, hf_tokens_per_s=r["tokens"] / hf_s, speedup_vs_hf=hf_s / r["step_s"],
+                   hf_peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None)
+        print(f"  {args.compare:15s} {out['hf_tokens_per_s']:10,.0f} tokens/s   speedup {out['speedup_vs_hf']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
