@@ -5,7 +5,7 @@
 #
 #   MODEL=Qwen2.5-Math-1.5B DATA=data/redi OUT=runs/sft_1.5b bash examples/run_sft_1.5b.sh [--section.key value ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)  # paths the user gives stay relative to where they run this
 : "${MODEL:?set MODEL to the base model directory (HF), e.g. a local copy of Qwen2.5-Math-1.5B}"
 : "${DATA:?set DATA to the output of tools/preprocess_data.py}"
 OUT=${OUT:-runs/sft_1.5b}
@@ -19,5 +19,5 @@ PARALLEL_ARGS=(--parallel.tensor_parallel "${TP:-1}" --parallel.sequence_paralle
 DATA_ARGS=(--data.path "$DATA" --data.global_batch 128 --data.micro_batch_tokens 32768)
 OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --checkpoint.every 500 --checkpoint.keep 3)
 
-torchrun --nproc-per-node "$NGPU" -m megatron_redi.train --config examples/configs/sft_1.5b.yaml \
+torchrun --nproc-per-node "$NGPU" -m megatron_redi.train --config "$here/configs/sft_1.5b.yaml" \
     "${MODEL_ARGS[@]}" "${PARALLEL_ARGS[@]}" "${DATA_ARGS[@]}" "${OUTPUT_ARGS[@]}" "$@"

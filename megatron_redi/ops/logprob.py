@@ -65,6 +65,13 @@ def _chunk_logits(h, weight):
     return torch.mm(h, weight.t(), out_dtype=torch.float32) if _MM_FP32_OUT else h @ weight.t()
 
 
+def _dlogits_dtype(hidden):
+    """dlogits feed two GEMMs (dX, dW). On CUDA they are rounded to the GEMM dtype (bf16), which
+    puts a floor of about 1e-3 under the gradients' relative error; the CPU reference keeps them
+    in fp32 and rounds only dX's input."""
+    return torch.float32 if hidden.device.type == "cpu" else hidden.dtype
+
+
 def _lse_and_target(logits, local, tp_group, kernels):
     row_max, sum_exp, target = kernels.row_stats(logits, local)
     if tp_group is not None and dist.get_world_size(tp_group) > 1:
@@ -102,9 +109,9 @@ class _SequenceLogprobs(torch.autograd.Function):
             lse[s:e], target = _lse_and_target(logits, local[s:e], tp_group, kernels)
             logp[s:e] = target - lse[s:e]
             if single:
-                d = kernels.dlogits(logits, lse[s:e], local[s:e], token_coeff[s:e], hidden.dtype)
+                d = kernels.dlogits(logits, lse[s:e], local[s:e], token_coeff[s:e], _dlogits_dtype(hidden))
                 del logits
-                d_hidden[s:e] = d @ weight
+                d_hidden[s:e] = d.to(hidden.dtype) @ weight
                 kernels.wgrad_accumulate(d_weight, d, h)
         logp_sum = kernels.segment_sum(logp, seq_index, num_seqs)
         count = torch.zeros(num_seqs, dtype=torch.int64, device=hidden.device)
@@ -139,9 +146,9 @@ class _SequenceLogprobs(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
             logits = _chunk_logits(hidden[s:e], weight)
-            d = kernels.dlogits(logits, lse[s:e], local[s:e], g[s:e], hidden.dtype)
+            d = kernels.dlogits(logits, lse[s:e], local[s:e], g[s:e], _dlogits_dtype(hidden))
             del logits
-            d_hidden[s:e] = d @ weight
+            d_hidden[s:e] = d.to(hidden.dtype) @ weight
             kernels.wgrad_accumulate(d_weight, d, hidden[s:e])
         return (d_hidden, None if into_main else d_weight.to(weight.dtype)) + none
 
