@@ -16,9 +16,10 @@ The rules, after the paper's Section 3.1 and its reference implementation:
   19,000 are dropped; SFT sequences over 32,768 tokens in all are dropped.
 
 Output (``data/dataset.py`` reads it): ``sft/`` and ``pairs/``, each a flat ``tokens.bin`` (uint32)
-and an ``items.npy`` table (offsets, lengths, provenance); ``sources.json``; ``meta.json``; and
+and an ``items.npy`` table (offsets, lengths, provenance); ``meta.json`` (source names, options); and
 ``report.json`` with ``rows_read``, ``sft_rows``, ``pairs``, ``dropped`` (reason -> rows) and length
-percentiles. The directory appears only when complete.
+percentiles; and ``tokenizer/``, a copy of the tokenizer the ids belong to. The directory appears
+only when complete.
 """
 
 from __future__ import annotations

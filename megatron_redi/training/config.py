@@ -62,7 +62,7 @@ class CollapseSection:
     """The paper's collapse signature: chosen and rejected LogPS falling together (Section 4.3)."""
 
     window: int = 10  # steps averaged on each side of the comparison
-    drop: float = 0.5  # nats per token below the first window's chosen LogPS that raise the alarm
+    drop: float = 0.1  # nats per token below the first window's chosen LogPS that raise the alarm
     stop: bool = False  # stop the run when the alarm fires
 
 
