@@ -29,6 +29,8 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record the outcome
 if [ $DRY = 1 ]; then
     step logprob_benchmark python tools/benchmark_logprob.py --tokens 1024 --hidden 128 --vocab 4096 --repeats 1 \
         --json "$OUT/logprob_tiny.json"
+    step throughput_tiny python tools/benchmark_throughput.py --preset tiny --seq-len 256 --prompt-len 32 \
+        --steps 2 --warmup 1 --compare hf --json "$OUT/throughput_tiny.json"
     step cuda_tests python -m pytest -q -m cuda tests
     exit 0
 fi
@@ -41,4 +43,17 @@ step logprob_16k python tools/benchmark_logprob.py --tokens 16384 --json "$OUT/l
 step logprob_65k python tools/benchmark_logprob.py --tokens 65536 --repeats 3 \
     --paths two-pass/pytorch,single-pass/pytorch,two-pass/cuda-extension,single-pass/cuda-extension \
     --json "$OUT/logprob_65k.json"
+# Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process (ANCHORS.md).
+# liger-kernel is not on the GPU machine: carry its wheel (.whl, see the device tool's README) to
+# compare with HF + Liger, the strongest stack users have.
+compare=hf
+python -c "import liger_kernel" 2>/dev/null && compare=hf-liger
+for len in 4096 8192; do
+    step "throughput_${len}" python tools/benchmark_throughput.py --preset qwen2.5-1.5b --seq-len $len \
+        --compare $compare --json "$OUT/throughput_${len}.json"
+done
+for len in 16384 19000; do  # the paper's longest pairs: does 2 x 19000 fit (80 GB on an H100)?
+    step "throughput_${len}" python tools/benchmark_throughput.py --preset qwen2.5-1.5b --seq-len $len \
+        --json "$OUT/throughput_${len}.json"
+done
 echo "done; results in $OUT" | tee -a "$summary"
