@@ -68,10 +68,6 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
-    @property
-    def queries_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def num_parameters(self) -> int:
         """Parameter count (the tied head counted once)."""
         h, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
