@@ -18,6 +18,10 @@ Parallel plan (one row per linear; "column" splits outputs, "row" splits inputs)
     norms         replicated; under SP each rank sees only its tokens, so their gradients are
                   summed over TP (``sync_replicated_grads``)
 
+Activation recompute: ``none`` keeps every intermediate; ``selective`` keeps GEMM outputs and
+recomputes the norms' and SwiGLU's elementwise work in the backward (no GEMM is recomputed);
+``full`` recomputes each whole layer.
+
 The residual stream is ``[t, h]`` without SP and ``[t/tp, h]`` with it; the column-parallel
 layers gather tokens on entry and the row-parallel ones reduce-scatter on exit. When TP exceeds
 nkv, each KV head is replicated on the tp/nkv ranks whose query heads use it, and marked so that
@@ -33,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..batch import SeqBoundaries
 from ..config import ModelConfig
+from ..ops.fused import rms_norm, rms_norm_reference, swiglu_linear, swiglu_linear_reference
 from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
                         VocabParallelEmbedding, divide, mark_replicated)
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
@@ -50,25 +55,14 @@ def kv_heads_per_partition(cfg: ModelConfig, tp: int) -> int:
     return 1
 
 
-def _maybe_checkpoint(enabled: bool, fn, *args):
-    return checkpoint(fn, *args, use_reentrant=False) if enabled else fn(*args)
-
-
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, dtype):
+    def __init__(self, dim: int, eps: float, dtype, lean: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.lean = eps, lean
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
     def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
+        return (rms_norm if self.lean else rms_norm_reference)(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -108,28 +102,32 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, lean: bool):
         super().__init__()
+        self.lean = lean
         self.gate_up = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, parallel, dtype=dtype)
         self.down = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, parallel, dtype=dtype)
 
-    def forward(self, x, recompute_activation: bool):
-        act = _maybe_checkpoint(recompute_activation, swiglu, self.gate_up(x))  # [t, f_local]
-        return self.down(act)
+    def forward(self, x):
+        gate_up = self.gate_up(x)  # [t, 2 f_local]: [gate | up]
+        fused = swiglu_linear if self.lean else swiglu_linear_reference
+        return self.down.reduce_output(fused(gate_up, self.down.weight))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.attn = Attention(cfg, parallel, dtype, layer_idx)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MLP(cfg, parallel, dtype)
+    """Pre-norm residual block. ``lean`` (selective recompute): the norms and the SwiGLU keep
+    only their inputs and recompute the rest in the backward (ops/fused.py)."""
 
-    def forward(self, x, cos, sin, seqs, backend: str, selective: bool, cache=None):
-        # selective recompute: keep GEMM outputs, recompute the elementwise norms and SwiGLU
-        x = x + self.attn(_maybe_checkpoint(selective, self.attn_norm, x), cos, sin, seqs, backend, cache)
-        return x + self.mlp(_maybe_checkpoint(selective, self.mlp_norm, x), selective)
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int, lean: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
+        self.attn = Attention(cfg, parallel, dtype, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
+        self.mlp = MLP(cfg, parallel, dtype, lean)
+
+    def forward(self, x, cos, sin, seqs, backend: str, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, seqs, backend, cache)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class Qwen2Model(nn.Module):
@@ -148,8 +146,9 @@ class Qwen2Model(nn.Module):
         self.recompute, self.attention_backend = recompute, attention_backend
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
-            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype, i) for i in range(cfg.num_layers))
-            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+            lean = recompute == "selective"
+            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype, i, lean) for i in range(cfg.num_layers))
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
             self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
                 cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)  # used for its weight only
         self.rope = RotaryEmbedding(cfg)
@@ -176,12 +175,11 @@ class Qwen2Model(nn.Module):
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
         cos, sin = self.rope(position_ids)  # [t, hd]
         x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
-        selective = self.recompute == "selective"
         for layer in self.layers:
             if self.recompute == "full" and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, False, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, seqs, self.attention_backend, selective and torch.is_grad_enabled(), cache)
+                x = layer(x, cos, sin, seqs, self.attention_backend, cache)
         x = self.norm(x)
         return self.logits(x) if return_logits else x
 

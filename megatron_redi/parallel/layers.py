@@ -70,7 +70,10 @@ class RowParallelLinear(nn.Module):
         self.weight = _new_param((out_features, self.in_features_per_partition), parallel, dtype, 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        return self.reduce_output(F.linear(x, self.weight))
+
+    def reduce_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Sum the ranks' partial outputs (for callers that fuse their own GEMM with this weight)."""
         group = self.parallel.tp_group
         return reduce_scatter_tokens(y, group) if self.parallel.sequence_parallel else reduce_from_tp(y, group)
 

@@ -55,9 +55,9 @@ def test_recompute_modes_give_identical_gradients(tiny_checkpoint):
         model = from_pretrained(path, recompute=mode)
         model(ids, pos, offsets, return_logits=True).logsumexp(-1).sum().backward()
         grads[mode] = [p.grad for p in model.parameters()]
-    for mode in ("selective", "full"):
+    for mode in ("selective", "full"):  # selective computes the same gradients in another order
         for a, b in zip(grads["none"], grads[mode]):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_forward_tracks_fp32(tiny_checkpoint):
