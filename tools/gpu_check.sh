@@ -39,6 +39,17 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 step install python -m pip install --no-deps --no-build-isolation -e .
 step extension_import python -c "import megatron_redi._logprob_cuda as m; print('built:', m.__file__)"
 step cuda_tests env MEGATRON_REDI_EXPECT_CUDA_EXT=1 python -m pytest -q -m cuda tests
+# the trainer's GPU path (bf16 compute, fp32 master weights, the extension) on the toy task
+toy="$OUT/toy"
+step toy_data bash -c "python tools/make_synthetic_traces.py --output-dir $toy --rows 600 \
+    && python tools/preprocess_data.py --input $toy/traces.jsonl --tokenizer $toy/tokenizer --output-dir $toy/data --no-progress \
+    && python tools/make_synthetic_checkpoint.py --preset tiny --output $toy/student"
+for loss in sft redi dpo; do
+    stage=pairwise; [ $loss = sft ] && stage=sft
+    step "toy_train_$loss" python -m megatron_redi.train --model.path "$toy/student" --data.path "$toy/data" \
+        --train.stage $stage --loss.type $loss --train.max_steps 10 --train.output_dir "$toy/run_$loss" \
+        --optim.lr 1e-3 --train.progress false
+done
 step logprob_16k python tools/benchmark_logprob.py --tokens 16384 --json "$OUT/logprob_16k.json"
 step logprob_65k python tools/benchmark_logprob.py --tokens 65536 --repeats 3 \
     --paths two-pass/pytorch,single-pass/pytorch,two-pass/cuda-extension,single-pass/cuda-extension \
