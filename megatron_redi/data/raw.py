@@ -1,6 +1,7 @@
 """Read raw teacher traces, row by row, from local files: JSON lines, parquet, Arrow, or a
-directory saved by ``datasets.Dataset.save_to_disk``. Rows stream in batches; nothing holds a
-whole file (the real corpus has 516k rows with several long generations each)."""
+directory saved by ``datasets.Dataset.save_to_disk``; or, where a network and the ``datasets``
+package exist, a Hub dataset named ``hub:OWNER/NAME[:SPLIT]`` (streamed). Rows stream in batches;
+nothing holds a whole file (the real corpus has 516k rows with several long generations each)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     """(path, kind) for every file named, globbed, or inside a saved datasets directory."""
     files = []
     for spec in inputs:
+        if spec.startswith("hub:"):
+            files.append((spec, "hub"))
+            continue
         paths = sorted(glob.glob(spec)) or [spec]
         for path in paths:
             if not os.path.exists(path):
@@ -93,6 +97,16 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return files
 
 
+def _hub(spec) -> Iterator[RawRow]:
+    try:
+        import datasets
+    except ImportError:
+        raise RawDataError(f"{spec}: reading a Hub dataset needs the datasets package (pip install datasets)") from None
+    name, _, split = spec[len("hub:"):].partition(":")
+    for i, record in enumerate(datasets.load_dataset(name, split=split or "train", streaming=True)):
+        yield RawRow(spec, i, record)
+
+
 def count_rows(files: list[tuple[str, str]]) -> int | None:
     """Total rows when the formats record it (parquet); None otherwise (for the progress bar)."""
     if any(kind != "parquet" for _, kind in files):
@@ -107,7 +121,10 @@ def read_rows(files: list[tuple[str, str]]) -> Iterator[RawRow]:
     goes on with the next file."""
     for path, kind in files:
         try:
-            yield from (_jsonl(path) if kind == "jsonl" else _columnar(path, kind))
+            if kind == "hub":
+                yield from _hub(path)
+            else:
+                yield from (_jsonl(path) if kind == "jsonl" else _columnar(path, kind))
         except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for corrupt files
             if not isinstance(e, (OSError, UnicodeDecodeError)) and not type(e).__module__.startswith("pyarrow"):
                 raise

@@ -174,3 +174,21 @@ def test_command_line_errors_exit_2(tiny_tokenizer_dir, tmp_path, capsys):
     assert tool.main(["--input", str(tmp_path / "a.jsonl"), "--tokenizer", tiny_tokenizer_dir,
                       "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_hub_input_without_datasets_is_a_clear_error(tiny_tokenizer_dir, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    from megatron_redi.data.raw import RawDataError
+    with pytest.raises(RawDataError, match="hub:open-r1/OpenR1-Math-Raw: reading a Hub dataset needs the datasets"):
+        preprocess(["hub:open-r1/OpenR1-Math-Raw"], str(tmp_path / "o"), Options(tokenizer=tiny_tokenizer_dir),
+                   progress=False)
+    assert not os.path.exists(tmp_path / "o")
