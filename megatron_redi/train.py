@@ -1,4 +1,4 @@
-"""Train: ``python -m megatron_redi.train --config FILE.yaml [--section.key value ...]``
+"""Train: ``python -m megatron_redi.train --config FILE.yaml [--export-hf DIR] [--section.key value ...]``
 
 Launch with torchrun for several processes or nodes (examples/ has single-node, tiny CPU and
 SLURM launchers). Stages: ``sft`` (stage 1) and ``pairwise`` with loss redi | symmetric | dpo | simpo.
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
             return 2
         config = argv[i + 1]
         del argv[i:i + 2]
+    argv = ["--train.export_hf" if a == "--export-hf" else a for a in argv]  # the short spelling
     try:
         cfg = load_config(config, argv)
         checkpoint = train(cfg)

@@ -36,3 +36,12 @@ def test_train_command_line_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "model.path is required" in proc.stderr
     proc = run("-m", "megatron_redi.train", "--model.path", tmp_path, "--data.path", tmp_path, check=False)
     assert proc.returncode == 2 and "not a tokenised dataset" in proc.stderr
+
+
+def test_train_command_line_runs_and_exports(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    proc = run("-m", "megatron_redi.train", "--model.path", model, "--data.path", data, "--model.dtype", "fp32",
+               "--data.global_batch", "8", "--train.max_steps", "2", "--train.output_dir", tmp_path / "run",
+               "--train.progress", "false", "--export-hf", tmp_path / "hf")
+    assert "done:" in proc.stdout
+    assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
