@@ -1,0 +1,136 @@
+"""Triton kernels for the decoder's elementwise work; their PyTorch references are in fused.py.
+
+    rms_norm_forward(x [t, h], w, eps)        -> y, rstd [t] (fp32)
+    rms_norm_backward(dy, x, w, rstd)         -> dx, dw (fp32 partial sums reduced by torch)
+    swiglu_forward(gate_up [t, 2f])           -> silu(gate) * up            [t, f]
+    swiglu_backward(dact [t, f], gate_up)     -> d gate_up [t, 2f], recomputed act [t, f]
+
+One program per row (norms) or per (row, column block) (SwiGLU); all arithmetic in fp32, results
+stored in the input dtype. ``usable`` is the one availability check: Triton importable, not
+switched off (MEGATRON_REDI_TRITON=0), and either a CUDA device or Triton's CPU interpreter
+(TRITON_INTERPRET=1, which the tests use).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: fused.py keeps to its PyTorch references
+    triton = None
+
+AVAILABLE = triton is not None
+
+
+def usable(t: torch.Tensor) -> bool:
+    if not AVAILABLE or os.environ.get("MEGATRON_REDI_TRITON", "1") == "0":
+        return False
+    return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _rms_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n
+        x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        xhat = (x * rstd).to(w.dtype)  # rounded to the activation dtype, as the reference does
+        tl.store(y_ptr + row * n + cols, (xhat.to(tl.float32) * w.to(tl.float32)).to(w.dtype), mask=mask)
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def _rms_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_ptr, rows, n, ROWS_PER_PROGRAM: tl.constexpr,
+                 BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        dw = tl.zeros((BLOCK,), dtype=tl.float32)
+        for i in range(ROWS_PER_PROGRAM):
+            row = pid * ROWS_PER_PROGRAM + i
+            if row < rows:
+                x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(dy_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+                rstd = tl.load(rstd_ptr + row)
+                xhat = x * rstd
+                dw += dy * xhat.to(w.dtype).to(tl.float32)
+                dxhat = dy * w.to(tl.float32)
+                dx = rstd * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / n))
+                tl.store(dx_ptr + row * n + cols, dx.to(w.dtype), mask=mask)
+        tl.store(dw_ptr + pid * n + cols, dw, mask=mask)
+
+    @triton.jit
+    def _swiglu_fwd(gu_ptr, act_ptr, f, BLOCK: tl.constexpr):
+        row, block = tl.program_id(0), tl.program_id(1)
+        cols = block * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < f
+        gate = tl.load(gu_ptr + row * 2 * f + cols, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gu_ptr + row * 2 * f + f + cols, mask=mask, other=0.0).to(tl.float32)
+        act = gate * tl.sigmoid(gate) * up
+        tl.store(act_ptr + row * f + cols, act.to(act_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _swiglu_bwd(dact_ptr, gu_ptr, dgu_ptr, act_ptr, f, BLOCK: tl.constexpr):
+        row, block = tl.program_id(0), tl.program_id(1)
+        cols = block * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < f
+        gate = tl.load(gu_ptr + row * 2 * f + cols, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gu_ptr + row * 2 * f + f + cols, mask=mask, other=0.0).to(tl.float32)
+        dact = tl.load(dact_ptr + row * f + cols, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(gate)
+        silu = gate * sig
+        out_ty = dgu_ptr.dtype.element_ty
+        tl.store(dgu_ptr + row * 2 * f + cols, (dact * up * sig * (1 + gate * (1 - sig))).to(out_ty), mask=mask)
+        tl.store(dgu_ptr + row * 2 * f + f + cols, (dact * silu).to(out_ty), mask=mask)
+        tl.store(act_ptr + row * f + cols, (silu * up).to(out_ty), mask=mask)
+
+
+def _2d(t):
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def rms_norm_forward(x, weight, eps: float):
+    x2 = _2d(x)
+    rows, n = x2.shape
+    y = torch.empty_like(x2)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    _rms_fwd[(rows,)](x2, weight, y, rstd, n, eps, BLOCK=triton.next_power_of_2(n))
+    return y.view_as(x), rstd
+
+
+def rms_norm_backward(dy, x, weight, rstd, rows_per_program: int = 16):
+    x2, dy2 = _2d(x), _2d(dy)
+    rows, n = x2.shape
+    dx = torch.empty_like(x2)
+    programs = triton.cdiv(rows, rows_per_program)
+    dw_partial = torch.empty(programs, n, dtype=torch.float32, device=x.device)
+    _rms_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_partial, rows, n, ROWS_PER_PROGRAM=rows_per_program,
+                          BLOCK=triton.next_power_of_2(n))
+    return dx.view_as(x), dw_partial.sum(0).to(weight.dtype)
+
+
+SWIGLU_BLOCK = 1024
+
+
+def swiglu_forward(gate_up):
+    gu = _2d(gate_up)
+    rows, f = gu.shape[0], gu.shape[1] // 2
+    act = torch.empty(rows, f, dtype=gu.dtype, device=gu.device)
+    _swiglu_fwd[(rows, triton.cdiv(f, SWIGLU_BLOCK))](gu, act, f, BLOCK=SWIGLU_BLOCK)
+    return act.view(*gate_up.shape[:-1], f)
+
+
+def swiglu_backward(dact, gate_up):
+    gu, d = _2d(gate_up), _2d(dact)
+    rows, f = gu.shape[0], gu.shape[1] // 2
+    dgu, act = torch.empty_like(gu), torch.empty(rows, f, dtype=gu.dtype, device=gu.device)
+    _swiglu_bwd[(rows, triton.cdiv(f, SWIGLU_BLOCK))](d, gu, dgu, act, f, BLOCK=SWIGLU_BLOCK)
+    return dgu.view_as(gate_up), act.view(*gate_up.shape[:-1], f)
