@@ -186,7 +186,7 @@ def sequence_logprobs(hidden, weight, targets, seq_index, num_seqs: int, tp_grou
 
     hidden [t, h] (the same on every TP rank), weight [V/tp, h] (this rank's vocab shard),
     targets [t] int64 in [0, V), seq_index [t] int64 in [0, num_seqs), token_coeff [t] fp32 or
-    None (None: two-pass mode). ``kernels`` forces "pytorch" or "cuda-extension".
+    None (None: two-pass mode). ``kernels`` forces "pytorch", "triton" or "cuda-extension".
     """
     return _logprobs(copy_to_tp(hidden, tp_group), weight, targets, seq_index, num_seqs, tp_group,
                      token_coeff, chunk_tokens, kernels)

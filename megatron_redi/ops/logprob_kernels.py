@@ -10,9 +10,10 @@ shard, fp32 or bf16) with the chunk's ``targets [c]`` already shifted into the s
     segment_sum(values, index, n)         -> out[n] = sum of values[i] with index[i] == n (fp32)
     wgrad_accumulate(acc, dlogits, h)     -> acc += dlogits^T h, accumulated in fp32
 
-``KERNELS`` picks, once, the CUDA extension (csrc/, built by setup.py where CUDA is present) for
-CUDA tensors, else the references below, which are exact, are what CPU runs, and are what the
-tests compare the extension with.
+``KERNELS`` picks, once, for CUDA tensors: the CUDA extension (csrc/, built by setup.py where CUDA
+is present), else Triton's kernels (ops/triton_kernels.py: row_stats and dlogits; the segment sum
+and the weight gradient stay in PyTorch), else the references below, which are exact, are what
+CPU runs, and are what the tests compare the others with.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def _cuda_extension():
     return _Cuda
 
 
+def _triton():
+    from . import triton_kernels as tk
+
+    if not tk.AVAILABLE:
+        return None
+
+    class _Triton(_Reference):
+        name = "triton"
+        row_stats = staticmethod(tk.row_stats)
+        dlogits = staticmethod(tk.dlogits)
+
+    return _Triton
+
+
 class KernelChoice:
     """One availability check: the fastest kernels present for a device."""
 
@@ -85,15 +100,19 @@ class KernelChoice:
         self._cuda = None
 
     def for_device(self, device: torch.device, prefer: str | None = None):
-        if device.type != "cuda" or prefer == "pytorch":
+        if prefer == "pytorch":
+            return _Reference
+        if prefer == "triton" and device.type != "cuda":  # Triton's CPU interpreter (tests)
+            return _triton() or _Reference
+        if device.type != "cuda":
             return _Reference
         if self._cuda is None:
-            self._cuda = {"cuda-extension": _cuda_extension()}
+            self._cuda = {"cuda-extension": _cuda_extension(), "triton": _triton()}
         if prefer is not None:
             if self._cuda.get(prefer) is None:
                 raise RuntimeError(f"log-prob kernels {prefer!r} are not available here")
             return self._cuda[prefer]
-        return self._cuda["cuda-extension"] or _Reference
+        return self._cuda["cuda-extension"] or self._cuda["triton"] or _Reference
 
     def available(self, device: torch.device) -> list[str]:
         names = ["pytorch"]

@@ -5,6 +5,11 @@
     swiglu_forward(gate_up [t, 2f])           -> silu(gate) * up            [t, f]
     swiglu_backward(dact [t, f], gate_up)     -> d gate_up [t, 2f], recomputed act [t, f]
 
+and two of the log-prob head's (references in logprob_kernels.py, contracts as csrc/'s):
+
+    row_stats(logits [c, V], local [c])       -> max, sum exp(x - max), target logit   [c] fp32
+    dlogits(logits, lse, local, coeff, dtype) -> coeff * (onehot - softmax)             [c, V]
+
 One program per row (norms) or per (row, column block) (SwiGLU); all arithmetic in fp32, results
 stored in the input dtype. ``usable`` is the one availability check: Triton importable, not
 switched off (MEGATRON_REDI_TRITON=0), and either a CUDA device or Triton's CPU interpreter
@@ -36,7 +41,7 @@ if AVAILABLE:
 
     @triton.jit
     def _rms_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, BLOCK: tl.constexpr):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # row * width may pass 2**31
         cols = tl.arange(0, BLOCK)
         mask = cols < n
         x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
@@ -49,7 +54,7 @@ if AVAILABLE:
     @triton.jit
     def _rms_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_ptr, rows, n, ROWS_PER_PROGRAM: tl.constexpr,
                  BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
+        pid = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
@@ -69,7 +74,7 @@ if AVAILABLE:
 
     @triton.jit
     def _swiglu_fwd(gu_ptr, act_ptr, f, BLOCK: tl.constexpr):
-        row, block = tl.program_id(0), tl.program_id(1)
+        row, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
         cols = block * BLOCK + tl.arange(0, BLOCK)
         mask = cols < f
         gate = tl.load(gu_ptr + row * 2 * f + cols, mask=mask, other=0.0).to(tl.float32)
@@ -79,7 +84,7 @@ if AVAILABLE:
 
     @triton.jit
     def _swiglu_bwd(dact_ptr, gu_ptr, dgu_ptr, act_ptr, f, BLOCK: tl.constexpr):
-        row, block = tl.program_id(0), tl.program_id(1)
+        row, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
         cols = block * BLOCK + tl.arange(0, BLOCK)
         mask = cols < f
         gate = tl.load(gu_ptr + row * 2 * f + cols, mask=mask, other=0.0).to(tl.float32)
@@ -91,6 +96,55 @@ if AVAILABLE:
         tl.store(dgu_ptr + row * 2 * f + cols, (dact * up * sig * (1 + gate * (1 - sig))).to(out_ty), mask=mask)
         tl.store(dgu_ptr + row * 2 * f + f + cols, (dact * silu).to(out_ty), mask=mask)
         tl.store(act_ptr + row * f + cols, (silu * up).to(out_ty), mask=mask)
+
+
+    @triton.jit
+    def _row_stats(x_ptr, local_ptr, max_ptr, sum_ptr, target_ptr, vocab, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # row * width may pass 2**31
+        m = -float("inf")
+        s = 0.0
+        for start in range(0, vocab, BLOCK):  # online max and sum-exp over the row
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * vocab + cols, mask=cols < vocab, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        t = tl.load(local_ptr + row)
+        owned = (t >= 0) & (t < vocab)
+        target = tl.load(x_ptr + row * vocab + tl.where(owned, t, 0)).to(tl.float32)
+        tl.store(max_ptr + row, m)
+        tl.store(sum_ptr + row, s)
+        tl.store(target_ptr + row, tl.where(owned, target, 0.0))
+
+    @triton.jit
+    def _dlogits(x_ptr, lse_ptr, local_ptr, coeff_ptr, out_ptr, vocab, BLOCK: tl.constexpr):
+        row, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        cols = block * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < vocab
+        x = tl.load(x_ptr + row * vocab + cols, mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(coeff_ptr + row)
+        g = -c * tl.exp(x - tl.load(lse_ptr + row))
+        g = tl.where(cols == tl.load(local_ptr + row), g + c, g)
+        tl.store(out_ptr + row * vocab + cols, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def row_stats(logits, local):
+    rows, vocab = logits.shape
+    outs = [torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3)]
+    if rows:
+        _row_stats[(rows,)](logits, local, *outs, vocab, BLOCK=4096)
+    return tuple(outs)
+
+
+DLOGITS_BLOCK = 4096
+
+
+def dlogits(logits, lse, local, coeff, out_dtype):
+    out = logits if logits.dtype == out_dtype else torch.empty_like(logits, dtype=out_dtype)  # in place if it can
+    rows, vocab = logits.shape
+    if rows:
+        _dlogits[(rows, triton.cdiv(vocab, DLOGITS_BLOCK))](logits, lse, local, coeff, out, vocab, BLOCK=DLOGITS_BLOCK)
+    return out
 
 
 def _2d(t):

@@ -63,3 +63,50 @@ def test_triton_kernels_under_the_interpreter():
 @pytest.mark.cuda
 def test_triton_kernels_on_gpu():
     _check("cuda", {})
+
+
+LOGPROB_CHECK = r'''
+import torch
+from megatron_redi.ops import logprob_kernels as K
+from megatron_redi.ops import sequence_logprobs, triton_kernels as tk
+
+device = "{device}"
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    logits = (torch.randn(13, 5000, generator=g) * 4).to(device, dtype)  # 5000: two 4096 blocks
+    local = torch.randint(-2500, 5000, (13,), generator=g).to(device)  # some targets on other ranks
+    lse = torch.logsumexp(logits.float(), -1)
+    coeff = torch.randn(13, generator=g).to(device)
+    for got, want in zip(tk.row_stats(logits, local), K.row_stats_reference(logits, local)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        got = tk.dlogits(logits.clone(), lse, local, coeff, out_dtype)
+        want = K.dlogits_reference(logits, lse, local, coeff, out_dtype)
+        assert got.dtype == out_dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-6)
+# the whole head through the Triton kernels equals the reference path
+hidden = torch.randn(40, 16, generator=g).to(device)
+weight = torch.randn(300, 16, generator=g).to(device)
+targets = torch.randint(0, 300, (40,), generator=g).to(device)
+seq_index = (torch.arange(40) // 20).to(device)
+a = sequence_logprobs(hidden, weight, targets, seq_index, 2, kernels="triton")[0]
+b = sequence_logprobs(hidden, weight, targets, seq_index, 2, kernels="pytorch")[0]
+torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+print("triton kernels match")
+'''
+
+
+def _check_logprob(device, env):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", LOGPROB_CHECK.format(device=device)], capture_output=True,
+                          text=True, env={**os.environ, **env, "PYTHONPATH": root})
+    assert proc.returncode == 0 and "triton kernels match" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_logprob_triton_kernels_under_the_interpreter():
+    _check_logprob("cpu", {"TRITON_INTERPRET": "1"})
+
+
+@pytest.mark.cuda
+def test_logprob_triton_kernels_on_gpu():
+    _check_logprob("cuda", {})
