@@ -95,6 +95,7 @@ def main():
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--paths", help="comma-separated subset of the paths (default: all available)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive path (its [t, V] logits need t*V*6 bytes)")
     p.add_argument("--no-error", action="store_true", help="skip the fp32 reference and the error columns")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
@@ -102,7 +103,7 @@ def main():
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     inputs = make_inputs(args.tokens, args.hidden, args.vocab, args.seqs, dtype, device)
 
-    paths = {"naive": naive}
+    paths = {} if args.no_naive else {"naive": naive}
     for k in KERNELS.available(device):
         paths[f"two-pass/{k}"] = fused(False, k)
         paths[f"single-pass/{k}"] = fused(True, k)

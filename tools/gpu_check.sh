@@ -52,7 +52,7 @@ for loss in sft redi dpo; do
 done
 step logprob_16k python tools/benchmark_logprob.py --tokens 16384 --json "$OUT/logprob_16k.json"
 step logprob_65k python tools/benchmark_logprob.py --tokens 65536 --repeats 3 \
-    --paths two-pass/pytorch,single-pass/pytorch,two-pass/cuda-extension,single-pass/cuda-extension,two-pass/triton,single-pass/triton \
+    --no-naive \
     --json "$OUT/logprob_65k.json"
 # Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process (ANCHORS.md).
 # liger-kernel is not on the GPU machine: carry its wheel (.whl, see the device tool's README) to
