@@ -49,20 +49,20 @@ print("triton kernels match")
 '''
 
 
-def _check(device, env):
+def _check(script, device, env):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", CHECK.format(device=device)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script.format(device=device)], capture_output=True, text=True,
                           env={**os.environ, **env, "PYTHONPATH": root})
     assert proc.returncode == 0 and "triton kernels match" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_triton_kernels_under_the_interpreter():
-    _check("cpu", {"TRITON_INTERPRET": "1"})
+    _check(CHECK, "cpu", {"TRITON_INTERPRET": "1"})
 
 
 @pytest.mark.cuda
 def test_triton_kernels_on_gpu():
-    _check("cuda", {})
+    _check(CHECK, "cuda", {})
 
 
 LOGPROB_CHECK = r'''
@@ -96,17 +96,10 @@ print("triton kernels match")
 '''
 
 
-def _check_logprob(device, env):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", LOGPROB_CHECK.format(device=device)], capture_output=True,
-                          text=True, env={**os.environ, **env, "PYTHONPATH": root})
-    assert proc.returncode == 0 and "triton kernels match" in proc.stdout, proc.stderr[-3000:]
-
-
 def test_logprob_triton_kernels_under_the_interpreter():
-    _check_logprob("cpu", {"TRITON_INTERPRET": "1"})
+    _check(LOGPROB_CHECK, "cpu", {"TRITON_INTERPRET": "1"})
 
 
 @pytest.mark.cuda
 def test_logprob_triton_kernels_on_gpu():
-    _check_logprob("cuda", {})
+    _check(LOGPROB_CHECK, "cuda", {})
