@@ -21,6 +21,17 @@ class ConfigError(ValueError):
     """A config that names an unsupported model or contradicts itself."""
 
 
+def load_json(file: str, error: type[Exception], missing: str = "no such file"):
+    """A JSON file's content; a missing or malformed file raises ``error`` naming it."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{file}: {missing}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{file}: not valid JSON ({e})") from None
+
+
 @dataclass(frozen=True)
 class RopeScaling:
     """Llama-3 ("llama3") frequency scaling of RoPE; see ``model.rope``."""
@@ -139,14 +150,7 @@ class ModelConfig:
     def from_hf(cls, path: str) -> ModelConfig:
         """Read ``config.json`` from a checkpoint directory (or the file itself)."""
         file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        try:
-            with open(file) as f:
-                cfg = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{file}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(cfg, source=file)
+        return cls.from_hf_dict(load_json(file, ConfigError), source=file)
 
     def to_hf_dict(self) -> dict:
         """The config.json of an HF checkpoint with these weights."""

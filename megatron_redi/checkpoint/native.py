@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
-from ..config import ModelConfig
+from ..config import ModelConfig, load_json
 from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter
 
@@ -79,13 +79,7 @@ class NativeCheckpointReader:
     def __init__(self, path: str):
         self.path = path
         meta_file = os.path.join(path, METADATA_FILE)
-        try:
-            with open(meta_file) as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: not a native checkpoint (no {METADATA_FILE})") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{meta_file}: not valid JSON ({e})") from None
+        meta = load_json(meta_file, CheckpointError, missing="not a native checkpoint (no such file)")
         if meta.get("format") != FORMAT_NAME:
             raise CheckpointError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
         if meta.get("format_version") != FORMAT_VERSION:

@@ -164,8 +164,8 @@ class Templater:
 _worker: dict = {}
 
 
-def _init_worker(opts: Options):
-    _worker["opts"], _worker["templater"] = opts, Templater(opts.tokenizer)
+def _init_worker(opts: Options, templater: Templater | None = None):
+    _worker["opts"], _worker["templater"] = opts, templater or Templater(opts.tokenizer)
 
 
 def _process(batch: list[tuple[int, int, dict]]) -> list[dict]:
@@ -247,7 +247,7 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
                progress: bool = True) -> dict:
     """Run the whole pipeline; returns the report (also written to ``report.json``)."""
     files = expand_inputs(inputs)
-    Templater(opts.tokenizer)  # fail early, in this process, on a bad tokenizer
+    templater = Templater(opts.tokenizer)  # fails early, in this process, on a bad tokenizer
     counts, dropped, sources = Counter(), Counter(), {}
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         sft, pairs = _Store(os.path.join(tmp, "sft"), SFT_ITEM), _Store(os.path.join(tmp, "pairs"), PAIR_ITEM)
@@ -285,7 +285,7 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
 
         batches = _batches(read_rows(files), files, size=64)
         if workers <= 1:
-            _init_worker(opts)
+            _init_worker(opts, templater)
             for batch in batches:
                 consume([b for b in batch if isinstance(b, RawRow)])
                 consume(_process([b for b in batch if not isinstance(b, RawRow)]))
@@ -315,7 +315,6 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
                 "rejected": _percentiles(pair_items["rejected_len"]),
             },
         }
-        templater = Templater(opts.tokenizer)
         meta = {"format": "megatron_redi.tokenized", "format_version": FORMAT_VERSION,
                 "eos_token_id": templater.tok.eos_token_id, "end_of_turn": templater.end_of_turn,
                 "inputs": [p for p, _ in files], "sources": list(sources), "options": asdict(opts)}

@@ -101,8 +101,7 @@ def _generate_batch(model, prompts, max_new_tokens, stop_ids, temperature, top_p
         if cache is None:  # recompute everything: the reference the cache is tested against
             logits = _last_logits(model, [p + o for p, o in zip(prompts, out)], device)
             continue
-        positions = torch.tensor(cache.lengths, device=device)
-        hidden = model(tokens, positions, list(range(batch + 1)), cache=cache)
+        hidden = model(tokens, cache.positions, list(range(batch + 1)), cache=cache)
         cache.advance([1] * batch)
         logits = model.logits(hidden)
     return out

@@ -20,6 +20,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = [0] * batch  # host copy: tokens cached per sequence
+        self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # the same, on the device
         self.max_len = max_len
         self.decoding = False
 
@@ -31,8 +32,7 @@ class KVCache:
 
     def attend(self, layer: int, q, k, v):
         """Decode: q [B, nh, hd], k, v [B, nkv, hd] of the new tokens -> attention output [B, nh, hd]."""
-        batch = torch.arange(q.shape[0], device=q.device)
-        pos = torch.tensor(self.lengths, device=q.device)
+        batch, pos = torch.arange(q.shape[0], device=q.device), self.positions
         self.k[layer][batch, pos] = k
         self.v[layer][batch, pos] = v
         span = max(self.lengths) + 1
@@ -44,5 +44,7 @@ class KVCache:
         return out.squeeze(2)
 
     def advance(self, counts):
-        """Record that each sequence grew by counts[b] tokens."""
+        """Record that each sequence grew by counts[b] tokens (one host-to-device copy per step,
+        shared by every layer)."""
         self.lengths = [n + c for n, c in zip(self.lengths, counts)]
+        self.positions = torch.tensor(self.lengths, device=self.positions.device)

@@ -81,7 +81,8 @@ class MetricsLogger:
 class CollapseAlarm:
     """Fires when the mean chosen LogPS of the last ``window`` steps has fallen more than ``drop``
     nats per token below that of the first ``window`` steps while rejected LogPS fell too: the
-    paper's collapse signature (Section 4.3), where symmetric REDI lowers both together."""
+    paper's collapse signature (Section 4.3), where symmetric REDI lowers both together.
+    ``update`` returns the warning once, at the step it first fires."""
 
     def __init__(self, window: int, drop: float):
         self.window, self.drop = window, drop
@@ -92,7 +93,7 @@ class CollapseAlarm:
         self.chosen.append(chosen_mean)
         self.rejected.append(rejected_mean)
         w = self.window
-        if len(self.chosen) < 2 * w:
+        if self.fired or len(self.chosen) < 2 * w:
             return None
         first_c, first_r = sum(self.chosen[:w]) / w, sum(self.rejected[:w]) / w
         last_c, last_r = sum(self.chosen[-w:]) / w, sum(self.rejected[-w:]) / w

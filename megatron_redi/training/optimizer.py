@@ -43,10 +43,10 @@ class _Group:
         self.numel = n + (-n % dp)  # padded so that ZeRO-1 slices are equal
         self.master = torch.zeros(self.numel, dtype=torch.float32, device=device)
         self.grad = torch.zeros(self.numel, dtype=torch.float32, device=device)
-        self.ranges = {}
+        self.ranges, self.shapes = {}, {}
         offset = 0
         for name, p in params:
-            self.ranges[name] = (offset, offset + p.numel())
+            self.ranges[name], self.shapes[name] = (offset, offset + p.numel()), p.shape
             self.master[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
             p.main_grad = self.grad[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
@@ -66,6 +66,9 @@ class MasterParams:
         self.exp_avg = [torch.zeros(s.stop - s.start, dtype=torch.float32, device=device) for s in self.slices]
         self.exp_avg_sq = [torch.zeros_like(m) for m in self.exp_avg]
         self.step_count = 0
+        # regions replicated over TP ranks (name, rows, ranks sharing them): fixed by the model
+        self._replicated = [(name, rows, share) for name, regions in _replicated_regions(model).items()
+                            for rows, share in regions]
         self._build_buckets(bucket_mb)
         self._reducing = False
         self._handles = []
@@ -142,15 +145,18 @@ class MasterParams:
             h.wait()
         self._handles, self._reducing = [], False
 
+    def _replicated_views(self, buffer: str):
+        """(view of a replicated region in each group's ``buffer``, TP ranks sharing it)."""
+        for name, rows, share in self._replicated:
+            g = self._group_of(name)
+            start, end = g.ranges[name]
+            yield getattr(g, buffer)[start:end].view(g.shapes[name])[rows], share
+
     def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the gradient (fp32), each parameter counted once across TP ranks."""
-        total = torch.zeros((), dtype=torch.float32, device=self.groups[0].grad.device)
-        replicated = _replicated_regions(self.model)
-        for name, p in self.named_params():
-            sq = p.main_grad.square().sum()
-            for rows, share in replicated.get(name, ()):
-                sq = sq - (1 - 1 / share) * p.main_grad[rows].square().sum()
-            total += sq
+        total = sum(g.grad.square().sum() for g in self.groups)  # padding is zero
+        for view, share in self._replicated_views("grad"):
+            total = total - (1 - 1 / share) * view.square().sum()
         if self.parallel.tp_size > 1:
             dist.all_reduce(total, group=self.parallel.tp_group)
         return total.sqrt()
@@ -168,7 +174,7 @@ class MasterParams:
         self.step_count += 1
         b1, b2 = betas
         bc1, bc2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
-        replicated = self._replicated_views() if self.parallel.tp_size > 1 else []
+        replicated = list(self._replicated_views("master"))
         before = [view.clone() for view, _ in replicated]
         sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
         for g, decay, sl, m_all, v_all in zip(self.groups, self.weight_decay_groups, self.slices,
@@ -192,16 +198,6 @@ class MasterParams:
             for (view, share), old in zip(replicated, before):
                 sq -= (1 - 1 / share) * (view - old).square().sum()
         return sq
-
-    def _replicated_views(self):
-        """(master view of a replicated region, number of TP ranks sharing it)."""
-        out = []
-        for name, regions in _replicated_regions(self.model).items():
-            g = self._group_of(name)
-            start, end = g.ranges[name]
-            master = g.master[start:end].view_as(self.model.get_parameter(name))
-            out += [(master[rows], share) for rows, share in regions]
-        return out
 
     def update_norm(self, sq: torch.Tensor) -> torch.Tensor:
         """The global norm of the step, from every rank's ``adamw_step`` share."""

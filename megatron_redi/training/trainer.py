@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
+from ..config import load_json
 from ..losses import microbatch_loss, sequence_coefficients
 from ..model import from_pretrained
 from ..ops import head_logprobs
@@ -111,7 +112,7 @@ class Trainer:
             self.reference = self._load_model(ref_path, trainable=False)
             return
         stored = os.path.join(self.data.pairs.directory, "ref_logps.json")
-        if os.path.exists(stored) and json.load(open(stored)).get("reference") == os.path.abspath(ref_path):
+        if os.path.exists(stored) and load_json(stored, ValueError).get("reference") == os.path.abspath(ref_path):
             return  # computed by an earlier run for the same reference
         compute_reference_logps(self, self._load_model(ref_path, trainable=False), ref_path)
         self.data = TokenizedData(self.cfg.data.path)
@@ -175,8 +176,9 @@ class Trainer:
         packed = torch.cat([loss_sum.reshape(1), torch.stack([sums[n].float() for n in names]), work])
         if self.parallel.dp_size > 1:
             dist.all_reduce(packed, group=self.parallel.dp_group)
-        values = packed.tolist()
-        loss_value, grad_norm = values[0], grad_norm.item()
+        # the grad norm is already global (identical on DP ranks): appended after the DP sum
+        values = torch.cat([packed, grad_norm.reshape(1)]).tolist()
+        loss_value, grad_norm = values[0], values.pop()
         out = {"loss": loss_value}
         out.update({n: v / plan.global_items for n, v in zip(names, values[1:1 + len(names)])})
         tokens, flops = values[-2], values[-1]
@@ -254,9 +256,8 @@ class Trainer:
             out["epoch"] = plan.epoch + (plan.step + 1) / self.sampler.steps_per_epoch
             if not self.sft and "logps/chosen_mean" in out:
                 message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
-                if message and self.is_main and not getattr(self, "_alarmed", False):
+                if message and self.is_main:
                     warnings.warn(message)
-                    self._alarmed = True
                 out["collapse_alarm"] = int(self.alarm.fired)
             if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
                 out.update(self.evaluate())
