@@ -69,7 +69,8 @@ def ours(cfg, args, device, dtype):
     ref = torch.zeros(mb.num_seqs, device=device) if args.loss == "dpo" else None
     timer = Timer(device)
     phases = {"forward": [], "head": [], "backward": [], "optimizer": []}
-    for step in range(args.warmup + args.steps):
+
+    def step():
         t0 = timer.now()
         master.zero_grad()
         master.start_reduction()
@@ -87,9 +88,15 @@ def ours(cfg, args, device, dtype):
         master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4)
         master.copy_to_model()
         t4 = timer.now()
-        if step >= args.warmup:
-            for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+
+    for i in range(args.warmup + args.steps):
+        times = step()
+        if i >= args.warmup:
+            for name, dt in zip(phases, times):
                 phases[name].append(dt)
+    if args.profile:
+        profile(step, device, args.profile)
     step_time = sum(sum(v) for v in phases.values()) / args.steps
     return {"step_s": step_time, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
             "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
@@ -109,7 +116,8 @@ def hf_step(cfg, args, device, liger: bool):
         apply = apply_liger_kernel_to_qwen2 if cfg.architecture == "Qwen2ForCausalLM" else apply_liger_kernel_to_llama
         apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).to(device)
+    with torch.device(device):  # random init on the device: seconds, not a minute on the host
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=1e-4, fused=device.type == "cuda")
@@ -144,6 +152,17 @@ def hf_step(cfg, args, device, liger: bool):
         if step >= args.warmup:
             times.append(t1 - t0)
     return sum(times) / len(times)
+
+
+def profile(step, device, rows: int):
+    """One more step under torch.profiler: the kernels that take the time, most first."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
 def _time(fn, device, repeats=5):
@@ -195,6 +214,8 @@ def main():
     p.add_argument("--compare", choices=["hf", "hf-liger"])
     p.add_argument("--no-ceiling", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=793.0, help="dense bf16 rate of the card (H200: 793)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="profile one more step and print its ROWS most expensive kernels")
     p.add_argument("--json")
     args = p.parse_args()
     cfg = preset(args.preset) if args.preset else ModelConfig.from_hf(args.hf_config)
