@@ -5,6 +5,7 @@
 #
 #   bash tools/gpu_check.sh              on a machine with one NVIDIA GPU (H100 / H200)
 #   bash tools/gpu_check.sh --dry-run    the same steps at toy sizes on CPU, to check the script
+#   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -21,8 +22,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 summary="$OUT/summary.txt" logs="$OUT/logs.txt" results="$OUT/results.jsonl"
 : > "$summary"; : > "$logs"; : > "$results"
+ONLY=${ONLY:-.}  # a regex: run only the steps whose names match (install always runs)
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, record the outcome
     local name=$1 limit=$2; shift 2
+    [[ $name =~ ^(wheels|install)$ || $name =~ $ONLY ]] || return 0
     local t0=$(date +%s)
     timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
     local rc=$?
@@ -33,7 +36,7 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, record th
         "$WORK/$name.json" >> "$results"; }
     return 0
 }
-bench() { python tools/benchmark_throughput.py --preset qwen2.5-1.5b --profile 0 "$@"; }
+bench="python tools/benchmark_throughput.py --preset qwen2.5-1.5b"
 
 if [ $DRY = 1 ]; then
     step throughput_tiny 300 python tools/benchmark_throughput.py --preset tiny --seq-len 256 --prompt-len 32 \
@@ -48,18 +51,18 @@ fi
 { nvidia-smi; python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"; } >> "$logs" 2>&1
 ls .whl/*.whl > /dev/null 2>&1 && step wheels 60 python -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
 step install 300 python -m pip install --no-deps --no-build-isolation -e .
-step extension_import 30 python -c "import megatron_redi._logprob_cuda as m; print('built:', m.__file__)"
+step extension_import 30 python -c "import torch, megatron_redi._logprob_cuda as m; print('built:', m.__file__)"
 compare=hf
 python -c "import liger_kernel" 2>/dev/null && compare=hf-liger
 # Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process (ANCHORS.md)
-TAIL=40 step throughput_8192 150 bench --seq-len 8192 --compare $compare --profile 25 --json "$WORK/throughput_8192.json"
-step throughput_4096 120 bench --seq-len 4096 --compare $compare --json "$WORK/throughput_4096.json"
+TAIL=40 step throughput_8192 150 $bench --seq-len 8192 --compare $compare --profile 25 --json "$WORK/throughput_8192.json"
+step throughput_4096 120 $bench --seq-len 4096 --compare $compare --json "$WORK/throughput_4096.json"
 step cuda_tests 150 env MEGATRON_REDI_EXPECT_CUDA_EXT=1 python -m pytest -q -m cuda tests
 step logprob_16k 90 python tools/benchmark_logprob.py --tokens 16384 --json "$WORK/logprob_16k.json"
 # the paper's longest pairs: does 2 x 19000 fit (80 GB on an H100)?
-step throughput_16384 120 bench --seq-len 16384 --json "$WORK/throughput_16384.json"
-step throughput_19000 120 bench --seq-len 19000 --json "$WORK/throughput_19000.json"
-step throughput_19000_full 120 bench --seq-len 19000 --recompute full --no-ceiling --json "$WORK/throughput_19000_full.json"
+step throughput_16384 120 $bench --seq-len 16384 --json "$WORK/throughput_16384.json"
+step throughput_19000 120 $bench --seq-len 19000 --json "$WORK/throughput_19000.json"
+step throughput_19000_full 120 $bench --seq-len 19000 --recompute full --no-ceiling --json "$WORK/throughput_19000_full.json"
 # the trainer's GPU path (bf16 compute, fp32 master weights, the extension) on the toy task
 toy="$WORK/toy"
 step toy_data 120 bash -c "python tools/make_synthetic_traces.py --output-dir $toy --rows 600 \

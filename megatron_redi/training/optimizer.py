@@ -13,8 +13,8 @@ all-reduced (SUM: the loss is already scaled by the global batch) asynchronously
 data-parallel group while the backward goes on; ``finish_reduction`` launches any bucket left and
 waits.
 
-Update. AdamW runs over the flat buffers in chunks, which also yields the exact norm of the update
-(the paper's "gradient step size") without a copy of the weights. With ZeRO-1 each data-parallel
+Update. AdamW runs over the flat buffers (adamw.py: one Triton kernel on GPU), which also yields
+the exact norm of the update (the paper's "gradient step size") without a copy of the weights. With ZeRO-1 each data-parallel
 rank updates only its slice of each buffer (and holds only that slice's moments), then the slices
 are all-gathered. The master weights are then copied into the model's parameters.
 """
@@ -28,8 +28,7 @@ import torch.distributed as dist
 
 from ..parallel import ParallelState
 from ..parallel.mappings import all_gather_into
-
-CHUNK = 1 << 24  # elements per AdamW chunk: bounds its temporaries
+from .adamw import adamw_update
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
@@ -43,12 +42,18 @@ class _Group:
         self.numel = n + (-n % dp)  # padded so that ZeRO-1 slices are equal
         self.master = torch.zeros(self.numel, dtype=torch.float32, device=device)
         self.grad = torch.zeros(self.numel, dtype=torch.float32, device=device)
+        # Parameters of one dtype become views of one flat buffer: one copy after each update.
+        dtypes = {p.dtype for _, p in params}
+        self.model = torch.zeros(self.numel, dtype=dtypes.pop(), device=device) if len(dtypes) == 1 else None
         self.ranges, self.shapes = {}, {}
         offset = 0
         for name, p in params:
             self.ranges[name], self.shapes[name] = (offset, offset + p.numel()), p.shape
             self.master[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
             p.main_grad = self.grad[offset:offset + p.numel()].view_as(p)
+            if self.model is not None:
+                self.model[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
+                p.data = self.model[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
 
 
@@ -172,24 +177,13 @@ class MasterParams:
         """One AdamW step on this rank's slices; returns this rank's share of the squared norm of
         the update, replicated parameters counted once over the TP ranks that share them."""
         self.step_count += 1
-        b1, b2 = betas
-        bc1, bc2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
         replicated = list(self._replicated_views("master"))
         before = [view.clone() for view, _ in replicated]
         sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
-        for g, decay, sl, m_all, v_all in zip(self.groups, self.weight_decay_groups, self.slices,
-                                              self.exp_avg, self.exp_avg_sq):
-            for s in range(0, sl.stop - sl.start, CHUNK):
-                e = min(s + CHUNK, sl.stop - sl.start)
-                p, grad = g.master[sl.start + s:sl.start + e], g.grad[sl.start + s:sl.start + e]
-                m, v = m_all[s:e], v_all[s:e]
-                m.mul_(b1).add_(grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                update = (m / bc1).div_(v.div(bc2).sqrt_().add_(eps)).mul_(lr)
-                if decay and weight_decay:
-                    update.add_(p, alpha=lr * weight_decay)
-                p.sub_(update)
-                sq += update.square().sum()
+        for g, decay, sl, m, v in zip(self.groups, self.weight_decay_groups, self.slices,
+                                      self.exp_avg, self.exp_avg_sq):
+            sq += adamw_update(g.master[sl], g.grad[sl], m, v, lr, betas, eps,
+                               weight_decay if decay else 0.0, self.step_count)
         if self.zero1 and self.parallel.dp_size > 1:
             for g, sl in zip(self.groups, self.slices):
                 all_gather_into(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
@@ -213,6 +207,9 @@ class MasterParams:
     @torch.no_grad()
     def copy_to_model(self):
         for g in self.groups:
+            if g.model is not None:
+                g.model.copy_(g.master)
+                continue
             for name, p in g.params:
                 start, end = g.ranges[name]
                 p.copy_(g.master[start:end].view_as(p))
