@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton_kernels as tk
+from .linear import weight_grad
 
 
 def rms_norm_reference(x, weight, eps: float):
@@ -71,12 +72,12 @@ class _SwiGLULinear(torch.autograd.Function):
         gate_up, weight = ctx.saved_tensors
         if tk.usable(gate_up):
             d_gate_up, act = tk.swiglu_backward(dy @ weight, gate_up)  # act recomputed in the kernel
-            return d_gate_up, dy.reshape(-1, dy.shape[-1]).t() @ act.reshape(-1, act.shape[-1])
+            return d_gate_up, weight_grad(weight, dy, act)
         gate, up = gate_up.float().chunk(2, dim=-1)
         sig = torch.sigmoid(gate)
         silu = gate * sig
         act = (silu * up).to(gate_up.dtype)  # recomputed: the cheap part
-        dweight = dy.reshape(-1, dy.shape[-1]).t() @ act.reshape(-1, act.shape[-1])
+        dweight = weight_grad(weight, dy, act)
         dact = (dy @ weight).float()
         dgate = dact * up * sig * (1 + gate * (1 - sig))
         return torch.cat((dgate, dact * silu), dim=-1).to(gate_up.dtype), dweight

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear import linear
 from .mappings import copy_to_tp, gather_tokens, reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
 
@@ -56,7 +57,7 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         group = self.parallel.tp_group
         x = gather_tokens(x, group) if self.parallel.sequence_parallel else copy_to_tp(x, group)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -70,7 +71,7 @@ class RowParallelLinear(nn.Module):
         self.weight = _new_param((out_features, self.in_features_per_partition), parallel, dtype, 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduce_output(F.linear(x, self.weight))
+        return self.reduce_output(linear(x, self.weight))
 
     def reduce_output(self, y: torch.Tensor) -> torch.Tensor:
         """Sum the ranks' partial outputs (for callers that fuse their own GEMM with this weight)."""

@@ -124,7 +124,10 @@ class MasterParams:
         self._launched = [False] * len(self.buckets)
 
     def _on_grad(self, p):
-        p.main_grad.add_(p.grad)
+        if getattr(p, "grad_in_main_grad", False):  # ops/linear.py accumulated it already
+            p.grad_in_main_grad = False
+        else:
+            p.main_grad.add_(p.grad)
         p.grad = None
         if self._reducing:
             i = self._bucket_of[self._param_name[id(p)]]
