@@ -35,6 +35,7 @@ from megatron_redi.data.packing import build_micro_batch, Unit
 from megatron_redi.data.dataset import Sequence
 from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
 from megatron_redi.model import Qwen2Model
+from megatron_redi.model.qwen2 import RECOMPUTE_MODES
 from megatron_redi.ops import head_logprobs
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.metrics import step_flops
@@ -100,7 +101,8 @@ def ours(cfg, args, device, dtype):
     step_time = sum(sum(v) for v in phases.values()) / args.steps
     return {"step_s": step_time, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
             "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
-            "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens}
+            "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens,
+            "full_recompute_layers": model.full_recompute_layers}
 
 
 def hf_step(cfg, args, device, liger: bool):
@@ -208,7 +210,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=8192, help="tokens per sequence of the pair")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--loss", default="redi", choices=["redi", "symmetric", "dpo", "simpo", "sft"])
-    p.add_argument("--recompute", default="selective", choices=["none", "selective", "full"])
+    p.add_argument("--recompute", default="auto", choices=list(RECOMPUTE_MODES))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compare", choices=["hf", "hf-liger"])
@@ -227,12 +229,13 @@ def main():
     r = ours(cfg, args, device, dtype)
     flops = step_flops(cfg, r["seq_lengths"], r["response_tokens"])
     out = {"device": card, "preset": args.preset, "seq_len": args.seq_len, "loss": args.loss, "recompute": args.recompute,
+           "full_recompute_layers": r["full_recompute_layers"],
            "tokens_per_s": r["tokens"] / r["step_s"], "step_ms": 1000 * r["step_s"], "phases_ms": r["phases_ms"],
            "communication_ms": 0.0, "model_tflops": flops / r["step_s"] / 1e12,
            "mfu": flops / r["step_s"] / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
     print(f"{card}: {cfg.architecture} {args.preset or args.hf_config}, pair of 2 x {args.seq_len} tokens, {args.loss}, "
-          f"recompute {args.recompute}")
+          f"recompute {args.recompute} ({r['full_recompute_layers']} of {cfg.num_layers} layers in full)")
     print(f"  megatron_redi   {out['tokens_per_s']:10,.0f} tokens/s  {out['model_tflops']:7.1f} TFLOP/s"
           + (f"  MFU {100 * out['mfu']:.1f} %  peak {out['peak_memory_gb']:.1f} GB" if out["mfu"] is not None else ""))
     print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items()) + ", communication 0.0")

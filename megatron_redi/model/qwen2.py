@@ -20,7 +20,8 @@ Parallel plan (one row per linear; "column" splits outputs, "row" splits inputs)
 
 Activation recompute: ``none`` keeps every intermediate; ``selective`` keeps GEMM outputs and
 recomputes the norms' and SwiGLU's elementwise work in the backward (no GEMM is recomputed);
-``full`` recomputes each whole layer.
+``full`` recomputes each whole layer; ``auto`` is selective, with as many leading layers
+recomputed in full as the micro-batch needs to fit the GPU (memory.py; selective on CPU).
 
 The residual stream is ``[t, h]`` without SP and ``[t/tp, h]`` with it; the column-parallel
 layers gather tokens on entry and the row-parallel ones reduce-scatter on exit. When TP exceeds
@@ -42,9 +43,10 @@ from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
                         VocabParallelEmbedding, divide, mark_replicated)
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
 from .attention import causal_attention
+from .memory import activation_budget, full_recompute_layers
 from .rope import RotaryEmbedding, apply_rotary
 
-RECOMPUTE_MODES = ("none", "selective", "full")
+RECOMPUTE_MODES = ("none", "selective", "full", "auto")
 
 
 def kv_heads_per_partition(cfg: ModelConfig, tp: int) -> int:
@@ -146,7 +148,7 @@ class Qwen2Model(nn.Module):
         self.recompute, self.attention_backend = recompute, attention_backend
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
-            lean = recompute == "selective"
+            lean = recompute in ("selective", "auto")
             self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype, i, lean) for i in range(cfg.num_layers))
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
             self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
@@ -175,13 +177,24 @@ class Qwen2Model(nn.Module):
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
         cos, sin = self.rope(position_ids)  # [t, hd]
         x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
-        for layer in self.layers:
-            if self.recompute == "full" and torch.is_grad_enabled():
+        self.full_recompute_layers = self._full_recompute_layers(t) if torch.is_grad_enabled() else 0
+        for i, layer in enumerate(self.layers):
+            if i < self.full_recompute_layers:
                 x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, seqs, self.attention_backend, cache)
         x = self.norm(x)
         return self.logits(x) if return_logits else x
+
+    def _full_recompute_layers(self, tokens: int) -> int:
+        if self.recompute != "auto":
+            return self.cfg.num_layers if self.recompute == "full" else 0
+        device = self.embed.weight.device
+        if device.type != "cuda":
+            return 0
+        p = self.parallel
+        return full_recompute_layers(self.cfg, tokens, p.tp_size, p.sequence_parallel,
+                                     self.embed.weight.element_size(), activation_budget(device))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary fp32 logits ``[t, V]`` gathered over TP. Materialises t x V floats:

@@ -24,7 +24,7 @@ class TrainConfigError(ValueError):
 class ModelSection:
     path: str = ""  # HF or native checkpoint to start from
     dtype: str = "bf16"  # compute dtype of the forward/backward: bf16 | fp32 (master weights are fp32)
-    recompute: str = "selective"  # none | selective | full
+    recompute: str = "auto"  # none | selective | full | auto (selective, + full where memory needs it)
     attention_backend: str = "auto"  # auto | sdpa | varlen
     rope_theta: float | None = None  # override the checkpoint's (stage 1 of the paper: 300000)
     max_position_embeddings: int | None = None  # override (stage 1: 32768)
@@ -126,7 +126,7 @@ class TrainConfig:
         if not self.data.path:
             raise TrainConfigError("data.path is required (run tools/preprocess_data.py first)")
         choices = {"model.dtype": (self.model.dtype, ("bf16", "fp32")),
-                   "model.recompute": (self.model.recompute, ("none", "selective", "full")),
+                   "model.recompute": (self.model.recompute, ("none", "selective", "full", "auto")),
                    "train.stage": (self.train.stage, ("sft", "pairwise")),
                    "reference.mode": (self.reference.mode, ("prepass", "model"))}
         for name, (value, allowed) in choices.items():

@@ -1,0 +1,62 @@
+"""How many layers to recompute in full so that a micro-batch's activations fit the GPU.
+
+Selective recompute (ops/fused.py) keeps every GEMM output and costs no GEMM again, but it keeps
+about 58 KB per token and layer for Qwen2.5-1.5B in bf16: a pair of 2 x 16384 tokens needs 56 GB
+of activations over 28 layers, on top of 28 GB of weights, fp32 master weights, gradients and
+Adam moments, which is more than an 80 GB H100 holds. A layer recomputed in full keeps only its
+input (h values a token) and runs its forward again in the backward (about a third of its cost).
+``recompute="auto"`` therefore recomputes the fewest leading layers in full that make the estimate
+fit, and keeps the rest selective: 0 layers at 2 x 8192 on an H100, 8 at 2 x 16384, 12 at 2 x 19000.
+
+The estimate, per token of the micro-batch (``e`` bytes per element; ``_l`` the TP rank's share;
+the norms' inputs are per local token under sequence parallelism):
+
+    selective layer  e (4 h + 3 nh_l hd + 2 nkv_l hd + 2 f_l) + 4 nh_l + 8
+                     (norm inputs x2, the normed GEMM inputs x2, q k v and the attention output
+                     kept by SDPA and by the out projection, gate_up, lse and two rstd)
+    full layer       e h (its input)
+    transient        1.5 selective layers while a layer's backward runs (2.5 when it recomputes)
+
+and the budget is 90 % of the card less what is allocated when the forward starts (weights and
+optimizer state) and less ``HEAD_RESERVE`` for the log-prob head's logit chunks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+
+MEMORY_FRACTION = 0.9  # of the card; the rest for the allocator's fragmentation
+HEAD_RESERVE = 4 * 2**30  # the head's fp32 logits and bf16 dlogits of one chunk, with room
+
+
+def layer_bytes_per_token(cfg: ModelConfig, tp: int, sequence_parallel: bool, elem: int) -> tuple[float, float]:
+    """(selective, full) activation bytes one layer keeps per token of the micro-batch."""
+    from .qwen2 import kv_heads_per_partition
+
+    h, hd = cfg.hidden_size, cfg.head_dim
+    nh, nkv, f = cfg.num_heads // tp, kv_heads_per_partition(cfg, tp), cfg.intermediate_size // tp
+    norm_inputs = 2 * h / (tp if sequence_parallel else 1)
+    selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * nkv * hd + 2 * f) + 4 * nh + 8
+    full = elem * h / (tp if sequence_parallel else 1)
+    return selective, full
+
+
+def full_recompute_layers(cfg: ModelConfig, tokens: int, tp: int, sequence_parallel: bool, elem: int,
+                          budget_bytes: float) -> int:
+    """The fewest layers to recompute in full for ``tokens`` to fit ``budget_bytes`` of activations
+    (all of them when even that does not fit: the smallest footprint there is)."""
+    selective, full = layer_bytes_per_token(cfg, tp, sequence_parallel, elem)
+    layers = cfg.num_layers
+    for n in range(layers + 1):
+        transient = (2.5 if n else 1.5) * selective
+        if tokens * ((layers - n) * selective + n * full + transient) <= budget_bytes:
+            return n
+    return layers
+
+
+def activation_budget(device: torch.device) -> float:
+    """Bytes left for activations on ``device`` at this moment (the forward's start)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return MEMORY_FRACTION * total - torch.cuda.memory_allocated(device) - HEAD_RESERVE

@@ -1,0 +1,42 @@
+"""The recompute plan of recompute="auto": the estimate, and a model that mixes full and
+selective layers computing the same gradients."""
+
+import torch
+
+from megatron_redi.config import preset
+from megatron_redi.model import Qwen2Model
+from megatron_redi.model.memory import full_recompute_layers, layer_bytes_per_token
+from megatron_redi.parallel import ParallelState
+
+GB = 1e9
+
+
+def test_estimate_for_qwen_1_5b_on_an_80gb_card():
+    cfg = preset("qwen2.5-1.5b")
+    selective, full = layer_bytes_per_token(cfg, 1, False, 2)
+    assert (selective, full) == (58424, 3072)
+    # what the H100 run saw: 27.8 GB of weights and optimizer state; 85.0 GB card
+    budget = 0.9 * 85.0 * GB - 27.8 * GB - 4 * 2**30
+    plan = [full_recompute_layers(cfg, 2 * n, 1, False, 2, budget) for n in (4096, 8192, 16384, 19000)]
+    assert plan == [0, 0, 8, 12]
+    assert full_recompute_layers(cfg, 10**6, 1, False, 2, budget) == cfg.num_layers  # nothing fits
+    # TP=2 with SP halves all but the gathered GEMM inputs
+    assert 0.5 * selective < layer_bytes_per_token(cfg, 2, True, 2)[0] < 0.6 * selective
+
+
+def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):
+    def grads(model):
+        torch.manual_seed(0)
+        ids = torch.randint(0, 300, (24,))
+        model(ids, torch.arange(24), [0, 24]).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    torch.manual_seed(0)
+    selective = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
+    torch.manual_seed(0)
+    mixed = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="auto")
+    monkeypatch.setattr(mixed, "_full_recompute_layers", lambda tokens: 1)
+    want, got = grads(selective), grads(mixed)
+    assert mixed.full_recompute_layers == 1
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
