@@ -6,6 +6,7 @@ SLURM launchers). Stages: ``sft`` (stage 1) and ``pairwise`` with loss redi | sy
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .checkpoint.hf_mapping import CheckpointError
@@ -16,6 +17,9 @@ from .training import TrainConfigError, TrainingStopped, load_config, train
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Growable allocator segments: micro-batches of varying length fragment fixed ones (the
+    # CUDA allocator reads this at its first allocation, which comes later).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

@@ -4,6 +4,8 @@
     python tools/benchmark_logprob.py                                # 16k tokens, Qwen2.5-1.5B head
     python tools/benchmark_logprob.py --tokens 65536 --json out.json
     python tools/benchmark_logprob.py --tokens 2048 --hidden 256 --vocab 32768   # quick, CPU
+    python tools/benchmark_logprob.py --paths single-pass/cuda-extension@441,single-pass/cuda-extension@3530 \
+        --chunk-tokens 441,3530                                     # the head's chunk size
 
 For each path: forward + backward time, extra memory (CUDA: peak allocated beyond the inputs and
 the gradients dX, dW; CPU: the process's peak RSS), and the gradients' relative errors against an
@@ -50,11 +52,12 @@ def naive(h, w, targets, seq_index, n, upstream):
     return logp_sum
 
 
-def fused(single, kernels):
+def fused(single, kernels, chunk_tokens=None):
     def run(h, w, targets, seq_index, n, upstream):
         w.main_grad = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
         coeff = upstream[seq_index] if single else None
-        logp_sum, _ = sequence_logprobs(h, w, targets, seq_index, n, token_coeff=coeff, kernels=kernels)
+        logp_sum, _ = sequence_logprobs(h, w, targets, seq_index, n, token_coeff=coeff, kernels=kernels,
+                                        chunk_tokens=chunk_tokens)
         logp_sum.backward(upstream)
         return logp_sum
     return run
@@ -97,6 +100,8 @@ def main():
     p.add_argument("--paths", help="comma-separated subset of the paths (default: all available)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive path (its [t, V] logits need t*V*6 bytes)")
     p.add_argument("--no-error", action="store_true", help="skip the fp32 reference and the error columns")
+    p.add_argument("--chunk-tokens", help="comma-separated chunk sizes to time the fused paths at "
+                   "(default: the library's own choice), each labelled @size")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,9 +109,12 @@ def main():
     inputs = make_inputs(args.tokens, args.hidden, args.vocab, args.seqs, dtype, device)
 
     paths = {} if args.no_naive else {"naive": naive}
+    chunks = [int(c) for c in args.chunk_tokens.split(",")] if args.chunk_tokens else [None]
     for k in KERNELS.available(device):
-        paths[f"two-pass/{k}"] = fused(False, k)
-        paths[f"single-pass/{k}"] = fused(True, k)
+        for c in chunks:
+            at = f"@{c}" if c else ""
+            paths[f"two-pass/{k}{at}"] = fused(False, k, c)
+            paths[f"single-pass/{k}{at}"] = fused(True, k, c)
     if args.paths:
         unknown = set(args.paths.split(",")) - set(paths)
         if unknown:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -220,6 +221,7 @@ def main():
                    help="profile one more step and print its ROWS most expensive kernels")
     p.add_argument("--json")
     args = p.parse_args()
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as train.py does
     cfg = preset(args.preset) if args.preset else ModelConfig.from_hf(args.hf_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -44,7 +44,7 @@ from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
 from .attention import causal_attention
 from .memory import activation_budget, full_recompute_layers
-from .rope import RotaryEmbedding, apply_rotary
+from .rope import RotaryEmbedding, split_qkv_rotary
 
 RECOMPUTE_MODES = ("none", "selective", "full", "auto")
 
@@ -90,14 +90,11 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # [t, (nh_local + 2 nkv_local) hd]
         t = qkv.shape[0]
         qkv = qkv.view(t, self.kv_heads_local, self.queries_per_group + 2, self.head_dim)
-        q = qkv[:, :, : self.queries_per_group].reshape(t, self.heads_local, self.head_dim)
-        k = qkv[:, :, -2]  # [t, nkv_local, hd]
-        v = qkv[:, :, -1]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = split_qkv_rotary(qkv, cos, sin)  # [t, nh_local, hd], [t, nkv_local, hd] x 2
         if cache is not None and cache.decoding:  # t = B sequences, one new token each
             o = cache.attend(self.layer_idx, q, k, v)
         else:
-            o = causal_attention(q, k, v.contiguous(), seqs, backend)  # [t, nh_local, hd]
+            o = causal_attention(q, k, v, seqs, backend)  # [t, nh_local, hd]
             if cache is not None:
                 cache.store_prefill(self.layer_idx, k, v, seqs.host)
         return self.out(o.reshape(t, self.heads_local * self.head_dim))

@@ -5,6 +5,12 @@
     swiglu_forward(gate_up [t, 2f])           -> silu(gate) * up            [t, f]
     swiglu_backward(dact [t, f], gate_up)     -> d gate_up [t, 2f], recomputed act [t, f]
 
+the attention's input (reference: model/rope.py's split_qkv_rotary_reference):
+
+    qkv_rotary_forward(qkv [t, g, j+2, hd], cos, sin [t, hd])  -> q [t, g j, hd], k, v [t, g, hd]
+                                              (q and k rotated, v copied: one pass over qkv)
+    qkv_rotary_backward(dq, dk, dv, cos, sin) -> d qkv, the inverse rotation
+
 and two of the log-prob head's (references in logprob_kernels.py, contracts as csrc/'s):
 
     row_stats(logits [c, V], local [c])       -> max, sum exp(x - max), target logit   [c] fp32
@@ -97,6 +103,46 @@ if AVAILABLE:
         tl.store(dgu_ptr + row * 2 * f + f + cols, (dact * silu).to(out_ty), mask=mask)
         tl.store(act_ptr + row * f + cols, (silu * up).to(out_ty), mask=mask)
 
+    @triton.jit
+    def _qkv_rotary(src_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, groups, qpg,
+                    HEADS: tl.constexpr, HALF: tl.constexpr, BACKWARD: tl.constexpr):
+        """One program per (token, KV group): its qpg query heads, its key and its value.
+        Forward: qkv -> q, k, v. Backward: dq, dk, dv -> d qkv (rotation by the negative angle)."""
+        tok, g = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        j = tl.arange(0, HEADS)[:, None]  # head within the group: qpg queries, then k, then v
+        d = tl.arange(0, HALF)[None, :]
+        c = tl.load(cos_ptr + tok * 2 * HALF + d)  # [1, HALF]: cos = cat(c, c), likewise sin
+        s = tl.load(sin_ptr + tok * 2 * HALF + d)
+        is_q, is_k, is_v = j < qpg, j == qpg, j == qpg + 1
+        hd = 2 * HALF
+        packed = src_ptr + (tok * groups + g) * (qpg + 2) * hd + j * hd + d  # [HEADS, HALF]
+        q_at = q_ptr + (tok * groups * qpg + g * qpg + j) * hd + d
+        k_at = k_ptr + (tok * groups + g) * hd + d + 0 * j  # broadcast to [HEADS, HALF]
+        v_at = v_ptr + (tok * groups + g) * hd + d + 0 * j
+        if BACKWARD:
+            x1 = (tl.load(q_at, mask=is_q, other=0.0) + tl.load(k_at, mask=is_k, other=0.0)
+                  + tl.load(v_at, mask=is_v, other=0.0)).to(tl.float32)
+            x2 = (tl.load(q_at + HALF, mask=is_q, other=0.0) + tl.load(k_at + HALF, mask=is_k, other=0.0)
+                  + tl.load(v_at + HALF, mask=is_v, other=0.0)).to(tl.float32)
+            s = -s
+        else:
+            in_group = j < qpg + 2
+            x1 = tl.load(packed, mask=in_group, other=0.0).to(tl.float32)
+            x2 = tl.load(packed + HALF, mask=in_group, other=0.0).to(tl.float32)
+        y1 = tl.where(is_v, x1, x1 * c - x2 * s)
+        y2 = tl.where(is_v, x2, x2 * c + x1 * s)
+        out_ty = src_ptr.dtype.element_ty if BACKWARD else q_ptr.dtype.element_ty
+        if BACKWARD:
+            in_group = j < qpg + 2
+            tl.store(packed, y1.to(out_ty), mask=in_group)
+            tl.store(packed + HALF, y2.to(out_ty), mask=in_group)
+        else:
+            tl.store(q_at, y1.to(out_ty), mask=is_q)
+            tl.store(q_at + HALF, y2.to(out_ty), mask=is_q)
+            tl.store(k_at, y1.to(out_ty), mask=is_k)
+            tl.store(k_at + HALF, y2.to(out_ty), mask=is_k)
+            tl.store(v_at, y1.to(out_ty), mask=is_v)
+            tl.store(v_at + HALF, y2.to(out_ty), mask=is_v)
 
     @triton.jit
     def _row_stats(x_ptr, local_ptr, max_ptr, sum_ptr, target_ptr, vocab, BLOCK: tl.constexpr):
@@ -188,3 +234,27 @@ def swiglu_backward(dact, gate_up):
     dgu, act = torch.empty_like(gu), torch.empty(rows, f, dtype=gu.dtype, device=gu.device)
     _swiglu_bwd[(rows, triton.cdiv(f, SWIGLU_BLOCK))](d, gu, dgu, act, f, BLOCK=SWIGLU_BLOCK)
     return dgu.view_as(gate_up), act.view(*gate_up.shape[:-1], f)
+
+
+def _rotary_launch(src, cos, sin, q, k, v, backward: bool):
+    t, groups, heads, hd = (q.shape[0], k.shape[1], q.shape[1] // k.shape[1] + 2, q.shape[2])
+    if t:
+        _qkv_rotary[(t, groups)](src, cos, sin, q, k, v, groups, heads - 2, HEADS=triton.next_power_of_2(heads),
+                                 HALF=hd // 2, BACKWARD=backward)
+
+
+def qkv_rotary_forward(qkv, cos, sin):
+    t, groups, heads, hd = qkv.shape
+    qkv = qkv.contiguous()
+    q = torch.empty(t, groups * (heads - 2), hd, dtype=qkv.dtype, device=qkv.device)
+    k, v = (torch.empty(t, groups, hd, dtype=qkv.dtype, device=qkv.device) for _ in range(2))
+    _rotary_launch(qkv, cos.contiguous(), sin.contiguous(), q, k, v, backward=False)
+    return q, k, v
+
+
+def qkv_rotary_backward(dq, dk, dv, cos, sin):
+    t, groups, hd = dk.shape
+    dqkv = torch.empty(t, groups, dq.shape[1] // groups + 2, hd, dtype=dq.dtype, device=dq.device)
+    _rotary_launch(dqkv, cos.contiguous(), sin.contiguous(), dq.contiguous(), dk.contiguous(), dv.contiguous(),
+                   backward=True)
+    return dqkv

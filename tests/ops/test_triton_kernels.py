@@ -134,3 +134,40 @@ def test_adamw_triton_under_the_interpreter():
 @pytest.mark.cuda
 def test_adamw_triton_on_gpu():
     _check(ADAMW_CHECK, "cuda", {})
+
+
+ROTARY_CHECK = r'''
+import torch
+from megatron_redi.config import preset
+from megatron_redi.model.rope import RotaryEmbedding, split_qkv_rotary, split_qkv_rotary_reference
+
+device = "{device}"
+g = torch.Generator().manual_seed(0)
+rope = RotaryEmbedding(preset("tiny", head_dim=16))
+positions = torch.cat([torch.arange(7), torch.arange(4)]).to(device)
+cos, sin = rope(positions)
+for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+    for groups, queries in ((2, 3), (1, 6)):  # 5 and 8 heads per group: padded and exact blocks
+        qkv = torch.randn(11, groups, queries + 2, 16, generator=g).to(device, dtype)
+        ups = [torch.randn(11, n, 16, generator=g).to(device, dtype) for n in (groups * queries, groups, groups)]
+        results = []
+        for fn, x in ((split_qkv_rotary, qkv), (split_qkv_rotary_reference, qkv.float())):
+            x = x.clone().requires_grad_()
+            outs = fn(x, cos, sin)
+            sum((o.float() * u.float()).sum() for o, u in zip(outs, ups)).backward()
+            results.append([o.detach() for o in outs] + [x.grad])
+        for i, (u, v) in enumerate(zip(*results)):
+            assert u.dtype == dtype and u.is_contiguous(), (i, u.dtype)
+            err = ((u.float() - v).norm() / v.norm()).item()
+            assert err < tol, (str(dtype), groups, i, err)
+print("triton kernels match")
+'''
+
+
+def test_qkv_rotary_triton_under_the_interpreter():
+    _check(ROTARY_CHECK, "cpu", {"TRITON_INTERPRET": "1"})
+
+
+@pytest.mark.cuda
+def test_qkv_rotary_triton_on_gpu():
+    _check(ROTARY_CHECK, "cuda", {})
