@@ -104,17 +104,20 @@ if AVAILABLE:
         tl.store(act_ptr + row * f + cols, (silu * up).to(out_ty), mask=mask)
 
     @triton.jit
-    def _qkv_rotary(src_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, groups, qpg,
+    def _qkv_rotary(src_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, groups, qpg, half,
                     HEADS: tl.constexpr, HALF: tl.constexpr, BACKWARD: tl.constexpr):
         """One program per (token, KV group): its qpg query heads, its key and its value.
-        Forward: qkv -> q, k, v. Backward: dq, dk, dv -> d qkv (rotation by the negative angle)."""
+        Forward: qkv -> q, k, v. Backward: dq, dk, dv -> d qkv (rotation by the negative angle).
+        HEADS and HALF are qpg + 2 and hd / 2 rounded up to powers of two."""
         tok, g = tl.program_id(0).to(tl.int64), tl.program_id(1)
         j = tl.arange(0, HEADS)[:, None]  # head within the group: qpg queries, then k, then v
         d = tl.arange(0, HALF)[None, :]
-        c = tl.load(cos_ptr + tok * 2 * HALF + d)  # [1, HALF]: cos = cat(c, c), likewise sin
-        s = tl.load(sin_ptr + tok * 2 * HALF + d)
-        is_q, is_k, is_v = j < qpg, j == qpg, j == qpg + 1
-        hd = 2 * HALF
+        in_row = d < half
+        c = tl.load(cos_ptr + tok * 2 * half + d, mask=in_row, other=0.0)  # cos = cat(c, c); so sin
+        s = tl.load(sin_ptr + tok * 2 * half + d, mask=in_row, other=0.0)
+        is_q, is_k, is_v = (j < qpg) & in_row, (j == qpg) & in_row, (j == qpg + 1) & in_row
+        in_group = (j < qpg + 2) & in_row
+        hd = 2 * half
         packed = src_ptr + (tok * groups + g) * (qpg + 2) * hd + j * hd + d  # [HEADS, HALF]
         q_at = q_ptr + (tok * groups * qpg + g * qpg + j) * hd + d
         k_at = k_ptr + (tok * groups + g) * hd + d + 0 * j  # broadcast to [HEADS, HALF]
@@ -122,27 +125,26 @@ if AVAILABLE:
         if BACKWARD:
             x1 = (tl.load(q_at, mask=is_q, other=0.0) + tl.load(k_at, mask=is_k, other=0.0)
                   + tl.load(v_at, mask=is_v, other=0.0)).to(tl.float32)
-            x2 = (tl.load(q_at + HALF, mask=is_q, other=0.0) + tl.load(k_at + HALF, mask=is_k, other=0.0)
-                  + tl.load(v_at + HALF, mask=is_v, other=0.0)).to(tl.float32)
+            x2 = (tl.load(q_at + half, mask=is_q, other=0.0) + tl.load(k_at + half, mask=is_k, other=0.0)
+                  + tl.load(v_at + half, mask=is_v, other=0.0)).to(tl.float32)
             s = -s
         else:
-            in_group = j < qpg + 2
             x1 = tl.load(packed, mask=in_group, other=0.0).to(tl.float32)
-            x2 = tl.load(packed + HALF, mask=in_group, other=0.0).to(tl.float32)
-        y1 = tl.where(is_v, x1, x1 * c - x2 * s)
-        y2 = tl.where(is_v, x2, x2 * c + x1 * s)
-        out_ty = src_ptr.dtype.element_ty if BACKWARD else q_ptr.dtype.element_ty
+            x2 = tl.load(packed + half, mask=in_group, other=0.0).to(tl.float32)
+        y1 = tl.where(j == qpg + 1, x1, x1 * c - x2 * s)
+        y2 = tl.where(j == qpg + 1, x2, x2 * c + x1 * s)
         if BACKWARD:
-            in_group = j < qpg + 2
+            out_ty = src_ptr.dtype.element_ty
             tl.store(packed, y1.to(out_ty), mask=in_group)
-            tl.store(packed + HALF, y2.to(out_ty), mask=in_group)
+            tl.store(packed + half, y2.to(out_ty), mask=in_group)
         else:
+            out_ty = q_ptr.dtype.element_ty
             tl.store(q_at, y1.to(out_ty), mask=is_q)
-            tl.store(q_at + HALF, y2.to(out_ty), mask=is_q)
+            tl.store(q_at + half, y2.to(out_ty), mask=is_q)
             tl.store(k_at, y1.to(out_ty), mask=is_k)
-            tl.store(k_at + HALF, y2.to(out_ty), mask=is_k)
+            tl.store(k_at + half, y2.to(out_ty), mask=is_k)
             tl.store(v_at, y1.to(out_ty), mask=is_v)
-            tl.store(v_at + HALF, y2.to(out_ty), mask=is_v)
+            tl.store(v_at + half, y2.to(out_ty), mask=is_v)
 
     @triton.jit
     def _row_stats(x_ptr, local_ptr, max_ptr, sum_ptr, target_ptr, vocab, BLOCK: tl.constexpr):
@@ -239,8 +241,9 @@ def swiglu_backward(dact, gate_up):
 def _rotary_launch(src, cos, sin, q, k, v, backward: bool):
     t, groups, heads, hd = (q.shape[0], k.shape[1], q.shape[1] // k.shape[1] + 2, q.shape[2])
     if t:
-        _qkv_rotary[(t, groups)](src, cos, sin, q, k, v, groups, heads - 2, HEADS=triton.next_power_of_2(heads),
-                                 HALF=hd // 2, BACKWARD=backward)
+        _qkv_rotary[(t, groups)](src, cos, sin, q, k, v, groups, heads - 2, hd // 2,
+                                 HEADS=triton.next_power_of_2(heads), HALF=triton.next_power_of_2(hd // 2),
+                                 BACKWARD=backward)
 
 
 def qkv_rotary_forward(qkv, cos, sin):
