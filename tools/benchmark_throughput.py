@@ -246,6 +246,7 @@ def main():
         out.update(ceiling_ms=1000 * c, ceiling_tokens_per_s=r["tokens"] / c, fraction_of_ceiling=c / r["step_s"])
         print(f"  ceiling (GEMMs + attention, same run) {out['ceiling_tokens_per_s']:,.0f} tokens/s: "
               f"this step reaches {100 * out['fraction_of_ceiling']:.0f} % of it")
+    save(out, args.json)  # now, and again with the comparison: a failing baseline loses nothing of ours
     if args.compare:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -253,8 +254,12 @@ def main():
         out.update(hf_stack=args.compare, hf_tokens_per_s=r["tokens"] / hf_s, speedup_vs_hf=hf_s / r["step_s"],
                    hf_peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None)
         print(f"  {args.compare:15s} {out['hf_tokens_per_s']:10,.0f} tokens/s   speedup {out['speedup_vs_hf']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
+    save(out, args.json)
+
+
+def save(out: dict, path: str | None):
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=2)
 
 
