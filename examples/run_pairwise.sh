@@ -14,7 +14,7 @@ NGPU=${NGPU:-8}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TOKENIZERS_PARALLELISM=false
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # keep TP/DP communication kernels in issue order
 
-MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute selective)
+MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute auto)
 PARALLEL_ARGS=(--parallel.tensor_parallel "${TP:-1}" --parallel.sequence_parallel true --parallel.zero1 true)
 DATA_ARGS=(--data.path "$DATA" --data.global_batch 32 --data.micro_batch_tokens 40000)
 OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --checkpoint.every 200 --checkpoint.keep 3)

@@ -13,7 +13,7 @@ NGPU=${NGPU:-8}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TOKENIZERS_PARALLELISM=false
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
-MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute selective
+MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute auto
             --model.rope_theta 300000 --model.max_position_embeddings 32768)
 PARALLEL_ARGS=(--parallel.tensor_parallel "${TP:-1}" --parallel.sequence_parallel true --parallel.zero1 true)
 DATA_ARGS=(--data.path "$DATA" --data.global_batch 128 --data.micro_batch_tokens 32768)

@@ -86,9 +86,7 @@ def ours(cfg, args, device, dtype):
         master.finish_reduction()
         t3 = timer.now()
         norm = master.grad_norm()
-        master.scale_grads(min(1.0, 1.0 / (float(norm) + 1e-6)))
-        master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4)
-        master.copy_to_model()
+        master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4, grad_scale=min(1.0, 1.0 / (float(norm) + 1e-6)))
         t4 = timer.now()
         return t1 - t0, t2 - t1, t3 - t2, t4 - t3
 

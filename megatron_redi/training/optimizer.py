@@ -169,27 +169,28 @@ class MasterParams:
             dist.all_reduce(total, group=self.parallel.tp_group)
         return total.sqrt()
 
-    def scale_grads(self, factor: float):
-        for g in self.groups:
-            g.grad.mul_(factor)
-
     # ---- update ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def adamw_step(self, lr: float, betas, eps: float, weight_decay: float) -> torch.Tensor:
-        """One AdamW step on this rank's slices; returns this rank's share of the squared norm of
-        the update, replicated parameters counted once over the TP ranks that share them."""
+    def adamw_step(self, lr: float, betas, eps: float, weight_decay: float, grad_scale: float = 1.0) -> torch.Tensor:
+        """One AdamW step on this rank's slices from ``grad_scale`` x the gradient (clipping), then
+        the model's parameters updated. Returns this rank's share of the squared norm of the
+        update, replicated parameters counted once over the TP ranks that share them."""
         self.step_count += 1
         replicated = list(self._replicated_views("master"))
         before = [view.clone() for view, _ in replicated]
+        sharded = self.zero1 and self.parallel.dp_size > 1
         sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
         for g, decay, sl, m, v in zip(self.groups, self.weight_decay_groups, self.slices,
                                       self.exp_avg, self.exp_avg_sq):
+            out = g.model[sl] if g.model is not None and not sharded else None  # the bf16 copy, in the same pass
             sq += adamw_update(g.master[sl], g.grad[sl], m, v, lr, betas, eps,
-                               weight_decay if decay else 0.0, self.step_count)
-        if self.zero1 and self.parallel.dp_size > 1:
+                               weight_decay if decay else 0.0, self.step_count, grad_scale, out)
+        if sharded:
             for g, sl in zip(self.groups, self.slices):
                 all_gather_into(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
+        if sharded or any(g.model is None for g in self.groups):
+            self.copy_to_model()
         # After ZeRO-1's gather every DP rank sees the whole replicated update: let one count it.
         if not (self.zero1 and self.parallel.dp_rank > 0):
             for (view, share), old in zip(replicated, before):

@@ -191,11 +191,10 @@ class Trainer:
                 raise TrainingStopped(f"{self.bad_steps} consecutive steps with a non-finite loss or gradient")
         else:
             self.bad_steps = 0
-            if cfg.optim.clip_grad and grad_norm > cfg.optim.clip_grad:
-                self.master.scale_grads(cfg.optim.clip_grad / (grad_norm + 1e-6))
-            sq = self.master.adamw_step(lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay)
+            clip = cfg.optim.clip_grad
+            scale = clip / (grad_norm + 1e-6) if clip and grad_norm > clip else 1.0
+            sq = self.master.adamw_step(lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay, scale)
             update_norm = self.master.update_norm(sq).item()
-            self.master.copy_to_model()
             out.update(grad_norm=grad_norm, update_norm=update_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()

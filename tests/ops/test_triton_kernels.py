@@ -49,22 +49,6 @@ print("triton kernels match")
 '''
 
 
-def _check(script, device, env):
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", script.format(device=device)], capture_output=True, text=True,
-                          env={**os.environ, **env, "PYTHONPATH": root})
-    assert proc.returncode == 0 and "triton kernels match" in proc.stdout, proc.stderr[-3000:]
-
-
-def test_triton_kernels_under_the_interpreter():
-    _check(CHECK, "cpu", {"TRITON_INTERPRET": "1"})
-
-
-@pytest.mark.cuda
-def test_triton_kernels_on_gpu():
-    _check(CHECK, "cuda", {})
-
-
 LOGPROB_CHECK = r'''
 import torch
 from megatron_redi.ops import logprob_kernels as K
@@ -96,15 +80,6 @@ print("triton kernels match")
 '''
 
 
-def test_logprob_triton_kernels_under_the_interpreter():
-    _check(LOGPROB_CHECK, "cpu", {"TRITON_INTERPRET": "1"})
-
-
-@pytest.mark.cuda
-def test_logprob_triton_kernels_on_gpu():
-    _check(LOGPROB_CHECK, "cuda", {})
-
-
 ADAMW_CHECK = r'''
 import torch
 from megatron_redi.training.adamw import adamw_reference, adamw_triton
@@ -112,28 +87,28 @@ from megatron_redi.training.adamw import adamw_reference, adamw_triton
 device = "{device}"
 g = torch.Generator().manual_seed(0)
 n = 3 * 4096 + 123  # a partial last block
-for decay in (0.0, 0.1):
+for decay, scale, out_dtype in ((0.0, 1.0, None), (0.1, 0.3, torch.bfloat16)):
     p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g)
     m, v = 0.1 * torch.randn(n, generator=g), torch.rand(n, generator=g)
     ref = [t.clone() for t in (p, grad, m, v)]
     got = [t.clone().to(device) for t in (p, grad, m, v)]
-    sq_ref = adamw_reference(*ref, 1e-3, (0.9, 0.95), 1e-8, decay, 3)
-    sq = adamw_triton(*got, 1e-3, (0.9, 0.95), 1e-8, decay, 3)
+    outs = [None, None] if out_dtype is None else [torch.full((n,), float("nan"), dtype=out_dtype, device=d)
+                                                   for d in ("cpu", device)]
+    sq_ref = adamw_reference(*ref, 1e-3, (0.9, 0.95), 1e-8, decay, 3, scale, outs[0])
+    sq = adamw_triton(*got, 1e-3, (0.9, 0.95), 1e-8, decay, 3, scale, outs[1])
     for name, a, b in zip("pgmv", got, ref):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-7, msg=name)
     torch.testing.assert_close(sq.cpu(), sq_ref, rtol=1e-5, atol=0)
     assert not torch.equal(got[0].cpu(), p)  # it moved
+    if out_dtype is not None:
+        # each, its own new weights rounded to nearest (the interpreter truncates: within an ulp)
+        assert torch.equal(outs[0], ref[0].to(out_dtype))
+        new_p, out = got[0].cpu(), outs[1].cpu()
+        if device == "cuda":
+            assert torch.equal(out, new_p.to(out_dtype))
+        assert ((out.float() - new_p).abs() <= new_p.abs() * 2.0 ** -7).all()
 print("triton kernels match")
 '''
-
-
-def test_adamw_triton_under_the_interpreter():
-    _check(ADAMW_CHECK, "cpu", {"TRITON_INTERPRET": "1"})
-
-
-@pytest.mark.cuda
-def test_adamw_triton_on_gpu():
-    _check(ADAMW_CHECK, "cuda", {})
 
 
 ROTARY_CHECK = r'''
@@ -165,10 +140,21 @@ print("triton kernels match")
 '''
 
 
-def test_qkv_rotary_triton_under_the_interpreter():
-    _check(ROTARY_CHECK, "cpu", {"TRITON_INTERPRET": "1"})
+CHECKS = {"rms_norm_swiglu": CHECK, "logprob": LOGPROB_CHECK, "adamw": ADAMW_CHECK, "qkv_rotary": ROTARY_CHECK}
+
+def _check(script, device, env):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", script.format(device=device)], capture_output=True, text=True,
+                          env={**os.environ, **env, "PYTHONPATH": root})
+    assert proc.returncode == 0 and "triton kernels match" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_under_the_interpreter(name):
+    _check(CHECKS[name], "cpu", {"TRITON_INTERPRET": "1"})
 
 
 @pytest.mark.cuda
-def test_qkv_rotary_triton_on_gpu():
-    _check(ROTARY_CHECK, "cuda", {})
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_on_gpu(name):
+    _check(CHECKS[name], "cuda", {})

@@ -40,7 +40,7 @@ def test_weight_gradients_land_in_main_grad(recompute):
     assert all(not p.main_grad.any() for p in fused.parameters())
 
 
-def test_adamw_step_matches_torch_adamw_and_reports_the_update_norm():
+def test_adamw_step_with_clipping_matches_torch_adamw_and_reports_the_update_norm():
     model = tiny_model()
     reference = copy.deepcopy(model)
     master = MasterParams(model, ParallelState())
@@ -56,13 +56,13 @@ def test_adamw_step_matches_torch_adamw_and_reports_the_update_norm():
         forward_backward(model)
         opt.zero_grad()
         forward_backward(reference)
-        sq = master.adamw_step(1e-2, (0.9, 0.95), 1e-3, 0.1)
-        master.copy_to_model()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+        sq = master.adamw_step(1e-2, (0.9, 0.95), 1e-3, 0.1, grad_scale=min(1.0, 0.5 / (master.grad_norm().item() + 1e-6)))
         opt.step()
         moved = sum((p.detach() - b).square().sum() for p, b in zip(model.parameters(), before))
         torch.testing.assert_close(master.update_norm(sq), moved.sqrt(), rtol=1e-4, atol=0)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
-    # the parameters are views of the flat buffer that copy_to_model writes
+    # the parameters are views of the flat buffer that the step writes
     flat = {g.model.data_ptr() for g in master.groups}
     assert all(p.untyped_storage().data_ptr() in flat for p in model.parameters())
