@@ -5,6 +5,7 @@ Shapes per TP rank (``tp`` ranks; ``t`` tokens of the micro-batch; SP = sequence
     ColumnParallelLinear  W [out/tp, in]
       forward  X [t, in] (SP: [t/tp, in], all-gathered over tokens) -> Y [t, out/tp]
       dgrad    dY [t, out/tp] -> dX partial [t, in], all-reduced (SP: reduce-scattered to [t/tp, in])
+               asynchronously, while the wgrad GEMM runs
       wgrad    dW = dY^T X  [out/tp, in], no communication
 
     RowParallelLinear     W [out, in/tp]
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.linear import linear
-from .mappings import copy_to_tp, gather_tokens, reduce_from_tp, reduce_scatter_tokens
+from .mappings import reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
 
 
@@ -55,9 +56,9 @@ class ColumnParallelLinear(nn.Module):
         self.bias = _new_param((self.out_features_per_partition,), parallel, dtype, 0) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        group = self.parallel.tp_group
-        x = gather_tokens(x, group) if self.parallel.sequence_parallel else copy_to_tp(x, group)
-        return linear(x, self.weight, self.bias)
+        # the input mapping (gather_tokens or copy_to_tp) is fused into the GEMM's Function so
+        # that its backward collective overlaps the weight-gradient GEMM (ops/linear.py)
+        return linear(x, self.weight, self.bias, self.parallel.tp_group, self.parallel.sequence_parallel)
 
 
 class RowParallelLinear(nn.Module):

@@ -101,7 +101,8 @@ def _split_last(x, group):
     return _split(x, group, -1)
 
 
-def _gather_first(x, group):
+def all_gather_tokens(x, group):
+    """The plain (not autograd) all-gather of token shards, for Functions that fuse their own."""
     return _all_gather(x, group, 0)
 
 
@@ -118,6 +119,6 @@ copy_to_tp = _conjugate("copy_to_tp", _identity, _all_reduce)
 reduce_from_tp = _conjugate("reduce_from_tp", _all_reduce, _identity)
 split_last_dim = _conjugate("split_last_dim", _split_last, _gather_last)
 gather_last_dim = _conjugate("gather_last_dim", _gather_last, _split_last)
-split_tokens = _conjugate("split_tokens", _split_first, _gather_first)
-gather_tokens = _conjugate("gather_tokens", _gather_first, _reduce_scatter_first)
-reduce_scatter_tokens = _conjugate("reduce_scatter_tokens", _reduce_scatter_first, _gather_first)
+split_tokens = _conjugate("split_tokens", _split_first, all_gather_tokens)
+gather_tokens = _conjugate("gather_tokens", all_gather_tokens, _reduce_scatter_first)
+reduce_scatter_tokens = _conjugate("reduce_scatter_tokens", _reduce_scatter_first, all_gather_tokens)
