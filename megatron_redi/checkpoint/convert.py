@@ -14,10 +14,10 @@ import argparse
 import resource
 import sys
 
-from ..atomic import OutputExistsError
+from ..atomic import OutputExistsError, atomic_directory
 from ..config import ConfigError
 from .hf_mapping import CheckpointError
-from .native import (DTYPE_ARGS, NativeCheckpointReader, atomic_directory, check_tp_size, copy_side_files,
+from .native import (DTYPE_ARGS, NativeCheckpointReader, check_tp_size, copy_side_files,
                      is_native, open_checkpoint, parse_size, write_hf, write_native)
 from .safetensors_io import SafetensorsError
 

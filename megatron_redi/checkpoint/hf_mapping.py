@@ -97,7 +97,7 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         })
         if cfg.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (cfg.num_heads * hd,),
-                           p + f"self_attn.k_proj.bias": (cfg.num_kv_heads * hd,),
+                           p + "self_attn.k_proj.bias": (cfg.num_kv_heads * hd,),
                            p + "self_attn.v_proj.bias": (cfg.num_kv_heads * hd,)})
     return shapes
 

@@ -25,7 +25,6 @@ import time
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_directory
 from ..config import ModelConfig, load_json
 from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter

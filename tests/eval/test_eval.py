@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 from multirank import run_ranks
 
 from megatron_redi.eval import generate, is_correct, last_boxed, load_benchmark, pass_at_k, summarize

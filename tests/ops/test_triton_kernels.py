@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CI installs it)")
 
