@@ -143,6 +143,7 @@ class Qwen2Model(nn.Module):
                              f"tensor_parallel_size ({parallel.tp_size})")
         self.cfg, self.parallel = cfg, parallel
         self.recompute, self.attention_backend = recompute, attention_backend
+        self.full_recompute_layers = 0  # of the last forward (recompute="auto" plans it per micro-batch)
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
             lean = recompute in ("selective", "auto")

@@ -146,7 +146,7 @@ class Trainer:
         self.master.zero_grad()
         loss_sum = torch.zeros((), device=device)
         sums: dict[str, torch.Tensor] = {}
-        seq_lengths, response_tokens = [], 0
+        seq_lengths, response_tokens, full_recompute = [], 0, 0
         for k, mb in enumerate(batches):
             mb = mb.to(device)
             if k == len(batches) - 1:
@@ -160,6 +160,7 @@ class Trainer:
                     ref, _ = self.sequence_logps(self.reference, mb)
             loss, metrics = microbatch_loss(loss_cfg, logp_sum, count, mb.pairs, total, ref)
             loss.backward()
+            full_recompute = max(full_recompute, self.model.full_recompute_layers)
             loss_sum += loss.detach()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value
@@ -200,7 +201,7 @@ class Trainer:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         out.update(lr=lr, tokens=int(tokens), tokens_per_s=tokens / elapsed, step_time_s=elapsed,
-                   micro_batches=len(batches))
+                   micro_batches=len(batches), full_recompute_layers=full_recompute)
         if device.type == "cuda":  # every TP rank of a DP group did the same work: count it once
             out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.dp_size * self.parallel.tp_size)
         return out
