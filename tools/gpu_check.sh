@@ -67,7 +67,7 @@ bench_step() {  # NAME SECONDS ARGS...: a throughput run; if it fails, once more
 }
 # Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process (ANCHORS.md);
 # the paper's longest pairs (2 x 19000) on an 80 GB H100 with recompute=auto
-TAIL=40 bench_step throughput_8192 150 --seq-len 8192 --compare $compare --profile 25
+TAIL=75 bench_step throughput_8192 150 --seq-len 8192 --compare $compare --profile 60
 bench_step throughput_4096 120 --seq-len 4096 --compare $compare
 bench_step throughput_16384 120 --seq-len 16384
 bench_step throughput_19000 120 --seq-len 19000
