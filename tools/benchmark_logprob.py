@@ -101,7 +101,7 @@ def main():
     p.add_argument("--no-naive", action="store_true", help="skip the naive path (its [t, V] logits need t*V*6 bytes)")
     p.add_argument("--no-error", action="store_true", help="skip the fp32 reference and the error columns")
     p.add_argument("--chunk-tokens", help="comma-separated chunk sizes to time the fused paths at "
-                   "(default: the library's own choice), each labelled @size")
+                   "(0: the library's own choice, the default), each but 0 labelled @size")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
