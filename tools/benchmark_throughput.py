@@ -10,10 +10,12 @@ gradient norm and clipping, AdamW on fp32 master weights, copy to the bf16 weigh
 of the preset's shapes; nothing is downloaded.
 
 Printed: tokens/s, model TFLOP/s and MFU (FLOPs as in megatron_redi/training/metrics.py; MFU
-against --peak-tflops), peak memory, the time per phase (forward, head, backward, optimizer;
-communication is zero on one device), and the step's ceiling measured in the same run: the time
-of the model's own GEMM shapes (forward, dgrad, wgrad) and attention kernels (forward + backward)
-for this micro-batch, summed without recompute (ANCHORS.md's method).
+against --peak-tflops) from --steps steps timed as the trainer runs them (no device sync between
+phases), peak memory, the time per phase (forward, head, backward, optimizer; communication is
+zero on one device) from --steps more steps with a device sync at each phase boundary, and the
+step's ceiling measured in the same run: the time of the model's own GEMM shapes (forward, dgrad,
+wgrad) and attention kernels (forward + backward) for this micro-batch, summed without recompute
+(ANCHORS.md's method).
 
 --compare hf runs the step as a Hugging Face user does (transformers, SDPA, gradient checkpointing,
 fp32 weights with bf16 autocast, full logits, fused AdamW) in the same process; --compare hf-liger
@@ -72,32 +74,37 @@ def ours(cfg, args, device, dtype):
     timer = Timer(device)
     phases = {"forward": [], "head": [], "backward": [], "optimizer": []}
 
-    def step():
-        t0 = timer.now()
+    def step(clock):
+        """One step; ``clock`` marks the phase boundaries (timer.now: with a device sync)."""
+        t0 = clock()
         master.zero_grad()
         master.start_reduction()
         hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
-        t1 = timer.now()
+        t1 = clock()
         coeff = sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total) if loss_cfg.linear else None
         logp, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff)
         loss, _ = microbatch_loss(loss_cfg, logp, count, mb.pairs, total, ref)
-        t2 = timer.now()
+        t2 = clock()
         loss.backward()
         master.finish_reduction()
-        t3 = timer.now()
-        norm = master.grad_norm()
+        t3 = clock()
+        norm = master.grad_norm()  # its clipping factor is the step's one host sync, as in the trainer
         master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4, grad_scale=min(1.0, 1.0 / (float(norm) + 1e-6)))
-        t4 = timer.now()
+        t4 = clock()
         return t1 - t0, t2 - t1, t3 - t2, t4 - t3
 
-    for i in range(args.warmup + args.steps):
-        times = step()
-        if i >= args.warmup:
-            for name, dt in zip(phases, times):
-                phases[name].append(dt)
+    for _ in range(args.warmup):
+        step(timer.now)
+    # the step time without syncs between phases (as the trainer runs), then the phases apart
+    start = timer.now()
+    for _ in range(args.steps):
+        step(time.perf_counter)
+    step_time = (timer.now() - start) / args.steps
+    for _ in range(args.steps):
+        for name, dt in zip(phases, step(timer.now)):
+            phases[name].append(dt)
     if args.profile:
-        profile(step, device, args.profile)
-    step_time = sum(sum(v) for v in phases.values()) / args.steps
+        profile(lambda: step(time.perf_counter), device, args.profile)
     return {"step_s": step_time, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
             "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
             "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens,
