@@ -86,5 +86,9 @@ for loss in redi dpo sft; do
         --train.stage $stage --loss.type $loss --train.max_steps 10 --train.output_dir "$toy/run_$loss" \
         --optim.lr 1e-3 --train.progress false
 done
+# generation on the GPU (KV cache, the fused QKV + RoPE kernel while decoding) from the REDI run
+step toy_eval 90 bash -c "python tools/evaluate.py --checkpoint \$(ls -d $toy/run_redi/checkpoints/step_* | tail -1) \
+    --tokenizer $toy/data/tokenizer --benchmark $toy/benchmark.jsonl --samples 2 --max-problems 50 \
+    --max-new-tokens 48 --output $WORK/toy_eval.jsonl --summary $WORK/toy_eval_summary.json"
 step logprob_65k 120 python tools/benchmark_logprob.py --tokens 65536 --repeats 3 --no-naive --json "$WORK/logprob_65k.json"
 echo "done; results in $OUT" | tee -a "$summary"
