@@ -42,18 +42,19 @@ class _Group:
         self.numel = n + (-n % dp)  # padded so that ZeRO-1 slices are equal
         self.master = torch.zeros(self.numel, dtype=torch.float32, device=device)
         self.grad = torch.zeros(self.numel, dtype=torch.float32, device=device)
-        # Parameters of one dtype become views of one flat buffer: one copy after each update.
+        # The parameters become views of one flat buffer in their (common) dtype: one copy per update.
         dtypes = {p.dtype for _, p in params}
-        self.model = torch.zeros(self.numel, dtype=dtypes.pop(), device=device) if len(dtypes) == 1 else None
+        if len(dtypes) > 1:
+            raise ValueError(f"parameters of one model must share a dtype, got {sorted(map(str, dtypes))}")
+        self.model = torch.zeros(self.numel, dtype=dtypes.pop() if dtypes else torch.float32, device=device)
         self.ranges, self.shapes = {}, {}
         offset = 0
         for name, p in params:
             self.ranges[name], self.shapes[name] = (offset, offset + p.numel()), p.shape
             self.master[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
             p.main_grad = self.grad[offset:offset + p.numel()].view_as(p)
-            if self.model is not None:
-                self.model[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
-                p.data = self.model[offset:offset + p.numel()].view_as(p)
+            self.model[offset:offset + p.numel()].copy_(p.detach().reshape(-1))
+            p.data = self.model[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
 
 
@@ -184,13 +185,12 @@ class MasterParams:
         sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
         for g, decay, sl, m, v in zip(self.groups, self.weight_decay_groups, self.slices,
                                       self.exp_avg, self.exp_avg_sq):
-            out = g.model[sl] if g.model is not None and not sharded else None  # the bf16 copy, in the same pass
+            out = None if sharded else g.model[sl]  # the bf16 copy, in the same pass
             sq += adamw_update(g.master[sl], g.grad[sl], m, v, lr, betas, eps,
                                weight_decay if decay else 0.0, self.step_count, grad_scale, out)
         if sharded:
             for g, sl in zip(self.groups, self.slices):
                 all_gather_into(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
-        if sharded or any(g.model is None for g in self.groups):
             self.copy_to_model()
         # After ZeRO-1's gather every DP rank sees the whole replicated update: let one count it.
         if not (self.zero1 and self.parallel.dp_rank > 0):
@@ -212,12 +212,7 @@ class MasterParams:
     @torch.no_grad()
     def copy_to_model(self):
         for g in self.groups:
-            if g.model is not None:
-                g.model.copy_(g.master)
-                continue
-            for name, p in g.params:
-                start, end = g.ranges[name]
-                p.copy_(g.master[start:end].view_as(p))
+            g.model.copy_(g.master)
 
     def master_tensors(self) -> dict[str, torch.Tensor]:
         """Native name -> fp32 master weight (views, shaped like the parameters)."""

@@ -24,6 +24,15 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
+def assert_resumed_run_equals_full_run(tmp_path, keys):
+    """``tmp_path/cut`` (stopped after step 3, resumed to 6) logged what ``tmp_path/full`` did, bit for bit."""
+    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(full, cut):
+        for key in keys:
+            assert x[key] == y[key], (x["step"], key)
+
+
 @pytest.mark.parametrize("stage,loss,extra", [
     ("sft", "sft", []), ("pairwise", "redi", []), ("pairwise", "symmetric", []),
     ("pairwise", "simpo", ["--loss.beta", "2.0"]), ("pairwise", "dpo", ["--reference.mode", "model"]),
@@ -73,11 +82,7 @@ def test_killed_and_resumed_run_reproduces_bit_for_bit(tiny_run_inputs, tmp_path
     Trainer(config(data, model, tmp_path / "cut", "--train.max_steps", "3", "--checkpoint.every", "3")).run()
     # as if killed after step 3: the rerun finds the checkpoint and continues to step 6
     Trainer(config(data, model, tmp_path / "cut", "--train.max_steps", "6")).run()
-    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
-    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
-    for x, y in zip(full, cut):
-        for key in ("loss", "grad_norm", "update_norm", "logps/chosen", "lr"):
-            assert x[key] == y[key], (x["step"], key)
+    assert_resumed_run_equals_full_run(tmp_path, ("loss", "grad_norm", "update_norm", "logps/chosen", "lr"))
 
 
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(tiny_run_inputs, tmp_path):
@@ -177,8 +182,4 @@ def test_zero1_run_killed_and_resumed_on_two_dp_ranks_reproduces_bit_for_bit(tin
     run_ranks(2, _run, data, model, tmp_path / "cut", *zero1, "--train.max_steps", "3", "--checkpoint.every", "3")
     # each DP rank saved its own slice of the AdamW moments; the rerun takes them back
     run_ranks(2, _run, data, model, tmp_path / "cut", *zero1, "--train.max_steps", "6")
-    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
-    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
-    for x, y in zip(full, cut):
-        for key in ("loss", "grad_norm", "update_norm", "logps/chosen"):
-            assert x[key] == y[key], (x["step"], key)
+    assert_resumed_run_equals_full_run(tmp_path, ("loss", "grad_norm", "update_norm", "logps/chosen"))
