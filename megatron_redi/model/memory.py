@@ -4,9 +4,9 @@ Selective recompute (ops/fused.py) keeps every GEMM output and costs no GEMM aga
 about 58 KB per token and layer for Qwen2.5-1.5B in bf16: a pair of 2 x 16384 tokens needs 56 GB
 of activations over 28 layers, on top of 28 GB of weights, fp32 master weights, gradients and
 Adam moments, which is more than an 80 GB H100 holds. A layer recomputed in full keeps only its
-input (h values a token) and runs its forward again in the backward (about a third of its cost).
+inputs (the residual stream and the previous layer's output still to be added: 2 h values a token) and runs its forward again in the backward (about a third of its cost).
 ``recompute="auto"`` therefore recomputes the fewest leading layers in full that make the estimate
-fit, and keeps the rest selective: 0 layers at 2 x 8192 on an H100, 8 at 2 x 16384, 12 at 2 x 19000.
+fit, and keeps the rest selective: 0 layers at 2 x 8192 on an H100, 9 at 2 x 16384, 12 at 2 x 19000.
 
 The estimate, per token of the micro-batch (``e`` bytes per element; ``_l`` the TP rank's share;
 the norms' inputs are per local token under sequence parallelism):
@@ -14,7 +14,7 @@ the norms' inputs are per local token under sequence parallelism):
     selective layer  e (4 h + 3 nh_l hd + 2 nkv_l hd + 2 f_l) + 4 nh_l + 8
                      (norm inputs x2, the normed GEMM inputs x2, q k v and the attention output
                      kept by SDPA and by the out projection, gate_up, lse and two rstd)
-    full layer       e h (its input)
+    full layer       2 e h (its inputs)
     transient        1.5 selective layers while a layer's backward runs (2.5 when it recomputes)
 
 and the budget is 90 % of the card less what is allocated when the forward starts (weights and
@@ -39,7 +39,7 @@ def layer_bytes_per_token(cfg: ModelConfig, tp: int, sequence_parallel: bool, el
     nh, nkv, f = cfg.num_heads // tp, kv_heads_per_partition(cfg, tp), cfg.intermediate_size // tp
     norm_inputs = 2 * h / (tp if sequence_parallel else 1)
     selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * nkv * hd + 2 * f) + 4 * nh + 8
-    full = elem * h / (tp if sequence_parallel else 1)
+    full = elem * 2 * h / (tp if sequence_parallel else 1)
     return selective, full
 
 

@@ -63,8 +63,9 @@ class RMSNorm(nn.Module):
         self.eps, self.lean = eps, lean
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
-    def forward(self, x):
-        return (rms_norm if self.lean else rms_norm_reference)(x, self.weight, self.eps)
+    def forward(self, x, delta=None):
+        """``(h, norm(h))``, h = x + delta: the residual stream with a branch added, and its norm."""
+        return (rms_norm if self.lean else rms_norm_reference)(x, self.weight, self.eps, delta)
 
 
 class Attention(nn.Module):
@@ -124,9 +125,13 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
         self.mlp = MLP(cfg, parallel, dtype, lean)
 
-    def forward(self, x, cos, sin, seqs, backend: str, cache=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, seqs, backend, cache)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, delta, cos, sin, seqs, backend: str, cache=None):
+        """x + delta is the residual stream entering the layer (delta: the previous layer's MLP
+        output, None for the first layer); returns the same pair for the next layer. Each residual
+        add happens inside the norm that follows it, one pass over the stream instead of two."""
+        x, y = self.attn_norm(x, delta)
+        x, y = self.mlp_norm(x, self.attn(y, cos, sin, seqs, backend, cache))
+        return x, self.mlp(y)
 
 
 class Qwen2Model(nn.Module):
@@ -176,12 +181,13 @@ class Qwen2Model(nn.Module):
         cos, sin = self.rope(position_ids)  # [t, hd]
         x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
         self.full_recompute_layers = self._full_recompute_layers(t) if torch.is_grad_enabled() else 0
+        delta = None
         for i, layer in enumerate(self.layers):
             if i < self.full_recompute_layers:
-                x = checkpoint(layer, x, cos, sin, seqs, self.attention_backend, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, cos, sin, seqs, self.attention_backend, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, seqs, self.attention_backend, cache)
-        x = self.norm(x)
+                x, delta = layer(x, delta, cos, sin, seqs, self.attention_backend, cache)
+        _, x = self.norm(x, delta)
         return self.logits(x) if return_logits else x
 
     def _full_recompute_layers(self, tokens: int) -> int:

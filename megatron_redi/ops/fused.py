@@ -3,7 +3,8 @@
 Plain autograd keeps every intermediate of an elementwise chain. These Functions keep only what
 the backward cannot cheaply rebuild, and recompute the rest:
 
-    rms_norm(x, w)            saves x and rstd [t]           (plain: fp32 copies of x and x * rstd)
+    rms_norm(x, w, delta)     h = x + delta and norm(h): saves h and rstd [t] (plain: fp32 copies
+                              of h and h * rstd); the add needs no pass of its own either way
     swiglu_linear(gu, W)      y = (silu(g) * u) W^T, saves gu (plain also: silu(g), silu(g) * u)
 
 For Qwen2.5-1.5B (h 1536, MLP 8960) that is 2 x 8960 instead of 4 x 8960 MLP values per token and
@@ -22,9 +23,12 @@ from . import triton_kernels as tk
 from .linear import weight_grad
 
 
-def rms_norm_reference(x, weight, eps: float):
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+def rms_norm_reference(x, weight, eps: float, delta=None):
+    """``(h, norm(h))`` with h = x + delta, the residual stream after a block's branch is added
+    (h = x without delta)."""
+    h = x if delta is None else x + delta
+    hf = h.float()
+    return h, weight * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def swiglu_linear_reference(gate_up, weight):
@@ -34,28 +38,36 @@ def swiglu_linear_reference(gate_up, weight):
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps):
+    def forward(ctx, x, delta, weight, eps):
+        ctx.set_materialize_grads(False)
         if tk.usable(x):
-            y, rstd = tk.rms_norm_forward(x, weight, eps)
-            ctx.save_for_backward(x, weight, rstd)
-            return y
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        ctx.save_for_backward(x, weight, rstd.squeeze(-1))  # rstd [t]
-        return weight * (xf * rstd).to(x.dtype)
+            y, h, rstd = tk.rms_norm_forward(x, weight, eps, delta)
+        else:
+            h = x if delta is None else x + delta
+            hf = h.float()
+            rstd = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+            y = weight * (hf * rstd).to(x.dtype)
+            rstd = rstd.squeeze(-1)  # [t]
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.add = delta is not None
+        return (h, y) if ctx.add else y  # without delta, h is x itself: the caller keeps it
 
     @staticmethod
-    def backward(ctx, dy):
-        x, weight, rstd = ctx.saved_tensors
-        if tk.usable(x):
-            dx, dweight = tk.rms_norm_backward(dy, x, weight, rstd)
-            return dx, dweight, None
-        rstd = rstd.unsqueeze(-1)
-        xhat = x.float() * rstd
-        dweight = (dy.float() * xhat.to(x.dtype).float()).sum(0)
-        dxhat = (dy * weight).float()
-        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
-        return dx.to(x.dtype), dweight.to(weight.dtype), None
+    def backward(ctx, *grads):
+        h, weight, rstd = ctx.saved_tensors
+        dh, dy = grads if ctx.add else (None, grads[0])
+        if dy is None:
+            dy = torch.zeros_like(h)
+        if tk.usable(h):
+            dx, dweight = tk.rms_norm_backward(dy, h, weight, rstd, dh)
+        else:
+            rstd = rstd.unsqueeze(-1)
+            hhat = h.float() * rstd
+            dweight = (dy.float() * hhat.to(h.dtype).float()).sum(0).to(weight.dtype)
+            dhhat = (dy * weight).float()
+            dx = rstd * (dhhat - hhat * (dhhat * hhat).mean(-1, keepdim=True))
+            dx = dx.to(h.dtype) if dh is None else (dx + dh.float()).to(h.dtype)
+        return dx, (dx if ctx.add else None), dweight, None
 
 
 class _SwiGLULinear(torch.autograd.Function):
@@ -83,8 +95,11 @@ class _SwiGLULinear(torch.autograd.Function):
         return torch.cat((dgate, dact * silu), dim=-1).to(gate_up.dtype), dweight
 
 
-def rms_norm(x, weight, eps: float):
-    return _RMSNorm.apply(x, weight, eps)
+def rms_norm(x, weight, eps: float, delta=None):
+    """``(h, norm(h))`` with h = x + delta: the residual add fused into the norm that follows it."""
+    if delta is None:
+        return x, _RMSNorm.apply(x, None, weight, eps)
+    return _RMSNorm.apply(x, delta, weight, eps)
 
 
 def swiglu_linear(gate_up, weight):

@@ -1,7 +1,7 @@
 """Triton kernels for the decoder's elementwise work; their PyTorch references are in fused.py.
 
-    rms_norm_forward(x [t, h], w, eps)        -> y, rstd [t] (fp32)
-    rms_norm_backward(dy, x, w, rstd)         -> dx, dw (fp32 partial sums reduced by torch)
+    rms_norm_forward(x [t, h], w, eps, delta) -> y, h = x + delta (x without delta), rstd [t] fp32
+    rms_norm_backward(dy, h, w, rstd, dh)     -> d h (+ dh when given), dw (fp32 partials, summed by torch)
     swiglu_forward(gate_up [t, 2f])           -> silu(gate) * up            [t, f]
     swiglu_backward(dact [t, f], gate_up)     -> d gate_up [t, 2f], recomputed act [t, f]
 
@@ -46,11 +46,16 @@ def usable(t: torch.Tensor) -> bool:
 if AVAILABLE:
 
     @triton.jit
-    def _rms_fwd(x_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, BLOCK: tl.constexpr):
+    def _rms_fwd(x_ptr, delta_ptr, h_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)  # row * width may pass 2**31
         cols = tl.arange(0, BLOCK)
         mask = cols < n
-        x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0)
+        if ADD:  # the residual add, rounded to the activation dtype as a separate add would be
+            x = (x.to(tl.float32) + tl.load(delta_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32))
+            x = x.to(h_ptr.dtype.element_ty)
+            tl.store(h_ptr + row * n + cols, x, mask=mask)
+        x = x.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
         xhat = (x * rstd).to(w.dtype)  # rounded to the activation dtype, as the reference does
@@ -58,8 +63,8 @@ if AVAILABLE:
         tl.store(rstd_ptr + row, rstd)
 
     @triton.jit
-    def _rms_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_ptr, rows, n, ROWS_PER_PROGRAM: tl.constexpr,
-                 BLOCK: tl.constexpr):
+    def _rms_bwd(dy_ptr, x_ptr, w_ptr, rstd_ptr, dh_ptr, dx_ptr, dw_ptr, rows, n, ADD: tl.constexpr,
+                 ROWS_PER_PROGRAM: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < n
@@ -75,6 +80,8 @@ if AVAILABLE:
                 dw += dy * xhat.to(w.dtype).to(tl.float32)
                 dxhat = dy * w.to(tl.float32)
                 dx = rstd * (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / n))
+                if ADD:  # the gradient reaching the residual stream directly
+                    dx += tl.load(dh_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
                 tl.store(dx_ptr + row * n + cols, dx.to(w.dtype), mask=mask)
         tl.store(dw_ptr + pid * n + cols, dw, mask=mask)
 
@@ -199,24 +206,28 @@ def _2d(t):
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
-def rms_norm_forward(x, weight, eps: float):
+def rms_norm_forward(x, weight, eps: float, delta=None):
+    """With ``delta``: the norm of h = x + delta, and h (the residual add fused in)."""
     x2 = _2d(x)
     rows, n = x2.shape
     y = torch.empty_like(x2)
+    h = x2 if delta is None else torch.empty_like(x2)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
-    _rms_fwd[(rows,)](x2, weight, y, rstd, n, eps, BLOCK=triton.next_power_of_2(n))
-    return y.view_as(x), rstd
+    _rms_fwd[(rows,)](x2, x2 if delta is None else _2d(delta), h, weight, y, rstd, n, eps, ADD=delta is not None,
+                      BLOCK=triton.next_power_of_2(n))
+    return y.view_as(x), h.view_as(x), rstd
 
 
-def rms_norm_backward(dy, x, weight, rstd, rows_per_program: int = 16):
-    x2, dy2 = _2d(x), _2d(dy)
-    rows, n = x2.shape
-    dx = torch.empty_like(x2)
+def rms_norm_backward(dy, h, weight, rstd, dh=None, rows_per_program: int = 16):
+    """d h from the norm's output gradient ``dy``, plus ``dh`` (the gradient h receives directly)."""
+    h2, dy2 = _2d(h), _2d(dy)
+    rows, n = h2.shape
+    dx = torch.empty_like(h2)
     programs = triton.cdiv(rows, rows_per_program)
-    dw_partial = torch.empty(programs, n, dtype=torch.float32, device=x.device)
-    _rms_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_partial, rows, n, ROWS_PER_PROGRAM=rows_per_program,
-                          BLOCK=triton.next_power_of_2(n))
-    return dx.view_as(x), dw_partial.sum(0).to(weight.dtype)
+    dw_partial = torch.empty(programs, n, dtype=torch.float32, device=h.device)
+    _rms_bwd[(programs,)](dy2, h2, weight, rstd, dy2 if dh is None else _2d(dh), dx, dw_partial, rows, n,
+                          ADD=dh is not None, ROWS_PER_PROGRAM=rows_per_program, BLOCK=triton.next_power_of_2(n))
+    return dx.view_as(h), dw_partial.sum(0).to(weight.dtype)
 
 
 SWIGLU_BLOCK = 1024

@@ -24,19 +24,23 @@ assert tk.usable(torch.zeros(1, device=device))
 def run(fn, *inputs, up):
     leaves = [t.clone().requires_grad_() for t in inputs]
     out = fn(*leaves)
-    out.backward(up)
-    return [out.detach()] + [leaf.grad for leaf in leaves]
+    outs, ups = (out, up) if isinstance(out, tuple) else ((out,), (up,))
+    torch.autograd.backward(outs, ups)
+    return [o.detach() for o in outs] + [leaf.grad for leaf in leaves]
 
 for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 48, generator=g).to(device, dtype)
     w = (1 + 0.1 * torch.randn(48, generator=g)).to(device, dtype)
-    dy = torch.randn(37, 48, generator=g).to(device, dtype)
+    dy, delta, dh = (torch.randn(37, 48, generator=g).to(device, dtype) for _ in range(3))
     gu = torch.randn(29, 2 * 1100, generator=g).to(device, dtype)  # f = 1100: two column blocks
     wd = (0.05 * torch.randn(24, 1100, generator=g)).to(device, dtype)
     dy2 = torch.randn(29, 24, generator=g).to(device, dtype)
-    cases = [("rms_norm", run(lambda a, b: rms_norm(a, b, 1e-6), x, w, up=dy),
-              run(lambda a, b: rms_norm_reference(a, b, 1e-6), x.float(), w.float(), up=dy.float())),
+    cases = [("rms_norm", run(lambda a, b: rms_norm(a, b, 1e-6)[1], x, w, up=dy),
+              run(lambda a, b: rms_norm_reference(a, b, 1e-6)[1], x.float(), w.float(), up=dy.float())),
+             ("add_rms_norm", run(lambda a, b, d: rms_norm(a, b, 1e-6, d), x, w, delta, up=(dh, dy)),
+              run(lambda a, b, d: rms_norm_reference(a, b, 1e-6, d), x.float(), w.float(), delta.float(),
+                  up=(dh.float(), dy.float()))),
              ("swiglu_linear", run(swiglu_linear, gu, wd, up=dy2),
               run(swiglu_linear_reference, gu.float(), wd.float(), up=dy2.float()))]
     for name, got, want in cases:

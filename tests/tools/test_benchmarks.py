@@ -36,3 +36,32 @@ def test_logprob_benchmark_runs_every_path(tmp_path):
     for name, r in results.items():
         if name != "naive":  # the fused paths accumulate dW in fp32
             assert r["grad_rel_err_dw"] < 1e-3, name
+
+
+def _load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_idle_finds_the_gaps_and_the_late_launches():
+    bench = _load_tool("benchmark_throughput")
+    kernel = lambda name, ts, dur, c: {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur,
+                                        "args": {"correlation": c}}
+    launch = lambda ts, c: {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 5,
+                            "tid": 1, "args": {"correlation": c}}
+    op = lambda name, ts, dur: {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur, "tid": 1}
+    events = [kernel("a", 0, 100, 1), kernel("b", 50, 100, 2),   # overlapping: busy 0..150
+              kernel("c", 160, 40, 3),                             # a 10 us gap: below the threshold
+              kernel("d", 300, 100, 4),                            # a 100 us gap, launched late
+              kernel("e", 450, 50, 5),                             # a 50 us gap, launched in time
+              launch(-10, 1), launch(-5, 2), launch(0, 3), launch(290, 4), launch(100, 5),
+              op("outer", 280, 20), op("aten::mm", 285, 10), op("other", 90, 20)]
+    busy, span, gaps = bench.device_idle(events)
+    assert (busy, span) == (150 + 40 + 100 + 50, 500)
+    assert [(g["us"], g["late"], g["before"]) for g in gaps] == [(100, True, "d"), (50, False, "e")]
+    assert gaps[0]["host"] == ["outer", "aten::mm"] and gaps[0]["after"] == "c"
+    report = bench.idle_report(events)
+    assert "busy 0.3 of 0.5 ms" in report and "0.10  outer > aten::mm" in report
