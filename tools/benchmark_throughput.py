@@ -241,13 +241,18 @@ def idle_report(events: list[dict], rows: int = 15) -> str:
     return "\n".join(lines)
 
 
-def _time(fn, device, repeats=5):
+def _time(fn, device, repeats=5, trials=5):
+    """Seconds per call: the median of ``trials`` timings of ``repeats`` calls (single timings of a
+    GEMM moved by 10 % between runs on the same card: clocks, other tenants)."""
     timer = Timer(device)
     fn()
-    t0 = timer.now()
-    for _ in range(repeats):
-        fn()
-    return (timer.now() - t0) / repeats
+    times = []
+    for _ in range(trials):
+        t0 = timer.now()
+        for _ in range(repeats):
+            fn()
+        times.append((timer.now() - t0) / repeats)
+    return sorted(times)[trials // 2]
 
 
 def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> float:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops.linear import linear
+from ..ops.linear import embedding, linear
 from .mappings import reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
 
@@ -93,10 +92,10 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.parallel.tp_size == 1:
-            return F.embedding(ids, self.weight)
+            return embedding(ids, self.weight)
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.num_embeddings_per_partition)
-        rows = F.embedding(local.masked_fill(outside, 0), self.weight)
+        rows = embedding(local.masked_fill(outside, 0), self.weight)
         rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
         group = self.parallel.tp_group
         return reduce_scatter_tokens(rows, group) if self.parallel.sequence_parallel else reduce_from_tp(rows, group)
