@@ -97,16 +97,23 @@ def ours(cfg, args, device, dtype):
     for _ in range(args.warmup):
         step(timer.now)
     # the step time without syncs between phases (as the trainer runs), then the phases apart
+    # events at the step boundaries, recorded without a sync: each step's time on the device
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)] if timer.cuda else []
     start = timer.now()
-    for _ in range(args.steps):
+    for i in range(args.steps):
+        if events:
+            events[i].record()
         step(time.perf_counter)
+    if events:
+        events[-1].record()
     step_time = (timer.now() - start) / args.steps
+    each_ms = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
     for _ in range(args.steps):
         for name, dt in zip(phases, step(timer.now)):
             phases[name].append(dt)
     if args.profile:
         profile(lambda: step(time.perf_counter), device, args.profile)
-    return {"step_s": step_time, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
+    return {"step_s": step_time, "each_step_ms": each_ms, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
             "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
             "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens,
             "full_recompute_layers": model.full_recompute_layers}
@@ -310,7 +317,8 @@ def main():
     flops = step_flops(cfg, r["seq_lengths"], r["response_tokens"])
     out = {"device": card, "preset": args.preset, "seq_len": args.seq_len, "loss": args.loss, "recompute": args.recompute,
            "full_recompute_layers": r["full_recompute_layers"],
-           "tokens_per_s": r["tokens"] / r["step_s"], "step_ms": 1000 * r["step_s"], "phases_ms": r["phases_ms"],
+           "tokens_per_s": r["tokens"] / r["step_s"], "step_ms": 1000 * r["step_s"], "each_step_ms": r["each_step_ms"],
+           "phases_ms": r["phases_ms"],
            "communication_ms": 0.0, "model_tflops": flops / r["step_s"] / 1e12,
            "mfu": flops / r["step_s"] / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
@@ -319,6 +327,8 @@ def main():
     print(f"  megatron_redi   {out['tokens_per_s']:10,.0f} tokens/s  {out['model_tflops']:7.1f} TFLOP/s"
           + (f"  MFU {100 * out['mfu']:.1f} %  peak {out['peak_memory_gb']:.1f} GB" if out["mfu"] is not None else ""))
     print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items()) + ", communication 0.0")
+    if r["each_step_ms"]:
+        print(f"  step {out['step_ms']:.1f} ms on average, each: " + ", ".join(f"{t:.1f}" for t in r["each_step_ms"]))
     if not args.no_ceiling:
         c = ceiling(cfg, r["seq_lengths"], r["response_tokens"], device, dtype)
         out.update(ceiling_ms=1000 * c, ceiling_tokens_per_s=r["tokens"] / c, fraction_of_ceiling=c / r["step_s"])

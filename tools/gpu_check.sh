@@ -5,7 +5,9 @@
 #
 #   bash tools/gpu_check.sh              on a machine with one NVIDIA GPU (H100 / H200)
 #   bash tools/gpu_check.sh --dry-run    the same steps at toy sizes on CPU, to check the script
-#   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match
+#   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
+#       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
+#       logprob_16k, toy_data, toy_train_redi / dpo / sft, toy_eval, logprob_65k; install always runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
