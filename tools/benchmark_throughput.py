@@ -262,8 +262,9 @@ def _time(fn, device, repeats=5, trials=5):
     return sorted(times)[trials // 2]
 
 
-def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> float:
-    """Seconds of the step's GEMMs (forward, dgrad, wgrad) and attention (fwd + bwd), no recompute."""
+def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float]:
+    """Seconds of the step's GEMMs (forward, dgrad, wgrad) and attention (fwd + bwd), no recompute:
+    the layers' GEMMs, their attention and the LM head's GEMMs apart."""
     t = sum(seq_lengths)
     h, hd = cfg.hidden_size, cfg.head_dim
     shapes = [(h, (cfg.num_heads + 2 * cfg.num_kv_heads) * hd), (cfg.num_heads * hd, h),
@@ -284,8 +285,8 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> float:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
         attn += _time(run, device) * seq_lengths.count(n)
-    head = gemms(response_tokens, h, cfg.vocab_size)
-    return cfg.num_layers * (layer + attn) + head
+    return {"gemms": cfg.num_layers * layer, "attention": cfg.num_layers * attn,
+            "head": gemms(response_tokens, h, cfg.vocab_size)}
 
 
 def main():
@@ -330,10 +331,13 @@ def main():
     if r["each_step_ms"]:
         print(f"  step {out['step_ms']:.1f} ms on average, each: " + ", ".join(f"{t:.1f}" for t in r["each_step_ms"]))
     if not args.no_ceiling:
-        c = ceiling(cfg, r["seq_lengths"], r["response_tokens"], device, dtype)
-        out.update(ceiling_ms=1000 * c, ceiling_tokens_per_s=r["tokens"] / c, fraction_of_ceiling=c / r["step_s"])
+        parts = ceiling(cfg, r["seq_lengths"], r["response_tokens"], device, dtype)
+        c = sum(parts.values())
+        out.update(ceiling_ms=1000 * c, ceiling_parts_ms={k: 1000 * v for k, v in parts.items()},
+                   ceiling_tokens_per_s=r["tokens"] / c, fraction_of_ceiling=c / r["step_s"])
         print(f"  ceiling (GEMMs + attention, same run) {out['ceiling_tokens_per_s']:,.0f} tokens/s: "
               f"this step reaches {100 * out['fraction_of_ceiling']:.0f} % of it")
+        print("  ceiling (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out["ceiling_parts_ms"].items()))
     save(out, args.json)  # now, and again with the comparison: a failing baseline loses nothing of ours
     if args.compare:
         if device.type == "cuda":

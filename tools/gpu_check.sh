@@ -28,10 +28,17 @@ ONLY=${ONLY:-.}  # a regex: run only the steps whose names match (the install al
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, record the outcome
     local name=$1 limit=$2; shift 2
     [[ $name =~ ^wheels$ || $name =~ $ONLY ]] || return 0
-    local t0=$(date +%s)
+    local t0=$(date +%s) sampler=
+    if [ $DRY = 0 ] && command -v nvidia-smi > /dev/null; then  # the card's clock and power meanwhile:
+        # a sustained step may run at lower clocks than short timings (power cap); this shows it
+        nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 200 > "$WORK/$name.clocks" &
+        sampler=$!
+    fi
     timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
     local rc=$?
+    [ -n "$sampler" ] && kill $sampler 2> /dev/null && wait $sampler 2> /dev/null
     echo "== $name: rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$summary"
+    [ -s "$WORK/$name.clocks" ] && python tools/clock_summary.py "$WORK/$name.clocks" | tee -a "$summary" >> "$logs"
     { echo "== $name: rc=$rc"; cat "$WORK/$name.log"; } >> "$logs"
     grep -v "^\s*$" "$WORK/$name.log" | tail -"${TAIL:-12}" >> "$summary"
     [ -f "$WORK/$name.json" ] && { python -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))" \

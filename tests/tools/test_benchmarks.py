@@ -25,6 +25,8 @@ def test_throughput_benchmark_tiny_preset_with_hf_comparison(tmp_path):
     assert abs(result["speedup_vs_hf"] - result["tokens_per_s"] / result["hf_tokens_per_s"]) < 1e-6
     assert set(result["phases_ms"]) == {"forward", "head", "backward", "optimizer"}
     assert result["ceiling_tokens_per_s"] > 0 and "megatron_redi" in text
+    assert set(result["ceiling_parts_ms"]) == {"gemms", "attention", "head"}
+    assert abs(sum(result["ceiling_parts_ms"].values()) - result["ceiling_ms"]) < 1e-6
 
 
 def test_logprob_benchmark_runs_every_path(tmp_path):
@@ -65,3 +67,11 @@ def test_device_idle_finds_the_gaps_and_the_late_launches():
     assert gaps[0]["host"] == ["outer", "aten::mm"] and gaps[0]["after"] == "c"
     report = bench.idle_report(events)
     assert "busy 0.3 of 0.5 ms" in report and "0.10  outer > aten::mm" in report
+
+
+def test_clock_summary_keeps_the_busy_samples():
+    summarize = _load_tool("clock_summary").summarize
+    line = summarize(["1980, 120.5", "1755, 690.1", "1740, 699.9", "1800, 650", "[N/A], 1", "17"])
+    assert line.startswith("clocks while busy (3 of 4 samples): SM 1740 / 1755 / 1800 MHz")
+    assert "power median 690 W, max 700 W" in line
+    assert summarize([]) == "clocks: no samples"
