@@ -7,7 +7,8 @@
 #   bash tools/gpu_check.sh --dry-run    the same steps at toy sizes on CPU, to check the script
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
-#       logprob_16k, toy_data, toy_train_redi / dpo / sft, toy_eval, logprob_65k; install always runs)
+#       attention_pair, attention_uneven, logprob_16k, toy_data, toy_train_redi / dpo / sft, toy_eval,
+#       logprob_65k; install always runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -50,6 +51,8 @@ bench="python tools/benchmark_throughput.py --preset qwen2.5-1.5b"
 if [ $DRY = 1 ]; then
     step throughput_tiny 300 python tools/benchmark_throughput.py --preset tiny --seq-len 256 --prompt-len 32 \
         --steps 2 --warmup 1 --compare hf --profile 5 --json "$WORK/throughput_tiny.json"
+    step attention_tiny 300 python tools/benchmark_attention.py --seq-lens 96,32 --heads 4 --kv-heads 2 --head-dim 16 \
+        --json "$WORK/attention_tiny.json"
     step logprob_tiny 300 python tools/benchmark_logprob.py --tokens 1024 --hidden 128 --vocab 4096 --repeats 1 \
         --json "$WORK/logprob_tiny.json"
     step cuda_tests 300 python -m pytest -q -m cuda tests
@@ -80,6 +83,9 @@ TAIL=75 bench_step throughput_8192 150 --seq-len 8192 --compare $compare --profi
 bench_step throughput_4096 120 --seq-len 4096 --compare $compare
 bench_step throughput_16384 120 --seq-len 16384
 bench_step throughput_19000 120 --seq-len 19000
+# attention for a pair, every way it can be called (the step's attention is slower than ANCHORS.md's)
+step attention_pair 90 python tools/benchmark_attention.py --seq-lens 8192,8192 --json "$WORK/attention_pair.json"
+step attention_uneven 90 python tools/benchmark_attention.py --seq-lens 3072,13312 --json "$WORK/attention_uneven.json"
 # the head's chunk size (each chunk rereads and rewrites the fp32 weight-gradient accumulator)
 step logprob_16k 120 python tools/benchmark_logprob.py --tokens 16384 --chunk-tokens 441,1765,3530,7060 \
     --paths naive,single-pass/cuda-extension@441,single-pass/cuda-extension@1765,single-pass/cuda-extension@3530,single-pass/cuda-extension@7060,two-pass/cuda-extension@3530,single-pass/triton@3530 \

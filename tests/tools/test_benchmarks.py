@@ -75,3 +75,13 @@ def test_clock_summary_keeps_the_busy_samples():
     assert line.startswith("clocks while busy (3 of 4 samples): SM 1740 / 1755 / 1800 MHz")
     assert "power median 690 W, max 700 W" in line
     assert summarize([]) == "clocks: no samples"
+
+
+def test_attention_benchmark_times_every_variant_on_the_same_inputs(tmp_path):
+    out = tmp_path / "a.json"
+    _run("benchmark_attention.py", "--seq-lens", "48,48", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+         "--repeats", "1", "--json", out)
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"model", "contiguous", "batched"}  # CPU: no backends to pin, no varlen
+    for name, r in results.items():
+        assert r["max_abs_diff"] < 1e-5 and 0 < r["forward_ms"] and 0 < r["forward_backward_ms"], name
