@@ -5,7 +5,7 @@
     python tools/benchmark_attention.py --seq-lens 3072,13312 --json out.json
     python tools/benchmark_attention.py --seq-lens 64,32 --heads 4 --kv-heads 2 --head-dim 16   # CPU
 
-Why: in the 2 x 8192 training step (README, "Throughput") attention takes 3.4 ms per layer, where
+Why: in the 2 x 8192 training step (README, "Throughput") attention takes 3.3 ms per layer, where
 ANCHORS.md measured 2.67 ms for the same shapes in another harness. The variants differ in layout
 and in the kernel PyTorch picks; every one of them is timed here on the same inputs:
 

@@ -4,7 +4,8 @@ Selective recompute (ops/fused.py) keeps every GEMM output and costs no GEMM aga
 about 58 KB per token and layer for Qwen2.5-1.5B in bf16: a pair of 2 x 16384 tokens needs 56 GB
 of activations over 28 layers, on top of 28 GB of weights, fp32 master weights, gradients and
 Adam moments, which is more than an 80 GB H100 holds. A layer recomputed in full keeps only its
-inputs (the residual stream and the previous layer's output still to be added: 2 h values a token) and runs its forward again in the backward (about a third of its cost).
+inputs (the residual stream and the previous layer's output still to be added: 2 h values a token)
+and runs its forward again in the backward (about a third of its cost).
 ``recompute="auto"`` therefore recomputes the fewest leading layers in full that make the estimate
 fit, and keeps the rest selective: 0 layers at 2 x 8192 on an H100, 9 at 2 x 16384, 12 at 2 x 19000.
 

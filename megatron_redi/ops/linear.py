@@ -10,8 +10,8 @@ parameter receives an uninitialised placeholder gradient so that its post-accumu
 drives the data-parallel buckets, still fires; ``grad_in_main_grad`` tells the hook not to add it.
 Without a main_grad (no trainer: tests, inference) it is exactly ``F.linear``. The embedding does
 the same with its rows: ``embedding`` adds each token's gradient into main_grad's row in fp32, in
-place of a dense bf16 gradient of the whole table (0.47 GB for Qwen2's 151,936 x 1536, zeroed,
-filled, then added: three passes) and its rounding.
+place of a dense bf16 gradient of the whole table (0.47 GB for Qwen2's 151,936 x 1536: zeroed,
+written, then added into main_grad, three passes over it) and its rounding.
 
 Column-parallel layers pass their TP group. Their input arrives replicated over TP (or, under
 sequence parallelism, sharded by tokens and all-gathered here), so the input gradient, a partial

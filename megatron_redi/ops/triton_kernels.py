@@ -1,7 +1,8 @@
 """Triton kernels for the decoder's elementwise work; their PyTorch references are in fused.py.
 
     rms_norm_forward(x [t, h], w, eps, delta) -> y, h = x + delta (x without delta), rstd [t] fp32
-    rms_norm_backward(dy, h, w, rstd, dh)     -> d h (+ dh when given), dw (fp32 partials, summed by torch)
+    rms_norm_backward(dy, h, w, rstd, dh)     -> d h (+ dh when given), dw (fp32 partials summed
+                                                 by torch)
     swiglu_forward(gate_up [t, 2f])           -> silu(gate) * up            [t, f]
     swiglu_backward(dact [t, f], gate_up)     -> d gate_up [t, 2f], recomputed act [t, f]
 
@@ -46,7 +47,8 @@ def usable(t: torch.Tensor) -> bool:
 if AVAILABLE:
 
     @triton.jit
-    def _rms_fwd(x_ptr, delta_ptr, h_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    def _rms_fwd(x_ptr, delta_ptr, h_ptr, w_ptr, y_ptr, rstd_ptr, n, eps, ADD: tl.constexpr,
+                 BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)  # row * width may pass 2**31
         cols = tl.arange(0, BLOCK)
         mask = cols < n
