@@ -28,6 +28,10 @@ class SeqBoundaries:
     def num_tokens(self) -> int:
         return self.host[-1]
 
+    @property
+    def lengths(self) -> list[int]:
+        return [b - a for a, b in zip(self.host, self.host[1:])]
+
     @classmethod
     def from_offsets(cls, offsets: Sequence[int], device) -> SeqBoundaries:
         offsets = tuple(int(o) for o in offsets)

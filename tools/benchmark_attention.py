@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmark_throughput import median_time  # tools/ is on the path of a script run from it
 from megatron_redi.batch import SeqBoundaries
 from megatron_redi.model.attention import attention_sdpa, attention_varlen, varlen_available
 
 
 def per_sequence(q, k, v, seqs):
     """SDPA on contiguous [1, n, s, hd] copies of each sequence: (run, leaves)."""
-    pieces = [[x[a:b].transpose(0, 1).unsqueeze(0).contiguous().detach().requires_grad_() for x in (q, k, v)]
-              for a, b in zip(seqs.host, seqs.host[1:])]
+    pieces = [[x.transpose(0, 1).unsqueeze(0).contiguous().detach().requires_grad_() for x in xs]
+              for xs in zip(*(t.split(seqs.lengths) for t in (q, k, v)))]
 
     def run():
         return torch.cat([F.scaled_dot_product_attention(*p, is_causal=True, enable_gqa=True).squeeze(0).transpose(0, 1)
@@ -66,28 +66,13 @@ def with_backend(run, backend: str):
     return wrapped
 
 
-def timed(fn, device, repeats: int, trials: int = 5) -> float:
-    def now():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-    fn()
-    times = []
-    for _ in range(trials):
-        t0 = now()
-        for _ in range(repeats):
-            fn()
-        times.append((now() - t0) / repeats)
-    return sorted(times)[trials // 2]
-
-
 def measure(run, leaves, want, device, repeats):
     """(forward ms, forward + backward ms, max |out - want|) of one variant; out is [t, nh, hd]."""
     with torch.no_grad():
         out = run()
-        forward = timed(run, device, repeats)
+        forward = median_time(run, device, repeats)
     grad = torch.randn_like(out)
-    both = timed(lambda: torch.autograd.grad(run(), leaves, grad), device, repeats)
+    both = median_time(lambda: torch.autograd.grad(run(), leaves, grad), device, repeats)
     return 1000 * forward, 1000 * both, (out.float() - want.float()).abs().max().item()
 
 

@@ -114,7 +114,7 @@ def ours(cfg, args, device, dtype):
     if args.profile:
         profile(lambda: step(time.perf_counter), device, args.profile)
     return {"step_s": step_time, "each_step_ms": each_ms, "phases_ms": {k: 1000 * sum(v) / len(v) for k, v in phases.items()},
-            "seq_lengths": [b - a for a, b in zip(mb.seqs.host, mb.seqs.host[1:])],
+            "seq_lengths": mb.seqs.lengths,
             "response_tokens": mb.num_response_tokens, "tokens": mb.num_tokens,
             "full_recompute_layers": model.full_recompute_layers}
 
@@ -248,7 +248,7 @@ def idle_report(events: list[dict], rows: int = 15) -> str:
     return "\n".join(lines)
 
 
-def _time(fn, device, repeats=5, trials=5):
+def median_time(fn, device, repeats=5, trials=5):
     """Seconds per call: the median of ``trials`` timings of ``repeats`` calls (single timings of a
     GEMM moved by 10 % between runs on the same card: clocks, other tenants)."""
     timer = Timer(device)
@@ -273,7 +273,7 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float
     def gemms(rows, k, n):
         x, w = torch.randn(rows, k, device=device, dtype=dtype), torch.randn(n, k, device=device, dtype=dtype)
         dy = torch.randn(rows, n, device=device, dtype=dtype)
-        return (_time(lambda: x @ w.t(), device) + _time(lambda: dy @ w, device) + _time(lambda: dy.t() @ x, device))
+        return sum(median_time(fn, device) for fn in (lambda: x @ w.t(), lambda: dy @ w, lambda: dy.t() @ x))
 
     layer = sum(gemms(t, k, n) for k, n in shapes)
     attn = 0.0
@@ -284,7 +284,7 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float
         def run():
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
-        attn += _time(run, device) * seq_lengths.count(n)
+        attn += median_time(run, device) * seq_lengths.count(n)
     return {"gemms": cfg.num_layers * layer, "attention": cfg.num_layers * attn,
             "head": gemms(response_tokens, h, cfg.vocab_size)}
 

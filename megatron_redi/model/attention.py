@@ -48,9 +48,8 @@ def varlen_available(device: torch.device) -> bool:
 def attention_sdpa(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
     # split, not slices: the backward of a split is one concatenation of the sequences' gradients,
     # where each slice's backward would zero a whole [t, n, hd] buffer and add its part into it
-    lengths = [end - start for start, end in zip(seqs.host, seqs.host[1:])]
     out = []
-    for qs, ks, vs in zip(*(x.split(lengths) for x in (q, k, v))):
+    for qs, ks, vs in zip(*(x.split(seqs.lengths) for x in (q, k, v))):
         qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (qs, ks, vs))  # [s, n, hd] -> [1, n, s, hd]
         o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
         out.append(o.squeeze(0).transpose(0, 1))  # [s, nh, hd]

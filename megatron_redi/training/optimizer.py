@@ -14,9 +14,10 @@ data-parallel group while the backward goes on; ``finish_reduction`` launches an
 waits.
 
 Update. AdamW runs over the flat buffers (adamw.py: one Triton kernel on GPU), which also yields
-the exact norm of the update (the paper's "gradient step size") without a copy of the weights. With ZeRO-1 each data-parallel
-rank updates only its slice of each buffer (and holds only that slice's moments), then the slices
-are all-gathered. The master weights are then copied into the model's parameters.
+the exact norm of the update (the paper's "gradient step size") without a copy of the weights.
+With ZeRO-1 each data-parallel rank updates only its slice of each buffer (and holds only that
+slice's moments), then the slices are all-gathered. The master weights are then copied into the
+model's parameters.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class Trainer:
             loss_sum += loss.detach()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0) + value
-            seq_lengths += [b - a for a, b in zip(mb.seqs.host[:mb.num_seqs], mb.seqs.host[1:mb.num_seqs + 1])]
+            seq_lengths += mb.seqs.lengths[:mb.num_seqs]
             response_tokens += mb.num_response_tokens
         self.master.finish_reduction()
         sync_replicated_grads(self.model)
