@@ -1,14 +1,19 @@
-"""The packed micro-batch contract shared by the data pipeline, the model and the LM head.
+"""The packed micro-batch: one contract for the data pipeline, the model, the LM head and the losses.
 
 Sequences are concatenated along one token axis ``t`` with no padding between them. Their
 boundaries travel twice: as an int32 tensor on the compute device (for kernels) and as a host
 tuple (so that Python code choosing kernels or slicing per sequence never waits on the device).
-See DESIGN.md, "The micro-batch", for the full list of fields.
+
+    SeqBoundaries   where the packed sequences start and end
+    Pairs           which sequences form a (chosen, rejected) pair (for SFT: every sequence)
+    MicroBatch      everything one forward/backward needs, built on the host by data/packing.py
+
+docs/design.md describes each field and who reads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -63,3 +68,50 @@ class SeqBoundaries:
                                  "or a host list of offsets")
             value = value.tolist()
         return cls.from_offsets(value, device)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Which sequences of a micro-batch form its pairs: ``chosen[i]`` and ``rejected[i]`` index
+    the micro-batch's sequences (for SFT, ``rejected`` is None and ``chosen`` lists every sequence)."""
+
+    chosen: torch.Tensor  # [P_mb] int64
+    rejected: torch.Tensor | None = None  # [P_mb] int64
+
+
+@dataclass
+class MicroBatch:
+    """N real sequences, T tokens (padding included); every index is computed on the host."""
+
+    input_ids: torch.Tensor  # [T] int64
+    position_ids: torch.Tensor  # [T] int64, restarting at 0 per sequence
+    seqs: SeqBoundaries  # cu_seqlens [N+1] (+1 for a padding sequence), device and host
+    targets: torch.Tensor  # [T] int64: the next token within the sequence (0 where none)
+    loss_mask: torch.Tensor  # [T] bool: targets[i] is a response token
+    loss_index: torch.Tensor  # [t_resp] int64: positions where loss_mask is true (host-computed)
+    seq_index: torch.Tensor  # [T] int64: sequence of each token (num_seqs for padding)
+    response_lengths: torch.Tensor  # [N] int64: response tokens of each sequence (host-computed)
+    num_seqs: int  # N, real sequences
+    pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
+    items: tuple[int, ...]  # dataset index of each unit, in order
+    ref_logps: torch.Tensor | None = None  # [N] DPO reference sums
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def num_response_tokens(self) -> int:
+        return self.loss_index.shape[0]
+
+    def to(self, device) -> MicroBatch:
+        move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
+        return replace(
+            self,
+            input_ids=move(self.input_ids), position_ids=move(self.position_ids), targets=move(self.targets),
+            loss_mask=move(self.loss_mask), loss_index=move(self.loss_index), seq_index=move(self.seq_index),
+            response_lengths=move(self.response_lengths),
+            seqs=SeqBoundaries.from_offsets(self.seqs.host, device),
+            pairs=Pairs(move(self.pairs.chosen), None if self.pairs.rejected is None else move(self.pairs.rejected)),
+            ref_logps=None if self.ref_logps is None else move(self.ref_logps),
+        )

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .batch import Pairs
+
 LOSS_TYPES = ("redi", "symmetric", "dpo", "simpo", "sft")
 
 
@@ -104,15 +106,6 @@ def pair_losses(cfg: LossConfig, chosen_logps, chosen_lengths, rejected_logps, r
         return dpo(*args, ref_chosen_logps, ref_rejected_logps, beta=cfg.beta,
                    label_smoothing=cfg.label_smoothing)
     raise ValueError(f"{cfg.type!r} is not a pairwise loss")
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """Which sequences of a micro-batch form its pairs: ``chosen[i]`` and ``rejected[i]`` index
-    the micro-batch's sequences (for SFT, ``rejected`` is None and ``chosen`` lists every sequence)."""
-
-    chosen: torch.Tensor  # [P_mb] int64
-    rejected: torch.Tensor | None = None  # [P_mb] int64
 
 
 def microbatch_loss(cfg: LossConfig, logp_sum, token_count, pairs: Pairs, global_total: float,

@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from megatron_redi.ops import KERNELS, sequence_logprobs
+from megatron_redi.ops.logprob_kernels import KERNELS
+from megatron_redi.parallel.logprob_head import sequence_logprobs
 
 
 def make_inputs(tokens, hidden, vocab, seqs, dtype, device, seed=0):

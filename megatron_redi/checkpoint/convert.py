@@ -16,8 +16,9 @@ import sys
 
 from ..atomic import OutputExistsError, atomic_directory
 from ..config import ConfigError
+from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
-from .native import (DTYPE_ARGS, NativeCheckpointReader, check_tp_size, copy_side_files,
+from .native import (DTYPE_ARGS, NativeCheckpointReader, copy_side_files,
                      is_native, open_checkpoint, parse_size, write_hf, write_native)
 from .safetensors_io import SafetensorsError
 
@@ -58,7 +59,7 @@ def convert(args) -> str:
         in_dtype = reader.dtype("model.embed_tokens.weight")
     dtype = DTYPE_ARGS[args.dtype] if args.dtype else in_dtype
     if args.command != "native-to-hf":
-        check_tp_size(cfg, args.tp)
+        TPLayout(cfg, args.tp)  # refuses a TP size the model cannot be split over
         max_shard = None
     else:
         max_shard = parse_size(args.max_shard_size)

@@ -22,8 +22,8 @@ Surgeries, for TP rank r of tp:
     gate_up     [gate rows of r; up rows of r]: the two halves of SwiGLU split separately, so that
                 each rank computes silu(gate) * up on its own columns
     qkv         per local KV group g: [q heads of g owned by r, k_g, v_g] (weights and biases alike),
-                so that a contiguous TP chunk holds whole groups. When tp > nkv, KV head g is
-                replicated on the tp/nkv consecutive ranks whose query heads belong to group g.
+                the rows ``TPLayout.qkv_row_blocks`` names (parallel/layout.py: which ranks hold
+                which heads, replicas included when tp > nkv)
 
 Tied embeddings: the HF file has no lm_head.weight, the native model none either (the head reads
 ``embed.weight``). Readers slice rows lazily, so a rank reads only the bytes of its shard.
@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 
 from ..config import ModelConfig
+from ..parallel.layout import TPLayout, chunk
 from .safetensors_io import SafetensorsFile
 
 REPLICATE, VOCAB_ROWS, COLUMNS, GATE_UP, QKV = "replicate", "vocab_rows", "columns", "gate_up", "qkv"
@@ -107,42 +108,21 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 Reader = Callable[[str, "slice | None", "slice | None"], torch.Tensor]
 
 
-def _chunk(n: int, rank: int, tp: int) -> slice:
-    size = n // tp
-    return slice(rank * size, (rank + 1) * size)
-
-
-def qkv_row_blocks(cfg: ModelConfig, rank: int, tp: int) -> list[tuple[int, slice]]:
-    """The fused QKV rows of rank r as (HF tensor index 0/1/2 for q/k/v, head-row slice) blocks."""
-    hd, heads_local = cfg.head_dim, cfg.num_heads // tp
-    if tp <= cfg.num_kv_heads:
-        kv_local, first_group = cfg.num_kv_heads // tp, rank * (cfg.num_kv_heads // tp)
-    else:
-        kv_local, first_group = 1, rank // (tp // cfg.num_kv_heads)
-    q_per_group = heads_local // kv_local
-    blocks = []
-    for j in range(kv_local):
-        q0, g = rank * heads_local + j * q_per_group, first_group + j
-        blocks += [(0, slice(q0 * hd, (q0 + q_per_group) * hd)),
-                   (1, slice(g * hd, (g + 1) * hd)),
-                   (2, slice(g * hd, (g + 1) * hd))]
-    return blocks
-
-
-def shard_for_rank(entry: Entry, read: Reader, cfg: ModelConfig, rank: int, tp: int) -> torch.Tensor:
+def shard_for_rank(entry: Entry, read: Reader, layout: TPLayout, rank: int) -> torch.Tensor:
     """Build rank r's shard of a native parameter from HF tensors, reading only what it needs."""
+    cfg, tp = layout.cfg, layout.tp
     if entry.surgery == REPLICATE:
         return read(entry.hf[0], None, None)
     if entry.surgery == VOCAB_ROWS:
-        return read(entry.hf[0], _chunk(cfg.vocab_size, rank, tp), None)
+        return read(entry.hf[0], chunk(cfg.vocab_size, rank, tp), None)
     if entry.surgery == COLUMNS:
         width = cfg.num_heads * cfg.head_dim if entry.native.endswith("attn.out.weight") else cfg.intermediate_size
-        return read(entry.hf[0], None, _chunk(width, rank, tp))
+        return read(entry.hf[0], None, chunk(width, rank, tp))
     if entry.surgery == GATE_UP:
-        rows = _chunk(cfg.intermediate_size, rank, tp)
+        rows = chunk(cfg.intermediate_size, rank, tp)
         return torch.cat([read(entry.hf[0], rows, None), read(entry.hf[1], rows, None)])
     if entry.surgery == QKV:
-        return torch.cat([read(entry.hf[i], rows, None) for i, rows in qkv_row_blocks(cfg, rank, tp)])
+        return torch.cat([read(entry.hf[i], rows, None) for i, rows in layout.qkv_row_blocks(rank)])
     raise AssertionError(f"unknown surgery {entry.surgery}")
 
 
@@ -245,12 +225,12 @@ def merge_shards(entry: Entry, shards, cfg: ModelConfig) -> list[torch.Tensor]:
             gate[r * rows:(r + 1) * rows], up[r * rows:(r + 1) * rows] = shard[:rows], shard[rows:]
         return [gate, up]
     if entry.surgery == QKV:
-        hd, rest = cfg.head_dim, first.shape[1:]
+        layout, hd, rest = TPLayout(cfg, tp), cfg.head_dim, first.shape[1:]
         out = [first.new_empty((n * hd, *rest)) for n in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)]
         written = [torch.zeros(t.shape[0], dtype=torch.bool) for t in out]
         for r in range(tp):
             shard, offset = (first if r == 0 else shards[r]), 0
-            for i, rows in qkv_row_blocks(cfg, r, tp):
+            for i, rows in layout.qkv_row_blocks(r):
                 block = shard[offset: offset + rows.stop - rows.start]
                 offset += rows.stop - rows.start
                 if written[i][rows].any():

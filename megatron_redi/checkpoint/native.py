@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import ModelConfig, load_json
+from ..parallel.layout import LayoutError, TPLayout
 from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter
 
@@ -46,29 +47,16 @@ def is_native(path: str) -> bool:
     return os.path.exists(os.path.join(path, METADATA_FILE))
 
 
-def shard_shape(entry, cfg: ModelConfig, rank: int, tp: int) -> tuple[int, ...]:
+def shard_shape(entry, layout: TPLayout, rank: int) -> tuple[int, ...]:
     """The shape of rank r's shard, computed on meta tensors (no data)."""
-    shapes = hf_shapes(cfg)
+    shapes = hf_shapes(layout.cfg)
 
     def meta_read(name, rows, cols):
         t = torch.empty(shapes[name], device="meta")
         t = t[rows] if rows is not None else t
         return t[:, cols] if cols is not None else t
 
-    return tuple(shard_for_rank(entry, meta_read, cfg, rank, tp).shape)
-
-
-def check_tp_size(cfg: ModelConfig, tp: int) -> None:
-    """Refuse a TP size the model cannot be split over, naming the dimension."""
-    if tp < 1:
-        raise CheckpointError(f"TP size must be at least 1, got {tp}")
-    for what, n in (("num_attention_heads", cfg.num_heads), ("vocab_size", cfg.vocab_size),
-                    ("intermediate_size", cfg.intermediate_size)):
-        if n % tp:
-            raise CheckpointError(f"TP size {tp} does not divide {what} ({n})")
-    kv = cfg.num_kv_heads
-    if (kv % tp) if tp <= kv else (tp % kv):
-        raise CheckpointError(f"TP size {tp} and num_key_value_heads ({kv}): one must divide the other")
+    return tuple(shard_for_rank(entry, meta_read, layout, rank).shape)
 
 
 class NativeCheckpointReader:
@@ -94,8 +82,12 @@ class NativeCheckpointReader:
         self._validate()
 
     def _validate(self):
+        try:
+            layout = TPLayout(self.cfg, self.tp_size)
+        except LayoutError as e:
+            raise CheckpointError(f"{os.path.join(self.path, METADATA_FILE)}: {e}") from None
         for r, f in enumerate(self._files):
-            expected = {e.native: shard_shape(e, self.cfg, r, self.tp_size) for e in self._table}
+            expected = {e.native: shard_shape(e, layout, r) for e in self._table}
             names = set(f.names())
             missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
             if missing or extra:
@@ -180,18 +172,18 @@ class Stats:
 def write_native(reader, cfg: ModelConfig, out_dir: str, tp: int, dtype: torch.dtype,
                  extra_metadata: dict | None = None, progress: bool = True) -> Stats:
     """Write the native files of ``cfg`` at TP size ``tp`` from any HF-view reader."""
-    check_tp_size(cfg, tp)
+    layout = TPLayout(cfg, tp)
     table = name_table(cfg)
     os.makedirs(os.path.join(out_dir, "model"), exist_ok=True)
     writers = [StreamingWriter(os.path.join(out_dir, rank_file(r)),
-                               [(e.native, dtype, shard_shape(e, cfg, r, tp)) for e in table])
+                               [(e.native, dtype, shard_shape(e, layout, r)) for e in table])
                for r in range(tp)]
     stats = Stats()
     same_layout = isinstance(reader, NativeCheckpointReader) and reader.tp_size == tp
     for entry in tqdm(table, desc="writing native", unit="tensor", disable=not progress):
         for r, w in enumerate(writers):
             shard = (reader.read_shard(entry.native, r) if same_layout
-                     else shard_for_rank(entry, reader.read, cfg, r, tp))
+                     else shard_for_rank(entry, reader.read, layout, r))
             shard = shard.to(dtype)
             w.write(entry.native, shard)
             stats.add(shard)

@@ -11,13 +11,12 @@ the host, so that the step itself never waits on a device-to-host copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..batch import SeqBoundaries
-from ..losses import Pairs
+from ..batch import MicroBatch, Pairs, SeqBoundaries
 from .dataset import Sequence
 
 
@@ -30,44 +29,6 @@ class Unit:
     @property
     def num_tokens(self) -> int:
         return sum(len(s.tokens) for s in self.sequences)
-
-
-@dataclass
-class MicroBatch:
-    """The micro-batch contract (DESIGN.md). N real sequences, T tokens (padding included)."""
-
-    input_ids: torch.Tensor  # [T] int64
-    position_ids: torch.Tensor  # [T] int64, restarting at 0 per sequence
-    seqs: SeqBoundaries  # cu_seqlens [N+1] (+1 for a padding sequence), device and host
-    targets: torch.Tensor  # [T] int64: the next token within the sequence (0 where none)
-    loss_mask: torch.Tensor  # [T] bool: targets[i] is a response token
-    loss_index: torch.Tensor  # [t_resp] int64: positions where loss_mask is true (host-computed)
-    seq_index: torch.Tensor  # [T] int64: sequence of each token (num_seqs for padding)
-    response_lengths: torch.Tensor  # [N] int64: response tokens of each sequence (host-computed)
-    num_seqs: int  # N, real sequences
-    pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
-    items: tuple[int, ...]  # dataset index of each unit, in order
-    ref_logps: torch.Tensor | None = None  # [N] DPO reference sums
-
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def num_response_tokens(self) -> int:
-        return self.loss_index.shape[0]
-
-    def to(self, device) -> MicroBatch:
-        move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
-        return replace(
-            self,
-            input_ids=move(self.input_ids), position_ids=move(self.position_ids), targets=move(self.targets),
-            loss_mask=move(self.loss_mask), loss_index=move(self.loss_index), seq_index=move(self.seq_index),
-            response_lengths=move(self.response_lengths),
-            seqs=SeqBoundaries.from_offsets(self.seqs.host, device),
-            pairs=Pairs(move(self.pairs.chosen), None if self.pairs.rejected is None else move(self.pairs.rejected)),
-            ref_logps=None if self.ref_logps is None else move(self.ref_logps),
-        )
 
 
 def build_micro_batch(units: list[Unit], pad_multiple: int = 1, pad_token: int = 0) -> MicroBatch:

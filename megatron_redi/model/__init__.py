@@ -1,6 +1,6 @@
 """The decoder (Qwen2 / Llama-3), its attention backends, RoPE, and HF checkpoint loading."""
 
 from .loading import from_pretrained
-from .qwen2 import RECOMPUTE_MODES, Qwen2Model, kv_heads_per_partition
+from .qwen2 import RECOMPUTE_MODES, Qwen2Model
 
-__all__ = ["RECOMPUTE_MODES", "Qwen2Model", "from_pretrained", "kv_heads_per_partition"]
+__all__ = ["RECOMPUTE_MODES", "Qwen2Model", "from_pretrained"]

@@ -36,7 +36,7 @@ def from_pretrained(path: str, parallel: ParallelState | None = None, dtype=torc
             if own_file:
                 shard = reader.read_shard(entry.native, parallel.tp_rank)
             else:
-                shard = shard_for_rank(entry, reader.read, cfg, parallel.tp_rank, parallel.tp_size)
+                shard = shard_for_rank(entry, reader.read, model.layout, parallel.tp_rank)
             target = params.pop(entry.native)
             if shard.shape != target.shape:  # a mapping bug, not bad input: the shapes were validated
                 raise AssertionError(f"{entry.native}: shard {tuple(shard.shape)} vs parameter {tuple(target.shape)}")

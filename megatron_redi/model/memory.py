@@ -26,30 +26,29 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
+from ..parallel.layout import TPLayout
 
 MEMORY_FRACTION = 0.9  # of the card; the rest for the allocator's fragmentation
 HEAD_RESERVE = 4 * 2**30  # the head's fp32 logits and bf16 dlogits of one chunk, with room
 
 
-def layer_bytes_per_token(cfg: ModelConfig, tp: int, sequence_parallel: bool, elem: int) -> tuple[float, float]:
+def layer_bytes_per_token(layout: TPLayout, sequence_parallel: bool, elem: int) -> tuple[float, float]:
     """(selective, full) activation bytes one layer keeps per token of the micro-batch."""
-    from .qwen2 import kv_heads_per_partition
-
+    cfg, tp = layout.cfg, layout.tp
     h, hd = cfg.hidden_size, cfg.head_dim
-    nh, nkv, f = cfg.num_heads // tp, kv_heads_per_partition(cfg, tp), cfg.intermediate_size // tp
+    nh, nkv, f = layout.heads_local, layout.kv_heads_local, layout.intermediate_local
     norm_inputs = 2 * h / (tp if sequence_parallel else 1)
     selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * nkv * hd + 2 * f) + 4 * nh + 8
     full = elem * 2 * h / (tp if sequence_parallel else 1)
     return selective, full
 
 
-def full_recompute_layers(cfg: ModelConfig, tokens: int, tp: int, sequence_parallel: bool, elem: int,
+def full_recompute_layers(layout: TPLayout, tokens: int, sequence_parallel: bool, elem: int,
                           budget_bytes: float) -> int:
     """The fewest layers to recompute in full for ``tokens`` to fit ``budget_bytes`` of activations
     (all of them when even that does not fit: the smallest footprint there is)."""
-    selective, full = layer_bytes_per_token(cfg, tp, sequence_parallel, elem)
-    layers = cfg.num_layers
+    selective, full = layer_bytes_per_token(layout, sequence_parallel, elem)
+    layers = layout.cfg.num_layers
     for n in range(layers + 1):
         transient = (2.5 if n else 1.5) * selective
         if tokens * ((layers - n) * selective + n * full + transient) <= budget_bytes:

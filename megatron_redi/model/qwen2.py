@@ -38,23 +38,17 @@ from torch.utils.checkpoint import checkpoint
 
 from ..batch import SeqBoundaries
 from ..config import ModelConfig
-from ..ops.fused import rms_norm, rms_norm_reference, swiglu_linear, swiglu_linear_reference
-from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear,
-                        VocabParallelEmbedding, divide, mark_replicated)
+from ..ops.qkv_rotary import split_qkv_rotary
+from ..ops.rms_norm import rms_norm, rms_norm_reference
+from ..ops.swiglu import swiglu_linear, swiglu_linear_reference
+from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear, TPLayout,
+                        VocabParallelEmbedding, mark_replicated)
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
 from .attention import causal_attention
 from .memory import activation_budget, full_recompute_layers
-from .rope import RotaryEmbedding, split_qkv_rotary
+from .rope import RotaryEmbedding
 
 RECOMPUTE_MODES = ("none", "selective", "full", "auto")
-
-
-def kv_heads_per_partition(cfg: ModelConfig, tp: int) -> int:
-    """KV heads each TP rank holds: nkv/tp when TP splits them, 1 (a replica) when tp > nkv."""
-    if tp <= cfg.num_kv_heads:
-        return divide(cfg.num_kv_heads, tp, "num_key_value_heads")
-    divide(tp, cfg.num_kv_heads, "tensor_parallel_size (greater than num_key_value_heads)")
-    return 1
 
 
 class RMSNorm(nn.Module):
@@ -69,20 +63,18 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int):
+    def __init__(self, layout: TPLayout, parallel: ParallelState, dtype, layer_idx: int):
         super().__init__()
-        tp = parallel.tp_size
+        cfg = layout.cfg
         self.layer_idx = layer_idx
         self.head_dim = cfg.head_dim
-        self.heads_local = divide(cfg.num_heads, tp, "num_attention_heads")
-        self.kv_heads_local = kv_heads_per_partition(cfg, tp)
-        self.queries_per_group = self.heads_local // self.kv_heads_local
-        qkv_rows = (self.heads_local + 2 * self.kv_heads_local) * cfg.head_dim  # per rank
-        self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_rows * tp, parallel,
+        self.heads_local, self.kv_heads_local = layout.heads_local, layout.kv_heads_local
+        self.queries_per_group = layout.queries_per_group
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, layout.qkv_rows_local * layout.tp, parallel,
                                         bias=cfg.qkv_bias, dtype=dtype)
         self.out = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, parallel, dtype=dtype)
-        if tp > cfg.num_kv_heads:  # k, v rows (the last 2 hd of the fused rows) are replicas
-            group = parallel.tp_subgroup(tp // cfg.num_kv_heads)
+        if layout.kv_replicas > 1:  # k, v rows (after the query heads' rows) are replicas
+            group = parallel.tp_subgroup(layout.kv_replicas)
             kv_rows = slice(self.heads_local * cfg.head_dim, None)
             for name in ("weight", "bias") if cfg.qkv_bias else ("weight",):
                 mark_replicated(self.qkv, name, group, kv_rows)
@@ -116,12 +108,13 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm residual block. ``lean`` (selective recompute): the norms and the SwiGLU keep
-    only their inputs and recompute the rest in the backward (ops/fused.py)."""
+    only their inputs and recompute the rest in the backward (ops/rms_norm.py, ops/swiglu.py)."""
 
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, layer_idx: int, lean: bool):
+    def __init__(self, layout: TPLayout, parallel: ParallelState, dtype, layer_idx: int, lean: bool):
         super().__init__()
+        cfg = layout.cfg
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
-        self.attn = Attention(cfg, parallel, dtype, layer_idx)
+        self.attn = Attention(layout, parallel, dtype, layer_idx)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
         self.mlp = MLP(cfg, parallel, dtype, lean)
 
@@ -143,16 +136,14 @@ class Qwen2Model(nn.Module):
         super().__init__()
         if recompute not in RECOMPUTE_MODES:
             raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
-        if cfg.num_heads % parallel.tp_size:
-            raise ValueError(f"num_attention_heads ({cfg.num_heads}) is not divisible by "
-                             f"tensor_parallel_size ({parallel.tp_size})")
         self.cfg, self.parallel = cfg, parallel
+        self.layout = TPLayout(cfg, parallel.tp_size)  # refuses a TP size the model cannot be split over
         self.recompute, self.attention_backend = recompute, attention_backend
         self.full_recompute_layers = 0  # of the last forward (recompute="auto" plans it per micro-batch)
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
             lean = recompute in ("selective", "auto")
-            self.layers = nn.ModuleList(DecoderLayer(cfg, parallel, dtype, i, lean) for i in range(cfg.num_layers))
+            self.layers = nn.ModuleList(DecoderLayer(self.layout, parallel, dtype, i, lean) for i in range(cfg.num_layers))
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
             self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
                 cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)  # used for its weight only
@@ -196,8 +187,7 @@ class Qwen2Model(nn.Module):
         device = self.embed.weight.device
         if device.type != "cuda":
             return 0
-        p = self.parallel
-        return full_recompute_layers(self.cfg, tokens, p.tp_size, p.sequence_parallel,
+        return full_recompute_layers(self.layout, tokens, self.parallel.sequence_parallel,
                                      self.embed.weight.element_size(), activation_budget(device))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,8 @@
-"""Rotary position embedding, with Llama-3's frequency scaling.
+"""Rotary position embedding: position ids -> the ``cos, sin [t, hd]`` tables, with Llama-3's
+frequency scaling.
 
-Layout: ``x [t, n, hd]``, positions ``[t]`` restarting at 0 per packed sequence. The rotation pairs
-dimension i with i + hd/2 (the "rotate half" convention of the HF Qwen2 and Llama checkpoints).
-Angles and the rotation are computed in fp32 whatever the activation dtype.
-
-``split_qkv_rotary`` takes the fused QKV projection's output apart into rotated q and k and a
-contiguous v: one Triton kernel each way on GPU (ops/triton_kernels.py) instead of a copy of q,
-a copy of v and about ten elementwise fp32 passes for the two rotations; it keeps only cos and
-sin for the backward. ``split_qkv_rotary_reference`` is the plain version the tests compare with.
+Positions ``[t]`` restart at 0 per packed sequence; the angles are fp32 whatever the activation
+dtype. The rotation itself, fused with the split of the QKV projection, is ops/qkv_rotary.py.
 """
 
 from __future__ import annotations
@@ -17,7 +12,6 @@ import math
 import torch
 
 from ..config import ModelConfig
-from ..ops import triton_kernels as tk
 
 
 def inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
@@ -54,37 +48,3 @@ class RotaryEmbedding:
         angles = position_ids.float()[:, None] * self._inv_freq[device][None, :]  # [t, hd/2]
         angles = torch.cat((angles, angles), dim=-1)  # [t, hd]
         return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [t, n, hd]`` by the angles of its token; fp32 math, result in x's dtype."""
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (xf * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
-
-
-def split_qkv_rotary_reference(qkv, cos, sin):
-    """``qkv [t, g, j + 2, hd]`` (per KV group: j query heads, its key, its value) ->
-    ``q [t, g j, hd]`` and ``k [t, g, hd]`` rotated, ``v [t, g, hd]``, all contiguous."""
-    t, groups, heads, hd = qkv.shape
-    q = qkv[:, :, : heads - 2].reshape(t, groups * (heads - 2), hd)
-    return apply_rotary(q, cos, sin), apply_rotary(qkv[:, :, -2], cos, sin), qkv[:, :, -1].contiguous()
-
-
-class _SplitQKVRotary(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return tk.qkv_rotary_forward(qkv, cos, sin)
-
-    @staticmethod
-    def backward(ctx, dq, dk, dv):
-        cos, sin = ctx.saved_tensors
-        return tk.qkv_rotary_backward(dq, dk, dv, cos, sin), None, None
-
-
-def split_qkv_rotary(qkv, cos, sin):
-    if tk.usable(qkv):
-        return _SplitQKVRotary.apply(qkv, cos, sin)
-    return split_qkv_rotary_reference(qkv, cos, sin)

@@ -1,24 +1,28 @@
 """The elementwise and reduction kernels of the fused log-prob head, each with its PyTorch reference.
 
-Four kernels act on one chunk of logits ``[c, Vl]`` (c response tokens, Vl = the rank's vocab
-shard, fp32 or bf16) with the chunk's ``targets [c]`` already shifted into the shard
+Kernels acting on one chunk of logits ``[c, Vl]`` (c response tokens, Vl = the rank's vocab shard,
+fp32 or bf16) with the chunk's ``targets [c]`` already shifted into the shard
 (``local = target - vocab_start``; outside [0, Vl) means another rank owns it):
 
     row_stats(logits, local)              -> max [c], sum exp(logit - max) [c], target logit [c]
                                              (fp32; target logit 0 where another rank owns it)
     dlogits(logits, lse, local, coeff)    -> coeff * (onehot - softmax), in the GEMM dtype
     segment_sum(values, index, n)         -> out[n] = sum of values[i] with index[i] == n (fp32)
-    wgrad_accumulate(acc, dlogits, h)     -> acc += dlogits^T h, accumulated in fp32
+    wgrad_accumulate(acc, dlogits, h)     -> acc += dlogits^T h, accumulated in fp32 (wgrad.py)
 
-``KERNELS`` picks, once, for CUDA tensors: the CUDA extension (csrc/, built by setup.py where CUDA
-is present), else Triton's kernels (ops/triton_kernels.py: row_stats and dlogits; the segment sum
-and the weight gradient stay in PyTorch), else the references below, which are exact, are what
-CPU runs, and are what the tests compare the others with.
+``KERNELS`` picks, for CUDA tensors: the CUDA extension (csrc/), else the Triton kernels below
+(row_stats and dlogits; the segment sum and the weight gradient stay in PyTorch), else the
+references, which are exact, are what CPU runs, and are what the tests compare the others with.
+The Triton kernels: one program per row (row_stats, an online max and sum-exp over the row) or per
+(row, block of columns) (dlogits).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .backends import TRITON_AVAILABLE, cuda_extension, tl, triton, triton_enabled
+from .wgrad import wgrad_accumulate_reference
 
 
 # ---- PyTorch references -----------------------------------------------------------------------
@@ -44,12 +48,60 @@ def segment_sum_reference(values, index, n):
     return torch.zeros(n, dtype=torch.float32, device=values.device).index_add_(0, index, values.float())
 
 
-def wgrad_accumulate_reference(acc, dlogits, h):
-    if dlogits.dtype == torch.float32 or dlogits.device.type != "cuda":
-        acc.addmm_(dlogits.t().float(), h.float())
-    else:  # bf16 GEMM (fp32 inside), rounded once per chunk before the fp32 sum
-        acc.add_(dlogits.t() @ h)
+# ---- Triton -----------------------------------------------------------------------------------
 
+if triton is not None:
+
+    @triton.jit
+    def _row_stats(x_ptr, local_ptr, max_ptr, sum_ptr, target_ptr, vocab, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)  # row * width may pass 2**31
+        m = -float("inf")
+        s = 0.0
+        for start in range(0, vocab, BLOCK):  # online max and sum-exp over the row
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + row * vocab + cols, mask=cols < vocab, other=-float("inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        t = tl.load(local_ptr + row)
+        owned = (t >= 0) & (t < vocab)
+        target = tl.load(x_ptr + row * vocab + tl.where(owned, t, 0)).to(tl.float32)
+        tl.store(max_ptr + row, m)
+        tl.store(sum_ptr + row, s)
+        tl.store(target_ptr + row, tl.where(owned, target, 0.0))
+
+    @triton.jit
+    def _dlogits(x_ptr, lse_ptr, local_ptr, coeff_ptr, out_ptr, vocab, BLOCK: tl.constexpr):
+        row, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        cols = block * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < vocab
+        x = tl.load(x_ptr + row * vocab + cols, mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(coeff_ptr + row)
+        g = -c * tl.exp(x - tl.load(lse_ptr + row))
+        g = tl.where(cols == tl.load(local_ptr + row), g + c, g)
+        tl.store(out_ptr + row * vocab + cols, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def row_stats(logits, local):
+    rows, vocab = logits.shape
+    outs = [torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3)]
+    if rows:
+        _row_stats[(rows,)](logits, local, *outs, vocab, BLOCK=4096)
+    return tuple(outs)
+
+
+DLOGITS_BLOCK = 4096
+
+
+def dlogits(logits, lse, local, coeff, out_dtype):
+    out = logits if logits.dtype == out_dtype else torch.empty_like(logits, dtype=out_dtype)  # in place if it can
+    rows, vocab = logits.shape
+    if rows:
+        _dlogits[(rows, triton.cdiv(vocab, DLOGITS_BLOCK))](logits, lse, local, coeff, out, vocab, BLOCK=DLOGITS_BLOCK)
+    return out
+
+
+# ---- the choice -------------------------------------------------------------------------------
 
 class _Reference:
     name = "pytorch"
@@ -59,66 +111,58 @@ class _Reference:
     wgrad_accumulate = staticmethod(wgrad_accumulate_reference)
 
 
-def _cuda_extension():
-    try:
-        from megatron_redi import _logprob_cuda  # built by setup.py when CUDA is present
-    except ImportError:
+class _Triton(_Reference):
+    name = "triton"
+    row_stats = staticmethod(row_stats)
+    dlogits = staticmethod(dlogits)
+
+
+def _cuda_kernels():
+    ext = cuda_extension()
+    if ext is None:
         return None
 
     class _Cuda:
         name = "cuda-extension"
-        row_stats = staticmethod(_logprob_cuda.row_stats)
-        segment_sum = staticmethod(_logprob_cuda.segment_sum)
-        wgrad_accumulate = staticmethod(_logprob_cuda.wgrad_accumulate)
+        row_stats = staticmethod(ext.row_stats)
+        segment_sum = staticmethod(ext.segment_sum)
+        wgrad_accumulate = staticmethod(ext.wgrad_accumulate)
 
         @staticmethod
         def dlogits(logits, lse, local, coeff, out_dtype):  # in place when the dtypes agree
             out = logits if logits.dtype == out_dtype else torch.empty_like(logits, dtype=out_dtype)
-            return _logprob_cuda.dlogits(logits, lse, local, coeff, out)
+            return ext.dlogits(logits, lse, local, coeff, out)
 
     return _Cuda
 
 
-def _triton():
-    from . import triton_kernels as tk
-
-    if not tk.AVAILABLE:
-        return None
-
-    class _Triton(_Reference):
-        name = "triton"
-        row_stats = staticmethod(tk.row_stats)
-        dlogits = staticmethod(tk.dlogits)
-
-    return _Triton
-
-
 class KernelChoice:
-    """One availability check: the fastest kernels present for a device."""
-
-    def __init__(self):
-        self._cuda = None
+    """The fastest kernels present for a device; ``prefer`` forces "pytorch", "triton" or
+    "cuda-extension" (benchmarks, tests). MEGATRON_REDI_TRITON=0 takes Triton out of the default
+    choice, as it does for every op."""
 
     def for_device(self, device: torch.device, prefer: str | None = None):
         if prefer == "pytorch":
             return _Reference
         if prefer == "triton" and device.type != "cuda":  # Triton's CPU interpreter (tests)
-            return _triton() or _Reference
+            return _Triton if TRITON_AVAILABLE else _Reference
         if device.type != "cuda":
             return _Reference
-        if self._cuda is None:
-            self._cuda = {"cuda-extension": _cuda_extension(), "triton": _triton()}
+        present = self._present()
         if prefer is not None:
-            if self._cuda.get(prefer) is None:
+            if present.get(prefer) is None:
                 raise RuntimeError(f"log-prob kernels {prefer!r} are not available here")
-            return self._cuda[prefer]
-        return self._cuda["cuda-extension"] or self._cuda["triton"] or _Reference
+            return present[prefer]
+        return present["cuda-extension"] or (present["triton"] if triton_enabled() else None) or _Reference
+
+    @staticmethod
+    def _present() -> dict:
+        return {"cuda-extension": _cuda_kernels(), "triton": _Triton if TRITON_AVAILABLE else None}
 
     def available(self, device: torch.device) -> list[str]:
         names = ["pytorch"]
         if device.type == "cuda":
-            self.for_device(device)
-            names += [k for k, v in self._cuda.items() if v is not None]
+            names += [k for k, v in self._present().items() if v is not None]
         return names
 
 

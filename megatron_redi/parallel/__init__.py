@@ -1,8 +1,9 @@
-"""Tensor, sequence and data parallelism: groups, autograd collectives, sharded layers."""
+"""Tensor, sequence and data parallelism: groups, the TP layout, autograd collectives, sharded layers."""
 
 from .layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                      mark_replicated, sync_replicated_grads)
-from .state import ParallelState, divide, initialize
+from .layout import LayoutError, TPLayout, divide
+from .state import ParallelState, initialize
 
-__all__ = ["ColumnParallelLinear", "ParallelState", "RowParallelLinear", "VocabParallelEmbedding",
-           "divide", "initialize", "mark_replicated", "sync_replicated_grads"]
+__all__ = ["ColumnParallelLinear", "LayoutError", "ParallelState", "RowParallelLinear", "TPLayout",
+           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "sync_replicated_grads"]

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..ops.linear import embedding, linear
+from .linear import embedding, linear
 from .mappings import reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
 

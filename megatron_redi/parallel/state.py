@@ -16,12 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-
-def divide(numerator: int, denominator: int, what: str = "value") -> int:
-    """Exact division for per-partition sizes; a clear error when it does not divide."""
-    if numerator % denominator:
-        raise ValueError(f"{what} ({numerator}) is not divisible by {denominator}")
-    return numerator // denominator
+from .layout import divide
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ all-reduced (SUM: the loss is already scaled by the global batch) asynchronously
 data-parallel group while the backward goes on; ``finish_reduction`` launches any bucket left and
 waits.
 
-Update. AdamW runs over the flat buffers (adamw.py: one Triton kernel on GPU), which also yields
+Update. AdamW runs over the flat buffers (ops/adamw.py: one Triton kernel on GPU), which also yields
 the exact norm of the update (the paper's "gradient step size") without a copy of the weights.
 With ZeRO-1 each data-parallel rank updates only its slice of each buffer (and holds only that
 slice's moments), then the slices are all-gathered. The master weights are then copied into the
@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ..parallel import ParallelState
 from ..parallel.mappings import all_gather_into
-from .adamw import adamw_update
+from ..ops.adamw import adamw_update
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:

@@ -34,8 +34,8 @@ from ..atomic import atomic_directory
 from ..config import load_json
 from ..losses import microbatch_loss, sequence_coefficients
 from ..model import from_pretrained
-from ..ops import head_logprobs
 from ..parallel import initialize, sync_replicated_grads
+from ..parallel.logprob_head import head_logprobs
 from . import checkpointing
 from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, step_flops

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from multirank import run_ranks
 
 from megatron_redi import losses as L
-from megatron_redi.losses import LossConfig, Pairs, microbatch_loss, sequence_coefficients
+from megatron_redi.batch import Pairs
+from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
 
 # two pairs, by hand: chosen sums, lengths; rejected sums, lengths
 C, LC = torch.tensor([-10.0, -3.0]), torch.tensor([5.0, 2.0])
@@ -138,7 +139,7 @@ def test_sequence_coefficients_are_the_loss_gradient(cfg):
     x = logps.clone().requires_grad_()
     microbatch_loss(cfg, x, lengths, pairs, total)[0].backward()
     torch.testing.assert_close(coeff, x.grad)
-    if cfg.type == "redi":  # DESIGN.md's closed form
+    if cfg.type == "redi":  # the closed form of docs/design.md
         expected = torch.where(torch.arange(8) % 2 == 0, -1.0 / (lengths * 10), 0.8 / (lengths * 10))
         torch.testing.assert_close(coeff, expected.float())
 

@@ -11,7 +11,7 @@ from megatron_redi.data.dataset import Sequence
 from megatron_redi.data.packing import Unit, build_micro_batch
 from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
 from megatron_redi.model import Qwen2Model
-from megatron_redi.ops import head_logprobs
+from megatron_redi.parallel.logprob_head import head_logprobs
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.optimizer import MasterParams
 

@@ -6,22 +6,22 @@ import torch
 from megatron_redi.config import preset
 from megatron_redi.model import Qwen2Model
 from megatron_redi.model.memory import full_recompute_layers, layer_bytes_per_token
-from megatron_redi.parallel import ParallelState
+from megatron_redi.parallel import ParallelState, TPLayout
 
 GB = 1e9
 
 
 def test_estimate_for_qwen_1_5b_on_an_80gb_card():
     cfg = preset("qwen2.5-1.5b")
-    selective, full = layer_bytes_per_token(cfg, 1, False, 2)
+    selective, full = layer_bytes_per_token(TPLayout(cfg, 1), False, 2)
     assert (selective, full) == (58424, 6144)
     # what the H100 run saw: 27.8 GB of weights and optimizer state; 85.0 GB card
     budget = 0.9 * 85.0 * GB - 27.8 * GB - 4 * 2**30
-    plan = [full_recompute_layers(cfg, 2 * n, 1, False, 2, budget) for n in (4096, 8192, 16384, 19000)]
+    plan = [full_recompute_layers(TPLayout(cfg, 1), 2 * n, False, 2, budget) for n in (4096, 8192, 16384, 19000)]
     assert plan == [0, 0, 9, 12]
-    assert full_recompute_layers(cfg, 10**6, 1, False, 2, budget) == cfg.num_layers  # nothing fits
+    assert full_recompute_layers(TPLayout(cfg, 1), 10**6, False, 2, budget) == cfg.num_layers  # nothing fits
     # TP=2 with SP halves all but the gathered GEMM inputs
-    assert 0.5 * selective < layer_bytes_per_token(cfg, 2, True, 2)[0] < 0.6 * selective
+    assert 0.5 * selective < layer_bytes_per_token(TPLayout(cfg, 2), True, 2)[0] < 0.6 * selective
 
 
 def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from megatron_redi.ops.fused import rms_norm, rms_norm_reference, swiglu_linear, swiglu_linear_reference
+from megatron_redi.ops.rms_norm import rms_norm, rms_norm_reference
+from megatron_redi.ops.swiglu import swiglu_linear, swiglu_linear_reference
 
 
 def _grads(fn, *inputs, upstream):

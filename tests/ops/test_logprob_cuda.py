@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from megatron_redi.ops import logprob_kernels as K
-from megatron_redi.ops import sequence_logprobs
+from megatron_redi.ops.backends import cuda_extension
+from megatron_redi.parallel.logprob_head import sequence_logprobs
 
 pytestmark = pytest.mark.cuda
 
 
 def _extension():
-    ext = K._cuda_extension()
+    ext = cuda_extension()
     if ext is None:
         if os.environ.get("MEGATRON_REDI_EXPECT_CUDA_EXT") == "1":
             pytest.fail("the CUDA extension was expected (MEGATRON_REDI_EXPECT_CUDA_EXT=1) but is not built")
@@ -70,7 +71,7 @@ def test_wgrad_accumulate_matches_reference():
 
 @pytest.mark.parametrize("single", [False, True])
 def test_head_on_gpu_matches_fp32(single):
-    kernels = "cuda-extension" if K._cuda_extension() is not None else "pytorch"
+    kernels = "cuda-extension" if cuda_extension() is not None else "pytorch"
     g = torch.Generator(device="cuda").manual_seed(2)
     t, h_dim, vocab, n = 4096, 512, 151_936, 2
     hidden = (torch.randn(t, h_dim, device="cuda", generator=g) * 0.5).bfloat16()

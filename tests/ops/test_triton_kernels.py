@@ -1,4 +1,4 @@
-"""The Triton kernels of ops/triton_kernels.py against the PyTorch references of ops/fused.py.
+"""Every Triton kernel of ops/ against the PyTorch reference beside it.
 
 On CPU they run under Triton's interpreter (TRITON_INTERPRET=1, set before Triton is imported,
 hence a fresh process); on a GPU the cuda-marked test runs them natively. Errors are measured
@@ -15,11 +15,12 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (CI insta
 
 CHECK = r'''
 import torch
-from megatron_redi.ops import triton_kernels as tk
-from megatron_redi.ops.fused import rms_norm, rms_norm_reference, swiglu_linear, swiglu_linear_reference
+from megatron_redi.ops.backends import triton_usable
+from megatron_redi.ops.rms_norm import rms_norm, rms_norm_reference
+from megatron_redi.ops.swiglu import swiglu_linear, swiglu_linear_reference
 
 device = "{device}"
-assert tk.usable(torch.zeros(1, device=device))
+assert triton_usable(torch.zeros(1, device=device))
 
 def run(fn, *inputs, up):
     leaves = [t.clone().requires_grad_() for t in inputs]
@@ -55,7 +56,7 @@ print("triton kernels match")
 LOGPROB_CHECK = r'''
 import torch
 from megatron_redi.ops import logprob_kernels as K
-from megatron_redi.ops import sequence_logprobs, triton_kernels as tk
+from megatron_redi.parallel.logprob_head import sequence_logprobs
 
 device = "{device}"
 g = torch.Generator().manual_seed(0)
@@ -64,10 +65,10 @@ for dtype in (torch.float32, torch.bfloat16):
     local = torch.randint(-2500, 5000, (13,), generator=g).to(device)  # some targets on other ranks
     lse = torch.logsumexp(logits.float(), -1)
     coeff = torch.randn(13, generator=g).to(device)
-    for got, want in zip(tk.row_stats(logits, local), K.row_stats_reference(logits, local)):
+    for got, want in zip(K.row_stats(logits, local), K.row_stats_reference(logits, local)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for out_dtype in (torch.float32, torch.bfloat16):
-        got = tk.dlogits(logits.clone(), lse, local, coeff, out_dtype)
+        got = K.dlogits(logits.clone(), lse, local, coeff, out_dtype)
         want = K.dlogits_reference(logits, lse, local, coeff, out_dtype)
         assert got.dtype == out_dtype
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-6)
@@ -85,7 +86,7 @@ print("triton kernels match")
 
 ADAMW_CHECK = r'''
 import torch
-from megatron_redi.training.adamw import adamw_reference, adamw_triton
+from megatron_redi.ops.adamw import adamw_reference, adamw_triton
 
 device = "{device}"
 g = torch.Generator().manual_seed(0)
@@ -118,7 +119,8 @@ ROTARY_CHECK = r'''
 import itertools
 import torch
 from megatron_redi.config import preset
-from megatron_redi.model.rope import RotaryEmbedding, split_qkv_rotary, split_qkv_rotary_reference
+from megatron_redi.model.rope import RotaryEmbedding
+from megatron_redi.ops.qkv_rotary import split_qkv_rotary, split_qkv_rotary_reference
 
 device = "{device}"
 g = torch.Generator().manual_seed(0)

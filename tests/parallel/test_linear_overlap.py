@@ -1,4 +1,4 @@
-"""The column-parallel GEMM of ops/linear.py on 2 gloo ranks: the same values and gradients as
+"""The column-parallel GEMM of parallel/linear.py on 2 gloo ranks: the same values and gradients as
 the mapping + plain linear it replaces, and its backward collective launched before the
 weight-gradient GEMM and waited for after it."""
 
@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from multirank import run_ranks
 
-from megatron_redi.ops import linear as L
+from megatron_redi.parallel import linear as L
 from megatron_redi.parallel import mappings as M
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.distributed as dist
 from multirank import assert_grads_close, gathered, merged_grads, run_ranks
 
-from megatron_redi.ops import logprob as L
-from megatron_redi.ops import sequence_logprobs
+from megatron_redi.parallel import logprob_head as L
+from megatron_redi.parallel.logprob_head import sequence_logprobs
 
 
 def _problem(t=53, h=24, vocab=96, n=5, dtype=torch.float32, seed=0):
@@ -165,7 +165,7 @@ def _reference_from_logits(model, ids, pos, offsets, targets, seq_index, loss_ma
 
 def _check_head_wrapper(path, tp, single):
     from megatron_redi.model import from_pretrained
-    from megatron_redi.ops import head_logprobs
+    from megatron_redi.parallel.logprob_head import head_logprobs
     from megatron_redi.parallel import initialize
 
     reference = from_pretrained(path)
@@ -196,7 +196,7 @@ def test_head_on_model_tp2_sp_equals_full_logits(tiny_checkpoint, single):
 def test_prompt_rows_never_reach_the_head(tiny_checkpoint):
     """Changing the targets of prompt positions changes nothing; their hidden rows get no gradient."""
     from megatron_redi.model import from_pretrained
-    from megatron_redi.ops import head_logprobs
+    from megatron_redi.parallel.logprob_head import head_logprobs
 
     model = from_pretrained(tiny_checkpoint())
     ids, pos, offsets, targets, seq_index, loss_mask = _micro_batch(model.cfg.vocab_size)

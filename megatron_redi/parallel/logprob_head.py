@@ -31,13 +31,13 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..parallel.mappings import copy_to_tp, gather_tokens
-from .logprob_kernels import KERNELS
+from ..ops.logprob_kernels import KERNELS
+from .mappings import copy_to_tp, gather_tokens
 
 DEBUG_CHECKS = os.environ.get("MEGATRON_REDI_DEBUG", "0") == "1"
 # fp32 logits per chunk, which bounds the extra memory of the head. Larger on GPU: each chunk's
-# weight-gradient GEMM reads and writes the whole fp32 [V/tp, h] accumulator (0.93 GB for
-# Qwen2.5-1.5B), so 256 MiB chunks (441 tokens) spent 25 ms of a 73 ms head on that traffic.
+# weight-gradient GEMM reads and writes the whole fp32 [V/tp, h] accumulator, so small chunks spend
+# much of the head's time on that traffic (docs/logprob_head.md has the measurement).
 CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
 
 

@@ -1,17 +1,12 @@
-"""The linear layers' GEMMs: weight gradients straight into the trainer's fp32 ``main_grad``, and
-the column-parallel input gradient's communication overlapped with the weight-gradient GEMM.
+"""The linear layers' autograd Functions: weight gradients into the trainer's fp32 ``main_grad``,
+and the column-parallel input gradient's communication overlapped with the weight-gradient GEMM.
 
-The trainer keeps an fp32 gradient for every parameter (``p.main_grad``, training/optimizer.py).
-Through plain autograd the weight gradient of a bf16 linear is a bf16 tensor that a hook then adds
-into main_grad: one more tensor, one more pass and one more rounding per weight and micro-batch.
-Here the weight-gradient GEMM accumulates into main_grad itself, with an fp32 output and beta = 1
-(csrc/'s ``wgrad_accumulate`` on CUDA; Megatron calls this gradient-accumulation fusion), and the
-parameter receives an uninitialised placeholder gradient so that its post-accumulate hook, which
-drives the data-parallel buckets, still fires; ``grad_in_main_grad`` tells the hook not to add it.
-Without a main_grad (no trainer: tests, inference) it is exactly ``F.linear``. The embedding does
-the same with its rows: ``embedding`` adds each token's gradient into main_grad's row in fp32, in
-place of a dense bf16 gradient of the whole table (0.47 GB for Qwen2's 151,936 x 1536: zeroed,
-written, then added into main_grad, three passes over it) and its rounding.
+Every weight gradient goes through ``ops.wgrad.weight_grad``: accumulated straight into the
+parameter's fp32 ``main_grad`` when the trainer keeps one (no bf16 gradient formed, added and
+rounded), plain ``dy^T x`` otherwise. The embedding does the same with its rows: ``embedding``
+adds each token's gradient into main_grad's row in fp32, in place of a dense bf16 gradient of the
+whole table (zeroed, written, then added into main_grad: three passes over V x h values) and its
+rounding.
 
 Column-parallel layers pass their TP group. Their input arrives replicated over TP (or, under
 sequence parallelism, sharded by tokens and all-gathered here), so the input gradient, a partial
@@ -27,20 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..parallel.mappings import all_gather_tokens, reduce_scatter_into
-from .logprob_kernels import KERNELS
-
-
-def weight_grad(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor):
-    """``dy^T x`` for ``weight`` [out, in] from ``dy`` [..., out] and ``x`` [..., in]: returned, or
-    accumulated into ``weight.main_grad`` (then a placeholder is returned)."""
-    dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-    main = getattr(weight, "main_grad", None)
-    if main is None:
-        return dy2.t() @ x2
-    KERNELS.for_device(dy.device).wgrad_accumulate(main, dy2.contiguous(), x2.contiguous())
-    weight.grad_in_main_grad = True
-    return torch.empty_like(weight)
+from ..ops.wgrad import weight_grad
+from .mappings import all_gather_tokens, reduce_scatter_into
 
 
 class _Linear(torch.autograd.Function):

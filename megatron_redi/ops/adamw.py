@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import triton_kernels as tk
+from .backends import tl, triton, triton_usable
 
 CHUNK = 1 << 24  # elements per reference chunk: bounds its temporaries
 BLOCK = 4096  # elements per Triton program
@@ -46,9 +46,7 @@ def adamw_reference(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale=1
     return sq
 
 
-if tk.AVAILABLE:
-    import triton
-    import triton.language as tl
+if triton is not None:
 
     @triton.jit
     def _adamw(p_ptr, g_ptr, m_ptr, v_ptr, sq_ptr, out_ptr, n, lr, b1, b2, eps, weight_decay, bc1, bc2,
@@ -82,5 +80,5 @@ def adamw_triton(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale=1.0,
 
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale=1.0, out=None) -> torch.Tensor:
     """The Triton kernel where it runs (CUDA, or the interpreter in tests), else the reference."""
-    fn = adamw_triton if tk.usable(p) else adamw_reference
+    fn = adamw_triton if triton_usable(p) else adamw_reference
     return fn(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale, out)

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Golden values: the first steps of the demo's SFT and REDI runs, to show that a change keeps
+training as it was (bit for bit where the arithmetic is unchanged).
+
+    python tools/golden_steps.py --output before.json                 (record)
+    python tools/golden_steps.py --output after.json --compare before.json
+
+Runs the demo's data (examples/run_redi_tiny.sh: the same corpus, tokenizer and student), then
+--sft-steps steps of stage 1 and, from that checkpoint, --redi-steps steps of REDI alpha 0.8, both
+at TP=2 with sequence parallelism over 2 CPU processes, and records each step's loss, gradient and
+update norms (and the chosen / rejected LogPS of REDI) at full precision, with the TP=2 forward's
+largest logit difference from transformers (examples/parity_demo.py). --compare prints the largest
+difference from a recorded file per series and exits 1 if any exceeds --tolerance (0: bit for bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERIES = {"sft": ("loss", "grad_norm", "update_norm"),
+          "redi": ("loss", "logps/chosen_mean", "logps/rejected_mean", "grad_norm", "update_norm")}
+
+
+def run(cmd: list[str]) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
+               PYTHONPATH=ROOT)  # this checkout's package, whatever is installed
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def train(work: str, name: str, config: str, steps: int, *overrides: str) -> list[dict]:
+    out = os.path.join(work, name)
+    run(["torchrun", "--nproc-per-node", "2", "-m", "megatron_redi.train", "--config", config,
+         "--data.path", os.path.join(work, "data", "tokenized"), "--train.output_dir", out,
+         "--train.max_steps", str(steps), "--train.progress", "false", "--train.tensorboard", "false",
+         "--checkpoint.resume", "false", *overrides])
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def record(work: str, sft_steps: int, redi_steps: int) -> dict:
+    py = sys.executable
+    data = os.path.join(work, "data")
+    run([py, "tools/make_synthetic_traces.py", "--output-dir", data, "--rows", "4000",
+         "--benchmark-problems", "200", "--digits", "5", "--seed", "0"])
+    run([py, "tools/preprocess_data.py", "--input", os.path.join(data, "traces.jsonl"), "--tokenizer",
+         os.path.join(data, "tokenizer"), "--output-dir", os.path.join(data, "tokenized"), "--no-progress"])
+    run([py, "tools/make_synthetic_checkpoint.py", "--preset", "tiny", "--dtype", "fp32",
+         "--output", os.path.join(work, "student")])
+    sft = train(work, "sft", "examples/configs/sft_tiny.yaml", sft_steps, "--model.path", os.path.join(work, "student"))
+    start = sorted(os.listdir(os.path.join(work, "sft", "checkpoints")))[-1]
+    redi = train(work, "redi", "examples/configs/redi_tiny.yaml", redi_steps,
+                 "--model.path", os.path.join(work, "sft", "checkpoints", start))
+    parity = run(["torchrun", "--nproc-per-node", "2", "examples/parity_demo.py"])
+    diff = re.search(r"max \|logit - HF\| = ([0-9.e+-]+)", parity)
+    return {"sft": {k: [m[k] for m in sft] for k in SERIES["sft"]},
+            "redi": {k: [m[k] for m in redi] for k in SERIES["redi"]},
+            "parity_max_abs_diff": float(diff.group(1)) if diff else parity.strip()}
+
+
+def compare(got: dict, want: dict, tolerance: float) -> bool:
+    ok = True
+    for run_name, keys in SERIES.items():
+        for key in keys:
+            a, b = got[run_name][key], want[run_name][key]
+            worst = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if len(a) == len(b) else float("inf")
+            same = "bit-identical" if a == b else f"max |diff| {worst:.3e}"
+            print(f"  {run_name:4s} {key:20s} {len(a):3d} steps: {same}")
+            ok &= worst <= tolerance
+    print(f"  parity (TP=2 + SP vs transformers, max |logit diff|): {got['parity_max_abs_diff']} "
+          f"(recorded: {want['parity_max_abs_diff']})")
+    return ok
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="JSON file for the values of this run")
+    p.add_argument("--compare", help="a recorded JSON file to compare with")
+    p.add_argument("--tolerance", type=float, default=0.0, help="largest difference accepted (default: %(default)s)")
+    p.add_argument("--sft-steps", type=int, default=20, help="(default: %(default)s)")
+    p.add_argument("--redi-steps", type=int, default=10, help="(default: %(default)s)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="golden_") as work:
+        values = record(work, args.sft_steps, args.redi_steps)
+    with open(args.output, "w") as f:
+        json.dump(values, f, indent=1)
+    print(f"wrote {args.output}")
+    if args.compare:
+        with open(args.compare) as f:
+            want = json.load(f)
+        sys.exit(0 if compare(values, want, args.tolerance) else 1)
+
+
+if __name__ == "__main__":
+    main()
