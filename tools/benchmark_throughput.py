@@ -5,17 +5,17 @@
     python tools/benchmark_throughput.py --preset tiny --seq-len 256 --steps 2      (CPU smoke run)
 
 One step = one (chosen, rejected) pair of --seq-len tokens each (SFT: one sequence of 2 x seq-len),
-the first --prompt-len tokens of each sequence being prompt: forward, the loss's log-probs, backward,
-gradient norm and clipping, AdamW on fp32 master weights, copy to the bf16 weights. Random weights
-of the preset's shapes; nothing is downloaded.
+the first --prompt-len tokens of each sequence being prompt, run by the trainer's own step functions
+(megatron_redi/training/step.py): forward, the loss's log-probs, backward, gradient norm and
+clipping, AdamW on fp32 master weights, copy to the bf16 weights. Random weights of the preset's
+shapes; nothing is downloaded.
 
 Printed: tokens/s, model TFLOP/s and MFU (FLOPs as in megatron_redi/training/metrics.py; MFU
 against --peak-tflops) from --steps steps timed as the trainer runs them (no device sync between
 phases), peak memory, the time per phase (forward, head, backward, optimizer; communication is
 zero on one device) from --steps more steps with a device sync at each phase boundary, and the
 step's ceiling measured in the same run: the time of the model's own GEMM shapes (forward, dgrad,
-wgrad) and attention kernels (forward + backward) for this micro-batch, summed without recompute
-(ANCHORS.md's method).
+wgrad) and attention kernels (forward + backward) for this micro-batch, summed without recompute.
 
 --compare hf runs the step as a Hugging Face user does (transformers, SDPA, gradient checkpointing,
 fp32 weights with bf16 autocast, full logits, fused AdamW) in the same process; --compare hf-liger
@@ -26,6 +26,7 @@ is importable). --json writes tokens_per_s and, when compared, hf_tokens_per_s a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -35,15 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from megatron_redi.config import PRESETS, ModelConfig, preset
-from megatron_redi.data.packing import build_micro_batch, Unit
-from megatron_redi.data.dataset import Sequence
-from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
-from megatron_redi.model import Qwen2Model
-from megatron_redi.model.qwen2 import RECOMPUTE_MODES
-from megatron_redi.ops import head_logprobs
+from megatron_redi.data import Sequence, Unit, build_micro_batch
+from megatron_redi.losses import LossConfig
+from megatron_redi.model import RECOMPUTE_MODES, Qwen2Model
 from megatron_redi.parallel import ParallelState
+from megatron_redi.training.config import OptimSection
 from megatron_redi.training.metrics import step_flops
 from megatron_redi.training.optimizer import MasterParams
+from megatron_redi.training.step import forward_backward, optimizer_step
 
 
 class Timer:
@@ -60,7 +60,7 @@ def make_batch(cfg: ModelConfig, seq_len: int, prompt_len: int, sft: bool, devic
     g = torch.Generator().manual_seed(0)
     seqs = [Sequence(torch.randint(0, cfg.vocab_size, (n,), generator=g).numpy(), prompt_len)
             for n in ([2 * seq_len] if sft else [seq_len, seq_len])]
-    return build_micro_batch([Unit(0, tuple(seqs))]).to(device)
+    return build_micro_batch([Unit(0, tuple(seqs))])
 
 
 def ours(cfg, args, device, dtype):
@@ -70,29 +70,22 @@ def ours(cfg, args, device, dtype):
     master = MasterParams(model, parallel)
     loss_cfg = LossConfig(type=args.loss, beta=2.0 if args.loss == "simpo" else 0.1)
     mb = make_batch(cfg, args.seq_len, args.prompt_len, args.loss == "sft", device)
+    if args.loss == "dpo":  # reference sums carried by the batch, as the pre-pass provides them
+        mb = dataclasses.replace(mb, ref_logps=torch.zeros(mb.num_seqs))
     total = float(mb.num_response_tokens) if args.loss == "sft" else float(len(mb.pairs.chosen))
-    ref = torch.zeros(mb.num_seqs, device=device) if args.loss == "dpo" else None
+    optim = OptimSection()  # the paper's AdamW settings and clipping
     timer = Timer(device)
     phases = {"forward": [], "head": [], "backward": [], "optimizer": []}
 
     def step(clock):
-        """One step; ``clock`` marks the phase boundaries (timer.now: with a device sync)."""
-        t0 = clock()
-        master.zero_grad()
-        master.start_reduction()
-        hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
-        t1 = clock()
-        coeff = sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total) if loss_cfg.linear else None
-        logp, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff)
-        loss, _ = microbatch_loss(loss_cfg, logp, count, mb.pairs, total, ref)
-        t2 = clock()
-        loss.backward()
-        master.finish_reduction()
-        t3 = clock()
-        norm = master.grad_norm()  # its clipping factor is the step's one host sync, as in the trainer
-        master.adamw_step(1e-6, (0.9, 0.999), 1e-8, 1e-4, grad_scale=min(1.0, 1.0 / (float(norm) + 1e-6)))
-        t4 = clock()
-        return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+        """One step as the trainer runs it; ``clock`` marks the phase boundaries (timer.now: with a
+        device sync)."""
+        marks = [clock()]
+        forward_backward(model, master, [mb], loss_cfg, total, on_phase=lambda _: marks.append(clock()))
+        # the gradient norm's clipping factor is the step's one host sync, as in the trainer
+        optimizer_step(master, float(master.grad_norm()), optim.lr, optim)
+        marks.append(clock())
+        return tuple(b - a for a, b in zip(marks, marks[1:]))
 
     for _ in range(args.warmup):
         step(timer.now)
@@ -120,7 +113,8 @@ def ours(cfg, args, device, dtype):
 
 
 def hf_step(cfg, args, device, liger: bool):
-    """The Hugging Face user's step (ANCHORS.md): fp32 weights, bf16 autocast, full recompute."""
+    """The Hugging Face user's step (TRL's REDI trainer as run today): fp32 weights, bf16 autocast,
+    full recompute."""
     from transformers import AutoModelForCausalLM, Qwen2Config, LlamaConfig
 
     hf_cfg = cfg.to_hf_dict()

@@ -64,10 +64,32 @@ class SFTData(_Part):
 
 
 class PairData(_Part):
+    REF_LOGPS, REF_INFO = "ref_logps.npy", "ref_logps.json"
+
     def __init__(self, directory):
         super().__init__(directory)
-        ref = os.path.join(directory, "ref_logps.npy")
+        ref = os.path.join(directory, self.REF_LOGPS)
         self.ref_logps = np.load(ref, mmap_mode="r") if os.path.exists(ref) else None
+
+    def stored_reference(self) -> str | None:
+        """The reference checkpoint whose log-probs ``ref_logps.npy`` holds, if any."""
+        info = os.path.join(self.directory, self.REF_INFO)
+        if self.ref_logps is None or not os.path.exists(info):
+            return None
+        try:
+            with open(info) as f:
+                return json.load(f).get("reference")
+        except (OSError, json.JSONDecodeError):
+            return None  # unreadable: computed again
+
+    def store_reference_logps(self, values: np.ndarray, reference: str) -> None:
+        """Write ``[P, 2]`` reference log-prob sums (the npy file appears whole, by a rename)."""
+        tmp = os.path.join(self.directory, f".ref_logps.{os.getpid()}.npy")
+        np.save(tmp, values.astype(np.float32))
+        os.replace(tmp, os.path.join(self.directory, self.REF_LOGPS))
+        with open(os.path.join(self.directory, self.REF_INFO), "w") as f:
+            json.dump({"reference": reference, "pairs": len(values)}, f)
+        self.ref_logps = np.load(os.path.join(self.directory, self.REF_LOGPS), mmap_mode="r")
 
     def __getitem__(self, i) -> tuple[Sequence, Sequence]:
         it = self.items[i]

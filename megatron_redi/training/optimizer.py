@@ -63,7 +63,7 @@ class MasterParams:
     def __init__(self, model: torch.nn.Module, parallel: ParallelState, zero1: bool = False, bucket_mb: float = 100.0):
         self.model, self.parallel, self.zero1 = model, parallel, zero1
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad][::-1]
-        device = named[0][1].device
+        self.device = device = named[0][1].device
         dp = parallel.dp_size
         self.groups = [_Group([(n, p) for n, p in named if not no_weight_decay(n, p)], device, dp),
                        _Group([(n, p) for n, p in named if no_weight_decay(n, p)], device, dp)]

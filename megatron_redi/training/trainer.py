@@ -1,19 +1,11 @@
 """The training loop: SFT (stage 1) or a pairwise loss (stage 2), over TP x DP ranks.
 
-One optimizer step, following DESIGN.md's step contract:
-
-    plan     the sampler's global batch: this DP rank's items, and the global totals (P pairs,
-             or SFT's N response tokens), identical on every rank
-    pack     the rank's items into micro-batches of at most data.micro_batch_tokens tokens
-    for each micro-batch:
-      forward -> final hidden states -> fused head on response rows -> per-sequence log-probs
-      loss = sum of its pair losses / P (SFT: token NLL sum / N); backward
-      (REDI and SFT use the single-pass head: the per-token gradients are the loss's coefficients,
-      known before the forward; DPO and SimPO take the two-pass head)
-    reduce   fp32 gradients summed over micro-batches and DP ranks (overlapped with the last
-             backward), replicated parameters summed over the TP ranks that share them
-    update   non-finite -> skip; clip to optim.clip_grad; AdamW on the fp32 master weights;
-             copy to the compute-dtype parameters
+Each step: the sampler plans the global batch (this DP rank's items and the global totals, P pairs
+or SFT's N response tokens, identical on every rank); the rank's items are packed into micro-batches
+of at most data.micro_batch_tokens tokens; ``step.forward_backward`` runs them; one all-reduce and
+one host sync bring the loss, the metrics and the gradient norm; a non-finite step is skipped, else
+``step.optimizer_step`` clips and updates. Around the steps: evaluation, metrics, the collapse
+alarm, checkpoints and resumption, the HF export.
 """
 
 from __future__ import annotations
@@ -31,15 +23,14 @@ from tqdm import tqdm
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
-from ..config import load_json
-from ..losses import microbatch_loss, sequence_coefficients
 from ..model import from_pretrained
-from ..parallel import initialize, sync_replicated_grads
-from ..parallel.logprob_head import head_logprobs
+from ..parallel import initialize
 from . import checkpointing
 from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, step_flops
 from .optimizer import MasterParams, lr_at
+from .reference import reference_logps
+from .step import forward_backward, optimizer_step
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -111,11 +102,17 @@ class Trainer:
         if self.cfg.reference.mode == "model":
             self.reference = self._load_model(ref_path, trainable=False)
             return
-        stored = os.path.join(self.data.pairs.directory, "ref_logps.json")
-        if os.path.exists(stored) and load_json(stored, ValueError).get("reference") == os.path.abspath(ref_path):
+        pairs, reference = self.data.pairs, os.path.abspath(ref_path)
+        if pairs.stored_reference() == reference:
             return  # computed by an earlier run for the same reference
-        compute_reference_logps(self, self._load_model(ref_path, trainable=False), ref_path)
-        self.data = TokenizedData(self.cfg.data.path)
+        d, p = self.cfg.data, self.parallel
+        values = reference_logps(self._load_model(ref_path, trainable=False), pairs, p, d.micro_batch_tokens,
+                                 self.pad_token, d.global_batch, self.is_main and self.cfg.train.progress)
+        if self.is_main:
+            pairs.store_reference_logps(values.cpu().numpy(), reference)
+        if p.world_size > 1:
+            dist.barrier()
+        self.data = TokenizedData(d.path)
 
     # ---- one step ---------------------------------------------------------------------------------
 
@@ -134,47 +131,19 @@ class Trainer:
             return float(plan.global_items)
         return float(plan.global_response_tokens)
 
-    def sequence_logps(self, model, mb, seq_coeff=None):
-        hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
-        return head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, seq_coeff)
-
     def train_step(self, plan) -> dict:
-        cfg, loss_cfg, device = self.cfg, self.cfg.loss, self.parallel.device
+        """The micro-batch loop, the step's metrics, then the update."""
+        cfg, device = self.cfg, self.parallel.device
         start = time.perf_counter()
         batches = self.micro_batches(plan.items)
-        total = self._global_total(plan)
-        self.master.zero_grad()
-        loss_sum = torch.zeros((), device=device)
-        sums: dict[str, torch.Tensor] = {}
-        seq_lengths, response_tokens, full_recompute = [], 0, 0
-        for k, mb in enumerate(batches):
-            mb = mb.to(device)
-            if k == len(batches) - 1:
-                self.master.start_reduction()
-            coeff = (sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total)
-                     if loss_cfg.linear else None)
-            logp_sum, count = self.sequence_logps(self.model, mb, coeff)
-            ref = mb.ref_logps
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref, _ = self.sequence_logps(self.reference, mb)
-            loss, metrics = microbatch_loss(loss_cfg, logp_sum, count, mb.pairs, total, ref)
-            loss.backward()
-            full_recompute = max(full_recompute, self.model.full_recompute_layers)
-            loss_sum += loss.detach()
-            for name, value in metrics.items():
-                sums[name] = sums.get(name, 0) + value
-            seq_lengths += mb.seqs.lengths[:mb.num_seqs]
-            response_tokens += mb.num_response_tokens
-        self.master.finish_reduction()
-        sync_replicated_grads(self.model)
+        work = forward_backward(self.model, self.master, batches, cfg.loss, self._global_total(plan), self.reference)
         grad_norm = self.master.grad_norm()
 
         # one all-reduce (DP) for the loss, the metric sums and the work done, then one host sync
-        names = sorted(sums)
-        flops = step_flops(self.model.cfg, seq_lengths, response_tokens)
-        work = torch.tensor([sum(seq_lengths), flops], dtype=torch.float64, device=device).float()
-        packed = torch.cat([loss_sum.reshape(1), torch.stack([sums[n].float() for n in names]), work])
+        names = sorted(work.metric_sums)
+        flops = step_flops(self.model.cfg, work.seq_lengths, work.response_tokens)
+        done = torch.tensor([sum(work.seq_lengths), flops], dtype=torch.float64, device=device).float()
+        packed = torch.cat([work.loss.reshape(1), torch.stack([work.metric_sums[n].float() for n in names]), done])
         if self.parallel.dp_size > 1:
             dist.all_reduce(packed, group=self.parallel.dp_group)
         # the grad norm is already global (identical on DP ranks): appended after the DP sum
@@ -192,16 +161,13 @@ class Trainer:
                 raise TrainingStopped(f"{self.bad_steps} consecutive steps with a non-finite loss or gradient")
         else:
             self.bad_steps = 0
-            clip = cfg.optim.clip_grad
-            scale = clip / (grad_norm + 1e-6) if clip and grad_norm > clip else 1.0
-            sq = self.master.adamw_step(lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay, scale)
-            update_norm = self.master.update_norm(sq).item()
+            update_norm = optimizer_step(self.master, grad_norm, lr, cfg.optim).item()
             out.update(grad_norm=grad_norm, update_norm=update_norm)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         out.update(lr=lr, tokens=int(tokens), tokens_per_s=tokens / elapsed, step_time_s=elapsed,
-                   micro_batches=len(batches), full_recompute_layers=full_recompute)
+                   micro_batches=len(batches), full_recompute_layers=work.full_recompute_layers)
         if device.type == "cuda":  # every TP rank of a DP group did the same work: count it once
             out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.dp_size * self.parallel.tp_size)
         return out
@@ -285,40 +251,6 @@ class Trainer:
                 write_hf(reader, reader.cfg, tmp, self.dtype, 5 * 10**9, progress=False)
         if self.parallel.world_size > 1:
             dist.barrier()
-
-
-@torch.no_grad()
-def compute_reference_logps(trainer: Trainer, reference, ref_path: str):
-    """DPO pre-pass: the reference model's log-prob sums of every pair, once, stored as
-    ``pairs/ref_logps.npy`` beside the data; the reference model then leaves memory."""
-    p, pairs = trainer.parallel, trainer.data.pairs
-    n = len(pairs)
-    out = torch.zeros(n, 2, dtype=torch.float32, device=p.device)
-    mine = list(range(p.dp_rank, n, p.dp_size))
-    bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (trainer.is_main and trainer.cfg.train.progress))
-    pad = p.tp_size if p.sequence_parallel else 1
-    chunk = max(1, trainer.cfg.data.global_batch)
-    for s in range(0, len(mine), chunk):
-        units = [Unit(i, pairs[i]) for i in mine[s:s + chunk]]
-        for mb in pack(units, trainer.cfg.data.micro_batch_tokens, pad, trainer.pad_token):
-            mb = mb.to(p.device)
-            logps, _ = trainer.sequence_logps(reference, mb)
-            items = torch.tensor(mb.items, device=p.device)
-            out[items, 0] = logps[mb.pairs.chosen]
-            out[items, 1] = logps[mb.pairs.rejected]
-        bar.update(len(units))
-    bar.close()
-    if p.dp_size > 1:
-        dist.all_reduce(out, group=p.dp_group)  # each pair was computed by exactly one DP rank
-    if p.rank == 0:
-        tmp = os.path.join(pairs.directory, f".ref_logps.{os.getpid()}.npy")
-        np.save(tmp, out.cpu().numpy())
-        os.replace(tmp, os.path.join(pairs.directory, "ref_logps.npy"))
-        with open(os.path.join(pairs.directory, "ref_logps.json"), "w") as f:
-            json.dump({"reference": os.path.abspath(ref_path), "pairs": n}, f)
-    if p.world_size > 1:
-        dist.barrier()
-    del reference
 
 
 def train(cfg: TrainConfig) -> str:

@@ -97,7 +97,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(tiny_run_inputs, 
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_run_inputs, tmp_path, monkeypatch):
-    from megatron_redi.training import trainer as T
+    from megatron_redi.training import step as T
 
     data, model = tiny_run_inputs
     real = T.microbatch_loss
