@@ -13,12 +13,33 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 # architectures (HF ``architectures[0]``) -> whether q/k/v carry biases by default
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": True, "LlamaForCausalLM": False}
 
 
 class ConfigError(ValueError):
     """A config that names an unsupported model or contradicts itself."""
+
+
+# dtype names, as every config file and command line spells them
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# what training and generation compute in (fp16 would need loss scaling, which the trainer lacks)
+COMPUTE_DTYPES = ("bf16", "fp32")
+
+
+def choice(default: str, options) -> str:
+    """A dataclass field that must hold one of ``options``: the one constant naming them, checked
+    by ``check_choices`` in the dataclass's ``__post_init__``."""
+    return field(default=default, metadata={"choices": tuple(options)})
+
+
+def check_choices(obj) -> None:
+    for f in dataclasses.fields(obj):
+        options = f.metadata.get("choices")
+        if options is not None and getattr(obj, f.name) not in options:
+            raise ConfigError(f"{f.name} must be one of {', '.join(options)}; got {getattr(obj, f.name)!r}")
 
 
 def load_json(file: str, error: type[Exception], missing: str = "no such file"):
@@ -79,12 +100,18 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
+    def layer_matrix_parameters(self) -> int:
+        """The weight matrices of one decoder layer (QKV, output, gate/up and down projections):
+        what its GEMMs multiply by, so what the FLOP count of a step counts."""
+        h, hd = self.hidden_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
+        return qkv + self.num_heads * hd * h + 3 * h * self.intermediate_size
+
     def num_parameters(self) -> int:
         """Parameter count (the tied head counted once)."""
-        h, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
-        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
-        qkv += (self.num_heads + 2 * self.num_kv_heads) * hd if self.qkv_bias else 0
-        layer = qkv + self.num_heads * hd * h + 3 * h * f + 2 * h
+        h = self.hidden_size
+        bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
+        layer = self.layer_matrix_parameters() + bias + 2 * h  # + the two norms' weights
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * layer + h + head
 

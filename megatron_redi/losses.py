@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Pairs
+from .config import check_choices, choice
 
 LOSS_TYPES = ("redi", "symmetric", "dpo", "simpo", "sft")
 
@@ -62,7 +63,7 @@ def sft(logps, lengths, per_sequence_mean: bool = False):
 
 @dataclass(frozen=True)
 class LossConfig:
-    type: str = "redi"  # one of LOSS_TYPES
+    type: str = choice("redi", LOSS_TYPES)
     alpha: float = 0.8  # REDI: weight of the rejected trace's normalised log-prob, in [0, 1]
     beta: float = 0.1  # DPO / SimPO inverse temperature
     gamma: float = 1.0  # SimPO target margin
@@ -70,8 +71,7 @@ class LossConfig:
     per_sequence_mean: bool = False  # SFT: average per sequence instead of per token
 
     def __post_init__(self):
-        if self.type not in LOSS_TYPES:
-            raise ValueError(f"loss type {self.type!r} is not one of {LOSS_TYPES}")
+        check_choices(self)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.type in ("dpo", "simpo") and self.beta <= 0:

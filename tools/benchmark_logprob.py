@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
 
@@ -96,7 +97,7 @@ def main():
     p.add_argument("--hidden", type=int, default=1536)
     p.add_argument("--vocab", type=int, default=151936)
     p.add_argument("--seqs", type=int, default=2, help="sequences the tokens are split into (a pair: 2)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="bf16", choices=COMPUTE_DTYPES)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--paths", help="comma-separated subset of the paths (default: all available)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive path (its [t, V] logits need t*V*6 bytes)")
@@ -106,7 +107,7 @@ def main():
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = DTYPES[args.dtype]
     inputs = make_inputs(args.tokens, args.hidden, args.vocab, args.seqs, dtype, device)
 
     paths = {} if args.no_naive else {"naive": naive}

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.config import ConfigError
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError
 from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
 from megatron_redi.eval.runner import PROMPT_STYLES
 from megatron_redi.model import from_pretrained
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--force-think", action="store_true")
     p.add_argument("--tokenizer", help="default: the checkpoint directory")
     p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-problems", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
         problems = load_benchmark(args.benchmark, args.max_problems)
         parallel = initialize(tensor_parallel_size=args.tp)
-        model = from_pretrained(args.checkpoint, parallel, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+        model = from_pretrained(args.checkpoint, parallel, dtype=DTYPES[args.dtype])
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     except (BenchmarkError, CheckpointError, ConfigError, OSError, ValueError) as e:

@@ -6,9 +6,7 @@
 
 import argparse
 
-import torch
-
-from megatron_redi.config import PRESETS, preset
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, PRESETS, preset
 from megatron_redi.fixtures import write_random_hf_checkpoint
 
 
@@ -16,12 +14,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--layers", type=int, help="override num_hidden_layers (default: the preset's)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="bf16", choices=COMPUTE_DTYPES)
     p.add_argument("--output", required=True)
     args = p.parse_args()
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     cfg = preset(args.preset, **overrides)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = DTYPES[args.dtype]
     write_random_hf_checkpoint(args.output, cfg, dtype)
     print(f"{args.output}: {cfg.num_parameters():,} parameters ({args.preset}, {cfg.num_layers} layers, {args.dtype})")
 

@@ -15,10 +15,10 @@ import resource
 import sys
 
 from ..atomic import OutputExistsError, atomic_directory
-from ..config import ConfigError
+from ..config import DTYPES, ConfigError
 from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
-from .native import (DTYPE_ARGS, NativeCheckpointReader, copy_side_files,
+from .native import (NativeCheckpointReader, copy_side_files,
                      is_native, open_checkpoint, parse_size, write_hf, write_native)
 from .safetensors_io import SafetensorsError
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--output", required=True)
         if needs_tp:
             s.add_argument("--tp", type=int, required=True, help="tensor-parallel size of the output")
-        s.add_argument("--dtype", choices=sorted(DTYPE_ARGS),
+        s.add_argument("--dtype", choices=sorted(DTYPES),
                        help="output dtype (default: the input's)")
         if name == "native-to-hf":
             s.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
@@ -57,7 +57,7 @@ def convert(args) -> str:
         in_dtype = reader.dtype
     else:
         in_dtype = reader.dtype("model.embed_tokens.weight")
-    dtype = DTYPE_ARGS[args.dtype] if args.dtype else in_dtype
+    dtype = DTYPES[args.dtype] if args.dtype else in_dtype
     if args.command != "native-to-hf":
         TPLayout(cfg, args.tp)  # refuses a TP size the model cannot be split over
         max_shard = None

@@ -1,36 +1,18 @@
 """Batched sampling from the project's own model, with a KV cache, under tensor parallelism.
 
 Every TP rank runs the same batch; the logits are gathered over TP, and the sampled tokens are
-broadcast from TP rank 0 so that the ranks can never diverge. Sequence parallelism is switched off
-for generation (a decode step has one token per sequence). Sampling: greedy at temperature 0,
-else temperature and nucleus (top-p) sampling from a seeded generator.
+broadcast from TP rank 0 so that the ranks can never diverge. The model runs through the KV
+cache's protocol (model/kv_cache.py: prefill, then one decode step per token), without sequence
+parallelism. Sampling: greedy at temperature 0, else temperature and nucleus (top-p) sampling from
+a seeded generator.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 
-from ..model.kv_cache import KVCache
-
-
-@contextlib.contextmanager
-def sequence_parallel_off(parallel):
-    saved = parallel.sequence_parallel
-    parallel.sequence_parallel = False
-    try:
-        yield
-    finally:
-        parallel.sequence_parallel = saved
-
-
-def _offsets(lengths):
-    out = [0]
-    for n in lengths:
-        out.append(out[-1] + n)
-    return out
+from ..model.kv_cache import KVCache, last_token_logits
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
@@ -52,43 +34,22 @@ def _broadcast_tp(tokens, parallel):
     return tokens
 
 
-def _last_logits(model, ids_list, device, cache=None):
-    """Run packed sequences; logits of each one's last position [B, V]."""
-    lengths = [len(x) for x in ids_list]
-    offsets = _offsets(lengths)
-    ids = torch.tensor([t for x in ids_list for t in x], device=device)
-    pos = torch.cat([torch.arange(n, device=device) for n in lengths])
-    hidden = model(ids, pos, offsets, cache=cache)
-    last = torch.tensor(offsets[1:], device=device) - 1
-    return model.logits(hidden.index_select(0, last))
-
-
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32) -> list[list[int]]:
     """The generated token ids of each prompt (prompt excluded), cut after the first stop token."""
-    parallel, device = model.parallel, model.parallel.device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=model.parallel.device).manual_seed(seed)
     outputs = []
-    with sequence_parallel_off(parallel):
-        for start in range(0, len(prompts), batch_size):
-            outputs += _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
-                                       temperature, top_p, generator, use_cache)
+    for start in range(0, len(prompts), batch_size):
+        outputs += _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
+                                   temperature, top_p, generator, use_cache)
     return outputs
 
 
 def _generate_batch(model, prompts, max_new_tokens, stop_ids, temperature, top_p, generator, use_cache):
-    device, cfg = model.parallel.device, model.cfg
     batch = len(prompts)
-    cache = None
-    if use_cache:
-        attn = model.layers[0].attn
-        cache = KVCache(cfg.num_layers, batch, max(map(len, prompts)) + max_new_tokens, attn.kv_heads_local,
-                        cfg.head_dim, model.head_weight.dtype, device)
-    logits = _last_logits(model, prompts, device, cache)
-    if cache is not None:
-        cache.advance([len(p) for p in prompts])
-        cache.decoding = True
+    cache = KVCache(model, batch, max(map(len, prompts)) + max_new_tokens) if use_cache else None
+    logits = cache.prefill(prompts) if cache is not None else last_token_logits(model, prompts)
     out, done = [[] for _ in prompts], [False] * batch
     for step in range(max_new_tokens):
         tokens = _broadcast_tp(sample(logits, temperature, top_p, generator), model.parallel)
@@ -99,9 +60,7 @@ def _generate_batch(model, prompts, max_new_tokens, stop_ids, temperature, top_p
         if all(done) or step == max_new_tokens - 1:
             break
         if cache is None:  # recompute everything: the reference the cache is tested against
-            logits = _last_logits(model, [p + o for p, o in zip(prompts, out)], device)
-            continue
-        hidden = model(tokens, cache.positions, list(range(batch + 1)), cache=cache)
-        cache.advance([1] * batch)
-        logits = model.logits(hidden)
+            logits = last_token_logits(model, [p + o for p, o in zip(prompts, out)])
+        else:
+            logits = cache.decode(tokens)
     return out

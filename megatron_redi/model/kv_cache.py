@@ -1,11 +1,18 @@
-"""The key/value cache of batched generation.
+"""The key/value cache of batched generation, and the protocol that drives the model with it.
 
 Per layer, ``k, v [B, max_len, nkv_local, hd]`` for B sequences. Generation runs the model in two
-modes: *prefill* (the prompts, packed as in training; each sequence's keys and values are stored
-from position 0) and *decode* (one new token per sequence: its key and value are written at the
-sequence's current length, and its query attends to the cached positions before it). In decode
-mode the batch is a packed micro-batch of B one-token sequences, so the model needs no other
-input format.
+modes, and only this class moves between them:
+
+    prefill(prompts)   the prompts, packed as in training; each layer attends within each prompt
+                       and stores its keys and values from position 0. Returns the logits of each
+                       prompt's last token.
+    decode(tokens)     one new token per sequence, packed as B one-token sequences; each layer
+                       writes the token's key and value at the sequence's current length and
+                       attends over the cached positions before it. Returns the next logits.
+
+The model calls ``attend`` from each attention layer and knows nothing else of the cache. The
+lengths live twice, on the host (for slicing) and on the device (the decode positions), updated
+together once per forward.
 """
 
 from __future__ import annotations
@@ -13,25 +20,54 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..batch import SeqBoundaries
+from .attention import causal_attention
+
+
+def last_token_logits(model, sequences: list[list[int]], cache: KVCache | None = None) -> torch.Tensor:
+    """Run packed token sequences through ``model``; the logits of each one's last position [B, V]."""
+    device = model.parallel.device
+    seqs = SeqBoundaries.from_lengths([len(x) for x in sequences], device)
+    ids = torch.tensor([t for x in sequences for t in x], device=device)
+    pos = torch.cat([torch.arange(n, device=device) for n in seqs.lengths])
+    hidden = model(ids, pos, seqs, cache=cache, sequence_parallel=False)
+    last = torch.tensor(seqs.host[1:], device=device) - 1
+    return model.logits(hidden.index_select(0, last), sequence_parallel=False)
+
 
 class KVCache:
-    def __init__(self, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype, device):
-        shape = (batch, max_len, kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    def __init__(self, model, batch: int, max_len: int):
+        layout, device = model.layout, model.parallel.device
+        shape = (batch, max_len, layout.kv_heads_local, layout.cfg.head_dim)
+        dtype = model.head_weight.dtype
+        self.model = model
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.cfg.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.cfg.num_layers)]
         self.lengths = [0] * batch  # host copy: tokens cached per sequence
         self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # the same, on the device
         self.max_len = max_len
-        self.decoding = False
+        self._decoding = False
 
-    def store_prefill(self, layer: int, k, v, offsets: tuple[int, ...]):
-        """k, v [t, nkv, hd] of packed prompts with boundaries ``offsets``."""
-        for b, (start, end) in enumerate(zip(offsets, offsets[1:])):
-            self.k[layer][b, :end - start] = k[start:end]
-            self.v[layer][b, :end - start] = v[start:end]
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        logits = last_token_logits(self.model, prompts, self)
+        self._advance([len(p) for p in prompts])
+        self._decoding = True
+        return logits
 
-    def attend(self, layer: int, q, k, v):
-        """Decode: q [B, nh, hd], k, v [B, nkv, hd] of the new tokens -> attention output [B, nh, hd]."""
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B]: one new token per sequence -> the logits that follow them [B, V]."""
+        batch = len(self.lengths)
+        hidden = self.model(tokens, self.positions, list(range(batch + 1)), cache=self, sequence_parallel=False)
+        self._advance([1] * batch)
+        return self.model.logits(hidden, sequence_parallel=False)
+
+    def attend(self, layer: int, q, k, v, seqs: SeqBoundaries, backend: str):
+        """q [t, nh, hd], k, v [t, nkv, hd] of the forward's tokens -> attention output [t, nh, hd]."""
+        if not self._decoding:  # the prompts: attend within each, keep their keys and values
+            for b, (start, end) in enumerate(zip(seqs.host, seqs.host[1:])):
+                self.k[layer][b, :end - start] = k[start:end]
+                self.v[layer][b, :end - start] = v[start:end]
+            return causal_attention(q, k, v, seqs, backend)
         batch, pos = torch.arange(q.shape[0], device=q.device), self.positions
         self.k[layer][batch, pos] = k
         self.v[layer][batch, pos] = v
@@ -43,8 +79,8 @@ class KVCache:
                                              enable_gqa=True)
         return out.squeeze(2)
 
-    def advance(self, counts):
-        """Record that each sequence grew by counts[b] tokens (one host-to-device copy per step,
-        shared by every layer)."""
+    def _advance(self, counts):
+        """Each sequence grew by counts[b] tokens (one host-to-device copy per forward, shared by
+        every layer)."""
         self.lengths = [n + c for n, c in zip(self.lengths, counts)]
         self.positions = torch.tensor(self.lengths, device=self.positions.device)

@@ -31,6 +31,8 @@ the gradients of its copies are summed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,10 +47,23 @@ from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear, 
                         VocabParallelEmbedding, mark_replicated)
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
 from .attention import causal_attention
+from .kv_cache import KVCache
 from .memory import activation_budget, full_recompute_layers
 from .rope import RotaryEmbedding
 
 RECOMPUTE_MODES = ("none", "selective", "full", "auto")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What every layer of one forward shares."""
+
+    cos: torch.Tensor  # [t, hd], the RoPE angles of each token
+    sin: torch.Tensor
+    seqs: SeqBoundaries
+    attention_backend: str
+    sequence_parallel: bool  # the residual stream sharded along tokens (never while generating)
+    cache: KVCache | None = None  # generating: keys and values of earlier positions
 
 
 class RMSNorm(nn.Module):
@@ -79,18 +94,16 @@ class Attention(nn.Module):
             for name in ("weight", "bias") if cfg.qkv_bias else ("weight",):
                 mark_replicated(self.qkv, name, group, kv_rows)
 
-    def forward(self, x, cos, sin, seqs: SeqBoundaries, backend: str, cache=None):
-        qkv = self.qkv(x)  # [t, (nh_local + 2 nkv_local) hd]
+    def forward(self, x, p: Pass):
+        qkv = self.qkv(x, p.sequence_parallel)  # [t, (nh_local + 2 nkv_local) hd]
         t = qkv.shape[0]
         qkv = qkv.view(t, self.kv_heads_local, self.queries_per_group + 2, self.head_dim)
-        q, k, v = split_qkv_rotary(qkv, cos, sin)  # [t, nh_local, hd], [t, nkv_local, hd] x 2
-        if cache is not None and cache.decoding:  # t = B sequences, one new token each
-            o = cache.attend(self.layer_idx, q, k, v)
+        q, k, v = split_qkv_rotary(qkv, p.cos, p.sin)  # [t, nh_local, hd], [t, nkv_local, hd] x 2
+        if p.cache is not None:
+            o = p.cache.attend(self.layer_idx, q, k, v, p.seqs, p.attention_backend)
         else:
-            o = causal_attention(q, k, v, seqs, backend)  # [t, nh_local, hd]
-            if cache is not None:
-                cache.store_prefill(self.layer_idx, k, v, seqs.host)
-        return self.out(o.reshape(t, self.heads_local * self.head_dim))
+            o = causal_attention(q, k, v, p.seqs, p.attention_backend)  # [t, nh_local, hd]
+        return self.out(o.reshape(t, self.heads_local * self.head_dim), p.sequence_parallel)
 
 
 class MLP(nn.Module):
@@ -100,10 +113,10 @@ class MLP(nn.Module):
         self.gate_up = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, parallel, dtype=dtype)
         self.down = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, parallel, dtype=dtype)
 
-    def forward(self, x):
-        gate_up = self.gate_up(x)  # [t, 2 f_local]: [gate | up]
+    def forward(self, x, sequence_parallel: bool):
+        gate_up = self.gate_up(x, sequence_parallel)  # [t, 2 f_local]: [gate | up]
         fused = swiglu_linear if self.lean else swiglu_linear_reference
-        return self.down.reduce_output(fused(gate_up, self.down.weight))
+        return self.down.reduce_output(fused(gate_up, self.down.weight), sequence_parallel)
 
 
 class DecoderLayer(nn.Module):
@@ -118,13 +131,13 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
         self.mlp = MLP(cfg, parallel, dtype, lean)
 
-    def forward(self, x, delta, cos, sin, seqs, backend: str, cache=None):
+    def forward(self, x, delta, p: Pass):
         """x + delta is the residual stream entering the layer (delta: the previous layer's MLP
         output, None for the first layer); returns the same pair for the next layer. Each residual
         add happens inside the norm that follows it, one pass over the stream instead of two."""
         x, y = self.attn_norm(x, delta)
-        x, y = self.mlp_norm(x, self.attn(y, cos, sin, seqs, backend, cache))
-        return x, self.mlp(y)
+        x, y = self.mlp_norm(x, self.attn(y, p))
+        return x, self.mlp(y, p.sequence_parallel)
 
 
 class Qwen2Model(nn.Module):
@@ -158,28 +171,33 @@ class Qwen2Model(nn.Module):
         """The rank's vocab shard of the LM head, ``[V/tp, h]``."""
         return (self.embed if self.lm_head is None else self.lm_head).weight
 
-    def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False, cache=None):
+    def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False, cache=None,
+                sequence_parallel: bool | None = None):
         """input_ids, position_ids: [t] (every rank holds all t, also under SP);
-        cu_seqlens: a SeqBoundaries, or host offsets [N+1]; cache: a KVCache when generating."""
+        cu_seqlens: a SeqBoundaries, or host offsets [N+1]; cache: a KVCache when generating;
+        sequence_parallel: shard the residual stream along tokens (by default as the ParallelState
+        says, and never with a cache: a decode step has one token per sequence)."""
         seqs = SeqBoundaries.coerce(cu_seqlens, input_ids.device)
         t = input_ids.shape[0]
         if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
             raise ValueError(f"input_ids has {t} tokens, position_ids {tuple(position_ids.shape)}, "
                              f"cu_seqlens ends at {seqs.num_tokens}")
-        if self.parallel.sequence_parallel and t % self.parallel.tp_size:
+        sp = self.parallel.sequence_parallel and cache is None if sequence_parallel is None else sequence_parallel
+        if sp and t % self.parallel.tp_size:
             raise ValueError(f"sequence parallelism needs the token count ({t}) to be a multiple of "
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
         cos, sin = self.rope(position_ids)  # [t, hd]
-        x = self.embed(input_ids)  # [t, h], or [t/tp, h] under SP
+        p = Pass(cos, sin, seqs, self.attention_backend, sp, cache)
+        x = self.embed(input_ids, sp)  # [t, h], or [t/tp, h] under SP
         self.full_recompute_layers = self._full_recompute_layers(t) if torch.is_grad_enabled() else 0
         delta = None
         for i, layer in enumerate(self.layers):
             if i < self.full_recompute_layers:
-                x, delta = checkpoint(layer, x, delta, cos, sin, seqs, self.attention_backend, use_reentrant=False)
+                x, delta = checkpoint(layer, x, delta, p, use_reentrant=False)
             else:
-                x, delta = layer(x, delta, cos, sin, seqs, self.attention_backend, cache)
+                x, delta = layer(x, delta, p)
         _, x = self.norm(x, delta)
-        return self.logits(x) if return_logits else x
+        return self.logits(x, sp) if return_logits else x
 
     def _full_recompute_layers(self, tokens: int) -> int:
         if self.recompute != "auto":
@@ -190,9 +208,12 @@ class Qwen2Model(nn.Module):
         return full_recompute_layers(self.layout, tokens, self.parallel.sequence_parallel,
                                      self.embed.weight.element_size(), activation_budget(device))
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary fp32 logits ``[t, V]`` gathered over TP. Materialises t x V floats:
-        for tests and inspection only; training goes through ``ops`` and never builds them."""
+    def logits(self, hidden: torch.Tensor, sequence_parallel: bool | None = None) -> torch.Tensor:
+        """Full-vocabulary fp32 logits ``[t, V]`` gathered over TP, from hidden states sharded along
+        tokens when ``sequence_parallel`` (by default: as the training forward shards them).
+        Materialises t x V floats: for generation, tests and inspection; training goes through the
+        fused head (parallel/logprob_head.py) and never builds them."""
         group = self.parallel.tp_group
-        h = gather_tokens(hidden, group) if self.parallel.sequence_parallel else copy_to_tp(hidden, group)
+        sp = self.parallel.sequence_parallel if sequence_parallel is None else sequence_parallel
+        h = gather_tokens(hidden, group) if sp else copy_to_tp(hidden, group)
         return gather_last_dim(F.linear(h, self.head_weight).float(), group)  # [t, V]

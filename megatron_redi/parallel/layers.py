@@ -17,6 +17,8 @@ Shapes per TP rank (``tp`` ranks; ``t`` tokens of the micro-batch; SP = sequence
       forward  ids [t] -> rows of owned ids, zeros elsewhere -> summed over TP
                (SP: reduce-scattered to [t/tp, h])
 
+Whether the activations arrive sharded along tokens (SP) is an argument of each forward: the model
+decides it per pass (as ``ParallelState.sequence_parallel`` says in training, never in generation).
 Parameters that every TP rank holds in full are marked with ``mark_replicated`` so that the
 trainer can sum their gradients over the ranks that share them (``sync_replicated_grads``).
 """
@@ -54,10 +56,10 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _new_param((self.out_features_per_partition, in_features), parallel, dtype, 0.02)
         self.bias = _new_param((self.out_features_per_partition,), parallel, dtype, 0) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
         # the input mapping (gather_tokens or copy_to_tp) is fused into the GEMM's Function so
-        # that its backward collective overlaps the weight-gradient GEMM (ops/linear.py)
-        return linear(x, self.weight, self.bias, self.parallel.tp_group, self.parallel.sequence_parallel)
+        # that its backward collective overlaps the weight-gradient GEMM (linear.py)
+        return linear(x, self.weight, self.bias, self.parallel.tp_group, sequence_parallel)
 
 
 class RowParallelLinear(nn.Module):
@@ -70,13 +72,13 @@ class RowParallelLinear(nn.Module):
         self.in_features_per_partition = divide(in_features, parallel.tp_size, "in_features")
         self.weight = _new_param((out_features, self.in_features_per_partition), parallel, dtype, 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduce_output(linear(x, self.weight))
+    def forward(self, x: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
+        return self.reduce_output(linear(x, self.weight), sequence_parallel)
 
-    def reduce_output(self, y: torch.Tensor) -> torch.Tensor:
+    def reduce_output(self, y: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
         """Sum the ranks' partial outputs (for callers that fuse their own GEMM with this weight)."""
         group = self.parallel.tp_group
-        return reduce_scatter_tokens(y, group) if self.parallel.sequence_parallel else reduce_from_tp(y, group)
+        return reduce_scatter_tokens(y, group) if sequence_parallel else reduce_from_tp(y, group)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -90,7 +92,7 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start = parallel.tp_rank * self.num_embeddings_per_partition
         self.weight = _new_param((self.num_embeddings_per_partition, embedding_dim), parallel, dtype, 0.02)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
         if self.parallel.tp_size == 1:
             return embedding(ids, self.weight)
         local = ids - self.vocab_start
@@ -98,7 +100,7 @@ class VocabParallelEmbedding(nn.Module):
         rows = embedding(local.masked_fill(outside, 0), self.weight)
         rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
         group = self.parallel.tp_group
-        return reduce_scatter_tokens(rows, group) if self.parallel.sequence_parallel else reduce_from_tp(rows, group)
+        return reduce_scatter_tokens(rows, group) if sequence_parallel else reduce_from_tp(rows, group)
 
 
 # ---- parameters replicated over (part of) a TP group ------------------------------------------

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..config import COMPUTE_DTYPES, check_choices, choice
 from ..losses import LossConfig
+from ..model import RECOMPUTE_MODES
+from ..model.attention import BACKENDS
+
+STAGES = ("sft", "pairwise")
+REFERENCE_MODES = ("prepass", "model")
 
 
 class TrainConfigError(ValueError):
@@ -23,11 +29,14 @@ class TrainConfigError(ValueError):
 @dataclass
 class ModelSection:
     path: str = ""  # HF or native checkpoint to start from
-    dtype: str = "bf16"  # compute dtype of the forward/backward: bf16 | fp32 (master weights are fp32)
-    recompute: str = "auto"  # none | selective | full | auto (selective, + full where memory needs it)
-    attention_backend: str = "auto"  # auto | sdpa | varlen
+    dtype: str = choice("bf16", COMPUTE_DTYPES)  # compute dtype of the forward/backward (master weights are fp32)
+    recompute: str = choice("auto", RECOMPUTE_MODES)  # auto: selective, + full where memory needs it
+    attention_backend: str = choice("auto", BACKENDS)
     rope_theta: float | None = None  # override the checkpoint's (stage 1 of the paper: 300000)
     max_position_embeddings: int | None = None  # override (stage 1: 32768)
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -68,7 +77,7 @@ class CollapseSection:
 
 @dataclass
 class TrainSection:
-    stage: str = "pairwise"  # sft | pairwise
+    stage: str = choice("pairwise", STAGES)
     epochs: int = 1
     max_steps: int | None = None  # stop earlier (the schedule still spans the epochs)
     output_dir: str = "runs/default"
@@ -79,6 +88,9 @@ class TrainSection:
     tensorboard: bool = True
     peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (H200 measured)
     progress: bool = True
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -93,8 +105,11 @@ class ReferenceSection:
     """DPO's reference model: its log-probs computed once before training ("prepass", stored
     beside the data) or by a frozen copy run in every step ("model")."""
 
-    mode: str = "prepass"  # prepass | model
+    mode: str = choice("prepass", REFERENCE_MODES)
     path: str | None = None  # reference checkpoint (default: model.path)
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -125,13 +140,6 @@ class TrainConfig:
             raise TrainConfigError("model.path is required (an HF or native checkpoint)")
         if not self.data.path:
             raise TrainConfigError("data.path is required (run tools/preprocess_data.py first)")
-        choices = {"model.dtype": (self.model.dtype, ("bf16", "fp32")),
-                   "model.recompute": (self.model.recompute, ("none", "selective", "full", "auto")),
-                   "train.stage": (self.train.stage, ("sft", "pairwise")),
-                   "reference.mode": (self.reference.mode, ("prepass", "model"))}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise TrainConfigError(f"{name} must be one of {allowed}, got {value!r}")
         if (self.train.stage == "sft") != (self.loss.type == "sft"):
             raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
         for name, value in (("data.global_batch", self.data.global_batch), ("train.epochs", self.train.epochs),

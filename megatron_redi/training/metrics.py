@@ -10,7 +10,7 @@ FLOPs of one training step (forward + backward = 3 x forward), counted as matrix
       training = 3 * forward
 
 Activation recompute is not counted (it is overhead, not model work). MFU = FLOPs / time /
-``train.peak_tflops`` (793 TFLOP/s: the dense bf16 rate measured on an H200, ANCHORS.md).
+``train.peak_tflops`` (by default the dense bf16 rate measured on an H200; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,14 +23,8 @@ import warnings
 from ..config import ModelConfig
 
 
-def layer_params(cfg: ModelConfig) -> int:
-    h, hd = cfg.hidden_size, cfg.head_dim
-    qkv = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * hd
-    return cfg.num_layers * (qkv + cfg.num_heads * hd * h + 3 * h * cfg.intermediate_size)
-
-
 def step_flops(cfg: ModelConfig, seq_lengths, response_tokens: int) -> float:
-    dense = 2 * layer_params(cfg)
+    dense = 2 * cfg.num_layers * cfg.layer_matrix_parameters()
     attn = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim
     forward = sum(dense * n + attn * n * n for n in seq_lengths) + 2 * cfg.vocab_size * cfg.hidden_size * response_tokens
     return 3.0 * forward

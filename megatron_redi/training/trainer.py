@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
+from ..config import DTYPES
 from ..model import from_pretrained
 from ..parallel import initialize
 from . import checkpointing
@@ -31,9 +32,6 @@ from .metrics import CollapseAlarm, MetricsLogger, step_flops
 from .optimizer import MasterParams, lr_at
 from .reference import reference_logps
 from .step import forward_backward, optimizer_step
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose: too many bad steps, or the collapse alarm with collapse.stop."""

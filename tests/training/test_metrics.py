@@ -3,7 +3,7 @@ import json
 import pytest
 
 from megatron_redi.config import preset
-from megatron_redi.training.metrics import CollapseAlarm, layer_params, step_flops
+from megatron_redi.training.metrics import CollapseAlarm, step_flops
 
 
 def test_collapse_alarm_fires_when_both_logps_fall():
@@ -25,9 +25,9 @@ def test_collapse_alarm_stays_quiet_when_only_rejected_falls():
 def test_flop_count_of_qwen_1_5b():
     cfg = preset("qwen2.5-1.5b")
     # per layer: QKV 1536 x (12 + 4) x 128, O 1536 x 1536, MLP 3 x 1536 x 8960
-    assert layer_params(cfg) == 28 * (1536 * 16 * 128 + 1536 * 1536 + 3 * 1536 * 8960)
+    assert cfg.num_layers * cfg.layer_matrix_parameters() == 28 * (1536 * 16 * 128 + 1536 * 1536 + 3 * 1536 * 8960)
     flops = step_flops(cfg, [8192, 8192], response_tokens=0)
-    dense = 2 * layer_params(cfg) * 16384
+    dense = 2 * cfg.num_layers * cfg.layer_matrix_parameters() * 16384
     attn = 2 * 28 * 12 * 128 * 2 * 8192 ** 2
     assert flops == pytest.approx(3 * (dense + attn))
 
