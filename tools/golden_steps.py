@@ -8,14 +8,17 @@ training as it was (bit for bit where the arithmetic is unchanged).
 Runs the demo's data (examples/run_redi_tiny.sh: the same corpus, tokenizer and student), then
 --sft-steps steps of stage 1 and, from that checkpoint, --redi-steps steps of REDI alpha 0.8, both
 at TP=2 with sequence parallelism over 2 CPU processes, and records each step's loss, gradient and
-update norms (and the chosen / rejected LogPS of REDI) at full precision, with the TP=2 forward's
-largest logit difference from transformers (examples/parity_demo.py). --compare prints the largest
+update norms (and the chosen / rejected LogPS of REDI) as metrics.jsonl holds them (8 decimals), a
+digest of each run's final weights and AdamW moments (bit for bit), and the TP=2 forward's largest
+logit difference from transformers (examples/parity_demo.py). --compare prints the largest
 difference from a recorded file per series and exits 1 if any exceeds --tolerance (0: bit for bit).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import os
 import re
@@ -47,6 +50,17 @@ def train(work: str, name: str, config: str, steps: int, *overrides: str) -> lis
         return [json.loads(line) for line in f]
 
 
+def weights_digest(run_dir: str) -> str:
+    """sha256 over the final checkpoint's fp32 master weights and AdamW moments, every file of it
+    that holds tensors: equal digests mean bit-identical training."""
+    h = hashlib.sha256()
+    last = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))[-1]
+    for file in sorted(glob.glob(os.path.join(last, "**", "*.safetensors"), recursive=True)):
+        with open(file, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
 def record(work: str, sft_steps: int, redi_steps: int) -> dict:
     py = sys.executable
     data = os.path.join(work, "data")
@@ -64,6 +78,8 @@ def record(work: str, sft_steps: int, redi_steps: int) -> dict:
     diff = re.search(r"max \|logit - HF\| = ([0-9.e+-]+)", parity)
     return {"sft": {k: [m[k] for m in sft] for k in SERIES["sft"]},
             "redi": {k: [m[k] for m in redi] for k in SERIES["redi"]},
+            "weights_sha256": {"sft": weights_digest(os.path.join(work, "sft")),
+                               "redi": weights_digest(os.path.join(work, "redi"))},
             "parity_max_abs_diff": float(diff.group(1)) if diff else parity.strip()}
 
 
@@ -76,6 +92,10 @@ def compare(got: dict, want: dict, tolerance: float) -> bool:
             same = "bit-identical" if a == b else f"max |diff| {worst:.3e}"
             print(f"  {run_name:4s} {key:20s} {len(a):3d} steps: {same}")
             ok &= worst <= tolerance
+    for run_name, digest in got["weights_sha256"].items():
+        same = digest == want["weights_sha256"][run_name]
+        print(f"  {run_name:4s} final weights and AdamW moments: {'bit-identical' if same else 'DIFFERENT'}")
+        ok &= same or tolerance > 0
     print(f"  parity (TP=2 + SP vs transformers, max |logit diff|): {got['parity_max_abs_diff']} "
           f"(recorded: {want['parity_max_abs_diff']})")
     return ok
