@@ -220,7 +220,7 @@ _PASSTHROUGH_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtyp
 # benchmark and the converter's memory test build random checkpoints of these shapes).
 _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rms_norm_eps": 1e-6}
 PRESETS = {
-    # the embedded default's student: TOY.md's size, over the synthetic corpus's 512-token vocabulary
+    # the demo's student, over the synthetic corpus's 512-token vocabulary
     "tiny": {**_QWEN2, "hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": True,
              "rope_theta": 10000.0, "max_position_embeddings": 1024, "bos_token_id": 0, "eos_token_id": 0},

@@ -10,7 +10,7 @@ produces log-probs (fused head, reference pre-pass, tests) shares them.
     dpo        -log sigmoid(beta ((logp_w - ref_w) - (logp_l - ref_l))), with label smoothing
     sft        -logp (token mean over the global batch), or -logp/|y| (per-sequence mean)
 
-The step contract (DESIGN.md): a global batch of P pairs (SFT: S sequences, N response tokens) is
+The step contract (docs/design.md): a global batch of P pairs (SFT: S sequences, N response tokens) is
 planned before its first micro-batch; each micro-batch contributes ``sum of its losses / P``
 (SFT: ``/ N`` or ``/ S``) and gradients are summed over micro-batches and data-parallel ranks, which
 equals the mean over the whole global batch whatever the split. ``microbatch_loss`` applies that

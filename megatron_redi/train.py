@@ -12,6 +12,7 @@ import sys
 from .checkpoint.hf_mapping import CheckpointError
 from .config import ConfigError
 from .data import DatasetError
+from .parallel import LayoutError
 from .training import TrainConfigError, TrainingStopped, load_config, train
 
 
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(config, argv)
         checkpoint = train(cfg)
-    except (TrainConfigError, ConfigError, CheckpointError, DatasetError) as e:
+    except (TrainConfigError, ConfigError, CheckpointError, DatasetError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:

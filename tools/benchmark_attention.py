@@ -5,9 +5,9 @@
     python tools/benchmark_attention.py --seq-lens 3072,13312 --json out.json
     python tools/benchmark_attention.py --seq-lens 64,32 --heads 4 --kv-heads 2 --head-dim 16   # CPU
 
-Why: in the 2 x 8192 training step (README, "Throughput") attention takes 3.3 ms per layer, where
-ANCHORS.md measured 2.67 ms for the same shapes in another harness. The variants differ in layout
-and in the kernel PyTorch picks; every one of them is timed here on the same inputs:
+Why: in the 2 x 8192 training step attention took longer per layer than a bare harness measured
+for the same shapes (docs/performance.md). The variants differ in layout and in the kernel PyTorch
+picks; every one of them is timed here on the same inputs:
 
     model            the model's path (model/attention.py): q, k, v as [t, n, hd], one SDPA call per
                      sequence on strided [1, n, s, hd] views, outputs concatenated

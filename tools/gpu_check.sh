@@ -77,13 +77,13 @@ bench_step() {  # NAME SECONDS ARGS...: a throughput run; if it fails, once more
     [ -f "$WORK/$name.json" ] || MEGATRON_REDI_TRITON=0 step "${name}_without_triton" "$limit" $bench "$@" \
         --json "$WORK/${name}_without_triton.json"
 }
-# Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process (ANCHORS.md);
+# Throughput, Qwen2.5-1.5B shapes, against the Hugging Face step in the same process;
 # the paper's longest pairs (2 x 19000) on an 80 GB H100 with recompute=auto
 TAIL=75 bench_step throughput_8192 150 --seq-len 8192 --compare $compare --profile 60
 bench_step throughput_4096 120 --seq-len 4096 --compare $compare
 bench_step throughput_16384 120 --seq-len 16384
 bench_step throughput_19000 120 --seq-len 19000
-# attention for a pair, every way it can be called (the step's attention is slower than ANCHORS.md's)
+# attention for a pair, every way it can be called (the step's attention is slower than a bare harness's)
 step attention_pair 90 python tools/benchmark_attention.py --seq-lens 8192,8192 --json "$WORK/attention_pair.json"
 step attention_uneven 90 python tools/benchmark_attention.py --seq-lens 3072,13312 --json "$WORK/attention_uneven.json"
 # the head's chunk size (each chunk rereads and rewrites the fp32 weight-gradient accumulator)

@@ -1,4 +1,4 @@
-"""Pack sequences into micro-batches: DESIGN.md's micro-batch contract, built on the host.
+"""Pack sequences into micro-batches (the contract of batch.py), built on the host.
 
 A unit is what must stay together: one SFT sequence, or a pair (prompt + chosen, prompt +
 rejected), so that a pair's two log-probs meet in one micro-batch. ``pack`` fills micro-batches up

@@ -4,10 +4,9 @@ Layout: ``q [t, nh, hd]``, ``k, v [t, nkv, hd]`` (GQA: nh is a multiple of nkv),
 ``[t, nh, hd]``. Two backends, chosen per micro-batch:
 
 - ``sdpa``: ``scaled_dot_product_attention`` called once per sequence, split by the host copy of
-  cu_seqlens (no device sync). Exact on CPU (math kernel); on an H200 with torch 2.11 PyTorch picks
-  cuDNN's flash kernels (the profile in README, "Throughput"). For a few long sequences (a REDI
-  pair) it is the fastest choice in torch 2.11: 3.37 ms vs 5.08 ms for ``varlen_attn`` on a
-  2 x 8192 pair per layer, forward + backward, H200 (ANCHORS.md).
+  cu_seqlens (no device sync). Exact on CPU (math kernel); on Hopper GPUs PyTorch picks cuDNN's
+  flash kernels. For a few long sequences (a REDI pair) it is the fastest choice (measured in
+  docs/performance.md).
 - ``varlen``: ``torch.nn.attention.varlen.varlen_attn``, one launch for the whole micro-batch;
   CUDA only. Pays off when a micro-batch holds many short sequences, where per-sequence launches
   dominate.

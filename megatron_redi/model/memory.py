@@ -1,13 +1,13 @@
 """How many layers to recompute in full so that a micro-batch's activations fit the GPU.
 
-Selective recompute (ops/fused.py) keeps every GEMM output and costs no GEMM again, but it keeps
-about 58 KB per token and layer for Qwen2.5-1.5B in bf16: a pair of 2 x 16384 tokens needs 56 GB
-of activations over 28 layers, on top of 28 GB of weights, fp32 master weights, gradients and
-Adam moments, which is more than an 80 GB H100 holds. A layer recomputed in full keeps only its
-inputs (the residual stream and the previous layer's output still to be added: 2 h values a token)
-and runs its forward again in the backward (about a third of its cost).
-``recompute="auto"`` therefore recomputes the fewest leading layers in full that make the estimate
-fit, and keeps the rest selective: 0 layers at 2 x 8192 on an H100, 9 at 2 x 16384, 12 at 2 x 19000.
+Selective recompute (ops/rms_norm.py, ops/swiglu.py) keeps every GEMM output and costs no GEMM
+again, but what it keeps grows with the tokens of a micro-batch, and the paper's longest pairs
+do not fit an 80 GB card that way beside the weights, fp32 master weights, gradients and Adam
+moments. A layer recomputed in full keeps only its inputs (the residual stream and the previous
+layer's output still to be added: 2 h values a token) and runs its forward again in the backward
+(about a third of its cost). ``recompute="auto"`` therefore recomputes the fewest leading layers
+in full that make the estimate fit, and keeps the rest selective (docs/performance.md has the
+plans measured on H100 and H200).
 
 The estimate, per token of the micro-batch (``e`` bytes per element; ``_l`` the TP rank's share;
 the norms' inputs are per local token under sequence parallelism):

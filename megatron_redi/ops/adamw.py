@@ -11,10 +11,9 @@ than from a copy of the weights.
 
 Two implementations of one contract: ``adamw_reference``, plain PyTorch in chunks (bounded
 temporaries; what CPU runs and what the tests compare with), and a Triton kernel that reads
-p, g, m, v once and writes p, m, v and the bf16 copy once (30 bytes a parameter, memory-bound; on
-an H100 the kernel without the copy took 14.2 ms for 1.54 B parameters, where the chunked
-reference and the copy had taken 85 ms), each program also writing its block's partial sum of
-squares.
+p, g, m, v once and writes p, m, v and the bf16 copy once (30 bytes a parameter, memory-bound; the
+chunked reference and a separate copy take several times longer, docs/performance.md), each program
+also writing its block's partial sum of squares.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class TrainSection:
     max_bad_steps: int = 5  # consecutive non-finite steps (skipped) that stop the run
     log_every: int = 1
     tensorboard: bool = True
-    peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (H200 measured)
+    peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (docs/performance.md)
     progress: bool = True
 
     def __post_init__(self):

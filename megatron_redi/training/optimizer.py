@@ -164,7 +164,7 @@ class MasterParams:
 
     def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the gradient (fp32), each parameter counted once across TP ranks."""
-        # one reduction per buffer, no squared copy of it (6 GB for 1.5 B parameters); padding is zero
+        # one reduction per buffer, no squared copy of it (4 bytes a parameter); padding is zero
         total = sum(torch.linalg.vector_norm(g.grad).square() for g in self.groups)
         for view, share in self._replicated_views("grad"):
             total = total - (1 - 1 / share) * view.square().sum()

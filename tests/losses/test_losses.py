@@ -64,7 +64,7 @@ def test_sft_token_mean_and_sequence_mean():
 def test_config_validation():
     with pytest.raises(ValueError, match="alpha"):
         LossConfig(alpha=1.5)
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match="type must be one of"):
         LossConfig(type="ipo")
     with pytest.raises(ValueError, match="reference"):
         L.pair_losses(LossConfig(type="dpo"), C, LC, R, LR)
