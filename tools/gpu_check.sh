@@ -14,7 +14,7 @@
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
 # The GPU machine of this project has torch, Triton, transformers, safetensors, tokenizers and
 # pytest but no package registry: the project is installed with --no-deps. Wheels found in .whl/
-# are installed first (liger-kernel, for --compare hf-liger: see README, "Throughput").
+# are installed first (liger-kernel, for --compare hf-liger: see docs/performance.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
