@@ -182,7 +182,7 @@ class Qwen2Model(nn.Module):
         if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
             raise ValueError(f"input_ids has {t} tokens, position_ids {tuple(position_ids.shape)}, "
                              f"cu_seqlens ends at {seqs.num_tokens}")
-        sp = self.parallel.sequence_parallel and cache is None if sequence_parallel is None else sequence_parallel
+        sp = (self.parallel.sequence_parallel and cache is None) if sequence_parallel is None else sequence_parallel
         if sp and t % self.parallel.tp_size:
             raise ValueError(f"sequence parallelism needs the token count ({t}) to be a multiple of "
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")

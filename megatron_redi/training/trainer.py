@@ -33,6 +33,7 @@ from .optimizer import MasterParams, lr_at
 from .reference import reference_logps
 from .step import forward_backward, optimizer_step
 
+
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose: too many bad steps, or the collapse alarm with collapse.stop."""
 
