@@ -17,7 +17,7 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1  # keep TP/DP communication kernels in issu
 MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute auto)
 PARALLEL_ARGS=(--parallel.tensor_parallel "${TP:-1}" --parallel.sequence_parallel true --parallel.zero1 true)
 DATA_ARGS=(--data.path "$DATA" --data.global_batch 32 --data.micro_batch_tokens 40000)
-OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --checkpoint.every 200 --checkpoint.keep 3)
+OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --train.export_overwrite true --checkpoint.every 200 --checkpoint.keep 3)
 
 torchrun --nproc-per-node "$NGPU" -m megatron_redi.train --config "$CONFIG" \
     "${MODEL_ARGS[@]}" "${PARALLEL_ARGS[@]}" "${DATA_ARGS[@]}" "${OUTPUT_ARGS[@]}" "$@"

@@ -25,6 +25,7 @@ EVAL_ARGS=(--benchmark "$OUT/data/benchmark.jsonl" --samples 4 --temperature 0.6
 train() {  # train NAME CONFIG [overrides...]
     local name=$1 config=$2; shift 2
     echo "== $name"
+    rm -rf "${OUT:?}/$name"  # the demo's own run directory: each demo run starts afresh
     torchrun --nproc-per-node "$NPROC" --log-dir "$OUT/logs/$name" -m megatron_redi.train --config "$config" \
         --parallel.tensor_parallel "$TP" --data.path "$OUT/data/tokenized" --train.output_dir "$OUT/$name" \
         --train.progress false --checkpoint.resume false "$@" 2>&1 | grep -E "^(done|error|stopped)" || true

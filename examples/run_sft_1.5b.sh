@@ -17,7 +17,7 @@ MODEL_ARGS=(--model.path "$MODEL" --model.dtype bf16 --model.recompute auto
             --model.rope_theta 300000 --model.max_position_embeddings 32768)
 PARALLEL_ARGS=(--parallel.tensor_parallel "${TP:-1}" --parallel.sequence_parallel true --parallel.zero1 true)
 DATA_ARGS=(--data.path "$DATA" --data.global_batch 128 --data.micro_batch_tokens 32768)
-OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --checkpoint.every 500 --checkpoint.keep 3)
+OUTPUT_ARGS=(--train.output_dir "$OUT" --train.export_hf "$OUT/hf" --train.export_overwrite true --checkpoint.every 500 --checkpoint.keep 3)
 
 torchrun --nproc-per-node "$NGPU" -m megatron_redi.train --config "$here/configs/sft_1.5b.yaml" \
     "${MODEL_ARGS[@]}" "${PARALLEL_ARGS[@]}" "${DATA_ARGS[@]}" "${OUTPUT_ARGS[@]}" "$@"

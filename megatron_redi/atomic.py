@@ -1,13 +1,17 @@
-"""Outputs that appear whole or not at all.
+"""Outputs that appear whole or not at all, and never at the cost of an input.
 
-Every tool that writes a directory (converter, preprocessing, checkpoints) fills a temporary
-sibling and renames it into place only when it is complete, so an interrupted run never leaves
-a directory that looks finished, and an existing one is replaced only on request.
+Every tool that writes a directory (converter, preprocessing, HF export, checkpoints) fills a
+temporary sibling, flushes it to disk, and renames it into place only when it is complete, so an
+interrupted run never leaves a directory that looks finished, and an existing one is replaced only
+on request. An output that is, contains or lies inside a path the writer must keep (its input, a
+run's checkpoints) is refused whatever ``overwrite`` says. Temporary siblings left by an
+interrupted writer (named after its process id) are removed by the next writer of that output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 
@@ -16,15 +20,86 @@ class OutputExistsError(ValueError):
     pass
 
 
-@contextlib.contextmanager
-def atomic_directory(output: str, overwrite: bool = False):
-    """Yield a temporary sibling of ``output`` to fill; it becomes ``output`` only when the block
-    ends without error, so an interrupted writer never leaves a directory that looks complete."""
-    output = os.path.abspath(output)
+def overlaps(a: str, b: str) -> bool:
+    """``a`` and ``b`` are the same directory, or one lies inside the other (links resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def check_output(output: str, overwrite: bool = False, keep: tuple[str, ...] = ()) -> None:
+    """Refuse ``output`` before any work: it overlaps a path in ``keep``, or it is a non-empty
+    directory (or a file) and ``overwrite`` is not set."""
+    for path in keep:
+        if path and overlaps(output, path):
+            raise OutputExistsError(f"{output}: refused, it would overwrite {path} (the output may not be, "
+                                    "contain or lie inside it)")
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
         raise OutputExistsError(f"{output}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def sync_tree(path: str) -> None:
+    """fsync every file and directory under ``path``, so that a rename publishing it can never
+    expose a directory whose contents are still only in the page cache."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str, output: str) -> None:
+    """Flush ``tmp`` and rename it to ``output`` (replacing an existing one), then flush the parent."""
+    sync_tree(tmp)
+    old = None
+    if os.path.exists(output):
+        old = f"{tmp}.old"
+        os.rename(output, old)
+    os.rename(tmp, output)
+    _fsync_dir(os.path.dirname(os.path.abspath(output)))
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(output: str) -> None:
+    """Remove ``.NAME.tmp-PID`` siblings of ``output`` whose writer no longer runs."""
+    pattern = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.tmp-*")
+    for tmp in glob.glob(pattern):
+        pid = tmp.rsplit(".tmp-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str, overwrite: bool = False, keep: tuple[str, ...] = ()):
+    """Yield a temporary sibling of ``output`` to fill; it becomes ``output`` only when the block
+    ends without error, so an interrupted writer never leaves a directory that looks complete.
+    ``keep``: paths the output may not overlap (``check_output``)."""
+    output = os.path.abspath(output)
+    check_output(output, overwrite, keep)
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(output)
     tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -33,10 +108,4 @@ def atomic_directory(output: str, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if os.path.exists(output):
-        old = f"{tmp}.old"
-        os.rename(output, old)
-    os.rename(tmp, output)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(tmp, output)

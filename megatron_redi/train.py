@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .atomic import OutputExistsError
 from .checkpoint.hf_mapping import CheckpointError
 from .config import ConfigError
 from .data import DatasetError
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(config, argv)
         checkpoint = train(cfg)
-    except (TrainConfigError, ConfigError, CheckpointError, DatasetError, LayoutError) as e:
+    except (TrainConfigError, ConfigError, CheckpointError, DatasetError, LayoutError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:

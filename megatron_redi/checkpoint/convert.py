@@ -4,7 +4,8 @@
     native-to-hf      --input DIR --output HF_DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]
     native-to-native  --input DIR --output DIR2 --tp M [--dtype ...]
 
-Common: --overwrite (replace a non-empty output), --dry-run (validate only, write nothing),
+Common: --overwrite (replace a non-empty output; an output that is, contains or lies inside the
+input is always refused), --dry-run (validate only, write nothing),
 --no-progress. Bad input exits with code 2 and one line naming the file, tensor or field.
 """
 
@@ -14,7 +15,7 @@ import argparse
 import resource
 import sys
 
-from ..atomic import OutputExistsError, atomic_directory
+from ..atomic import OutputExistsError, atomic_directory, check_output
 from ..config import DTYPES, ConfigError
 from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
@@ -63,9 +64,10 @@ def convert(args) -> str:
         max_shard = None
     else:
         max_shard = parse_size(args.max_shard_size)
+    check_output(args.output, args.overwrite, keep=(args.input,))
     if args.dry_run:
         return f"dry run: {args.input} is valid ({cfg.architecture}, {cfg.num_parameters():,} parameters)"
-    with atomic_directory(args.output, overwrite=args.overwrite) as tmp:
+    with atomic_directory(args.output, overwrite=args.overwrite, keep=(args.input,)) as tmp:
         copy_side_files(args.input, tmp)
         if args.command == "native-to-hf":
             stats = write_hf(reader, cfg, tmp, dtype, max_shard, progress=not args.no_progress)
@@ -80,5 +82,9 @@ def main(argv=None) -> int:
         print(convert(args))
     except (CheckpointError, ConfigError, OutputExistsError, SafetensorsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a permission: the output was not written, the input is intact
+        print(f"error: {e.filename or args.output}: {e.strerror or e}; nothing was written to {args.output}",
+              file=sys.stderr)
         return 2
     return 0

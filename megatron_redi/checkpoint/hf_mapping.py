@@ -140,7 +140,15 @@ class HFCheckpointReader:
                     weight_map = json.load(f)["weight_map"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise CheckpointError(f"{index}: not a valid index ({e})") from None
-            self.files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: weight_map is not an object")
+            root = os.path.realpath(path)
+            self.files = {}
+            for name, file in weight_map.items():
+                full = os.path.join(path, file) if isinstance(file, str) else ""
+                if not os.path.realpath(full).startswith(root + os.sep):  # "../x", "/etc/x", links out
+                    raise CheckpointError(f"{index}: {name} is mapped to {file!r}, not a file inside the checkpoint")
+                self.files[name] = full
         elif os.path.exists(single):
             self.files = {name: single for name in SafetensorsFile(single).names()}
         else:

@@ -26,6 +26,39 @@ class SafetensorsError(ValueError):
     pass
 
 
+def _validate_entries(path: str, header: dict, data_size: int) -> None:
+    """Every entry an object with a known dtype, a shape of non-negative integers and data offsets
+    0 <= begin <= end inside the data block, end - begin = numel x itemsize, no two overlapping: so
+    that no read can return header bytes, another tensor's bytes, or a short tensor."""
+    spans = []
+    for name, e in header.items():
+        where = f"{path}: tensor {name}"
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
+            raise SafetensorsError(f"{where}: the entry must be an object with dtype, shape and data_offsets")
+        if e["dtype"] not in DTYPES:
+            raise SafetensorsError(f"{where} has unsupported dtype {e['dtype']}")
+        shape, offsets = e["shape"], e["data_offsets"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise SafetensorsError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise SafetensorsError(f"{where}: data_offsets {offsets!r} is not a pair of integers")
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            raise SafetensorsError(f"{where}: data_offsets [{begin}, {end}) are negative or reversed")
+        if end > data_size:
+            raise SafetensorsError(f"{path}: truncated (tensor {name} ends past the end of the file)")
+        expected = math.prod(shape) * torch.empty((), dtype=DTYPES[e["dtype"]]).element_size()
+        if end - begin != expected:
+            raise SafetensorsError(f"{where}: {end - begin} bytes of data for shape {shape} in {e['dtype']} "
+                                   f"({expected} expected)")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
+        if begin < end:
+            raise SafetensorsError(f"{path}: tensors {a} and {b} overlap in the data block")
+
+
 class SafetensorsFile:
     """Random access to the tensors of one safetensors file, without mapping it."""
 
@@ -46,15 +79,12 @@ class SafetensorsFile:
             header = json.loads(os.pread(self._fd, n, 8))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SafetensorsError(f"{path}: unreadable header ({e})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{path}: the header is not a JSON object")
         self.metadata = header.pop("__metadata__", {}) or {}
         self._data_start = 8 + n
         self._entries = header
-        for name, e in header.items():
-            if e["dtype"] not in DTYPES:
-                raise SafetensorsError(f"{path}: tensor {name} has unsupported dtype {e['dtype']}")
-            begin, end = e["data_offsets"]
-            if self._data_start + end > size:
-                raise SafetensorsError(f"{path}: truncated (tensor {name} ends past the end of the file)")
+        _validate_entries(path, header, size - self._data_start)
 
     def close(self):
         os.close(self._fd)

@@ -49,6 +49,25 @@ class _Part:
     def _slice(self, start, length):
         return np.asarray(self.tokens[start:start + length], dtype=np.int64)
 
+    def check(self, vocab_size: int, chunk: int = 1 << 26) -> None:
+        """Every item inside tokens.bin and every token id below ``vocab_size``; else a
+        DatasetError naming the file and the item (read in chunks: memory stays flat)."""
+        path = os.path.join(self.directory, "tokens.bin")
+        offsets = self.items["offset"].astype(np.int64)
+        ends = offsets + self.item_tokens()
+        bad = np.flatnonzero((offsets < 0) | (ends > len(self.tokens)))
+        if len(bad):
+            raise DatasetError(f"{path}: item {bad[0]} ends at token {ends[bad[0]]}, past the file's "
+                               f"{len(self.tokens)} tokens (truncated, or not the file items.npy describes)")
+        for start in range(0, len(self.tokens), chunk):
+            part = self.tokens[start:start + chunk]
+            outside = np.flatnonzero(part >= vocab_size)
+            if len(outside):
+                at = start + int(outside[0])
+                item = int(np.searchsorted(offsets, at, side="right")) - 1
+                raise DatasetError(f"{path}: item {item} holds token id {int(part[outside[0]])}, outside the "
+                                   f"model's vocabulary of {vocab_size} (data tokenised for another model?)")
+
 
 class SFTData(_Part):
     def __getitem__(self, i) -> Sequence:
@@ -58,6 +77,8 @@ class SFTData(_Part):
 
     def total_lengths(self) -> np.ndarray:
         return self.items["prompt_len"].astype(np.int64) + self.items["response_len"]
+
+    item_tokens = total_lengths  # tokens an item holds in tokens.bin
 
     def response_lengths(self) -> np.ndarray:
         return self.items["response_len"].astype(np.int64)
@@ -103,6 +124,11 @@ class PairData(_Part):
         it = self.items
         return 2 * it["prompt_len"].astype(np.int64) + it["chosen_len"] + it["rejected_len"]
 
+    def item_tokens(self) -> np.ndarray:
+        """Tokens an item holds in tokens.bin: the prompt once, then chosen and rejected."""
+        it = self.items
+        return it["prompt_len"].astype(np.int64) + it["chosen_len"] + it["rejected_len"]
+
 
 class TokenizedData:
     """A directory written by ``tools/preprocess_data.py``."""
@@ -120,3 +146,8 @@ class TokenizedData:
         self.sft = SFTData(os.path.join(directory, "sft"))
         self.pairs = PairData(os.path.join(directory, "pairs"))
         self.tokenizer_dir = os.path.join(directory, "tokenizer")
+
+    def check(self, vocab_size: int) -> None:
+        """Both parts lie inside their token files and hold only ids the model knows."""
+        self.sft.check(vocab_size)
+        self.pairs.check(vocab_size)

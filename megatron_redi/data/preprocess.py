@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
-from .raw import RawRow, count_rows, expand_inputs, read_rows
+from .raw import RawDataError, RawRow, count_rows, expand_inputs, read_rows
 
 FORMAT_VERSION = 1
 REQUIRED = ("problem", "generations", "correctness", "problem_is_valid", "source")
@@ -91,6 +91,8 @@ def choose(record: dict, row_key: int, opts: Options) -> tuple[list[str], int | 
         raise ValueError("wrong_type", "field 'generations' must be a list of strings")
     if not isinstance(corr, dict):
         raise ValueError("wrong_type", "field 'correctness' must be a struct of lists")
+    if not isinstance(record["source"], str):
+        raise ValueError("wrong_type", "field 'source' must be a string")
     labels = []
     for name in VERIFIERS:
         values = corr.get(name)
@@ -146,6 +148,11 @@ class Templater:
             raise ValueError(f"{tokenizer_path}: the chat template does not render an assistant turn "
                              "as a continuation of the generation prompt")
         self.end_of_turn = closed[closed.index(probe) + len(probe):]
+        # No token covers more characters than its longest vocabulary entry has (byte-level and
+        # sentencepiece entries spell at least one symbol per character), so a text longer than
+        # n times that certainly has more than n tokens: refused without tokenising it, which
+        # bounds memory whatever a row holds.
+        self.max_chars_per_token = max(map(len, self.tok.get_vocab()))
 
     def _render(self, messages, add_generation_prompt):
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -153,10 +160,19 @@ class Templater:
     def _ids(self, text):
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def prompt(self, problem: str) -> list[int]:
+    def _fits(self, text: str, max_tokens: int | None) -> bool:
+        return max_tokens is None or len(text) <= max_tokens * self.max_chars_per_token
+
+    def prompt(self, problem: str, max_tokens: int | None = None) -> list[int] | None:
+        """The templated prompt's ids; None when the problem alone is certainly over max_tokens."""
+        if not self._fits(problem, max_tokens):
+            return None
         return self._ids(self._render([{"role": "user", "content": problem}], True))
 
-    def response(self, text: str) -> list[int]:
+    def response(self, text: str, max_tokens: int | None = None) -> list[int] | None:
+        """The response's ids (end-of-turn and EOS included); None when certainly over max_tokens."""
+        if not self._fits(text, max_tokens):
+            return None
         ids = self._ids(text + self.end_of_turn)
         return ids if ids and ids[-1] == self.tok.eos_token_id else ids + [self.tok.eos_token_id]
 
@@ -182,16 +198,23 @@ def _process(batch: list[tuple[int, int, dict]]) -> list[dict]:
             continue
         res["drop"] = reasons
         if c is not None:
-            prompt = templater.prompt(record["problem"])
-            chosen = templater.response(record["generations"][c])
+            cap = opts.max_sft_tokens  # no sequence is kept beyond it: longer texts are not tokenised
+            prompt = templater.prompt(record["problem"], cap)
+            chosen = templater.response(record["generations"][c], cap)
+            if prompt is None or chosen is None:
+                res["drop"].append("sft_too_long")
+                if r is not None:
+                    res["drop"].append("prompt_too_long" if prompt is None else "response_too_long")
+                out.append(res)
+                continue
             res.update(source=record["source"], prompt=prompt, chosen=chosen, chosen_gen=c)
             if len(prompt) + len(chosen) > opts.max_sft_tokens:
                 res["drop"].append("sft_too_long")
             if r is not None:
-                rejected = templater.response(record["generations"][r])
+                rejected = templater.response(record["generations"][r], opts.max_response_tokens)
                 if len(prompt) > opts.max_prompt_tokens:
                     res["drop"].append("prompt_too_long")
-                elif max(len(chosen), len(rejected)) > opts.max_response_tokens:
+                elif rejected is None or max(len(chosen), len(rejected)) > opts.max_response_tokens:
                     res["drop"].append("response_too_long")
                 else:
                     res.update(rejected=rejected, rejected_gen=r)
@@ -302,6 +325,9 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
                     consume(window.popleft().get())
         bar.close()
         sft_items, pair_items = sft.close(), pairs.close()
+        if not len(sft_items) and not len(pair_items):  # nothing to train on: no output at all
+            raise RawDataError(f"{', '.join(inputs)}: no SFT row and no pair out of {counts['rows_read']} rows read "
+                               f"(dropped: {dict(sorted(dropped.items())) or 'none'})")
         report = {
             "rows_read": counts["rows_read"],
             "sft_rows": len(sft_items),

@@ -22,12 +22,17 @@ class RawRow:
     row: int  # index of the row within its file (-1: the file itself failed)
     record: dict | None  # None when the row could not be read
     error: str | None = None  # why not, for a row that could not be read
-    reason: str | None = None  # the report's name for that: invalid_json, unreadable_file
+    reason: str | None = None  # the report's name for that: invalid_json, invalid_utf8, unreadable_file
 
 
 def _jsonl(path) -> Iterator[RawRow]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
+    with open(path, "rb") as f:  # decoded line by line: one bad byte costs its row, not the file's rest
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRow(path, i, None, f"not UTF-8 (byte {e.start} of the line)", "invalid_utf8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -113,7 +118,10 @@ def count_rows(files: list[tuple[str, str]]) -> int | None:
         return None
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(p).metadata.num_rows for p, _ in files)
+    try:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p, _ in files)
+    except Exception:  # noqa: BLE001 - a corrupt file: read_rows reports it by name
+        return None
 
 
 def read_rows(files: list[tuple[str, str]]) -> Iterator[RawRow]:

@@ -9,13 +9,15 @@
       training/rng_rankNNNNN.safetensors   torch CPU (and CUDA) generator states
 
 Nothing is pickled: tensors are safetensors, the rest JSON, so loading executes nothing. Every
-rank writes into ``.step_N.tmp``; rank 0 renames it to ``step_N`` after a barrier, so a kill at
-any moment leaves the previous checkpoint as the newest complete one. Resume takes the newest
+rank writes into ``.step_N.tmp``; rank 0 flushes it to disk and renames it to ``step_N`` once every
+rank succeeded, so a kill (or a full disk) at any moment leaves the previous checkpoint as the
+newest complete one. Resume takes the newest
 checkpoint that validates, warning about any newer one that does not.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ..atomic import OutputExistsError, check_output, publish
 from ..checkpoint.hf_mapping import CheckpointError, name_table
 from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, NativeCheckpointReader,
                                  copy_side_files, rank_file)
@@ -36,9 +39,8 @@ from ..parallel import ParallelState
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def _barrier(parallel: ParallelState):
-    if parallel.world_size > 1:
-        dist.barrier()
+class ResumeMismatch(CheckpointError):
+    """A good checkpoint written by a run of another layout: never skipped, never written over."""
 
 
 def checkpoint_dirs(root: str) -> list[tuple[int, str]]:
@@ -50,15 +52,88 @@ def checkpoint_dirs(root: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def holds_checkpoints(path: str) -> bool:
+    """``path`` is, or holds within two levels, a checkpoint or a run's checkpoints directory."""
+    if not os.path.isdir(path):
+        return False
+    for dirpath, dirs, files in os.walk(path):
+        if METADATA_FILE in files or "checkpoints" in dirs or any(STEP_DIR.match(d) for d in dirs):
+            return True
+        if dirpath.count(os.sep) - path.rstrip(os.sep).count(os.sep) >= 2:
+            dirs.clear()
+    return False
+
+
+def check_export_target(target: str, run_dir: str, overwrite: bool) -> None:
+    """Refuse an HF export that could destroy a run: the run's own directory or one above it, its
+    checkpoints or anything inside them, any directory holding checkpoints, and (unless
+    ``overwrite``) any non-empty directory."""
+    run_dir = os.path.realpath(run_dir)
+    real = os.path.realpath(target)
+    if real == run_dir or run_dir.startswith(real.rstrip(os.sep) + os.sep):
+        raise OutputExistsError(f"{target}: refused as export target, it is or contains the run's directory {run_dir}")
+    check_output(target, overwrite, keep=(os.path.join(run_dir, "checkpoints"),))
+    if holds_checkpoints(target):
+        raise OutputExistsError(f"{target}: refused as export target, it holds checkpoints")
+
+
+def _all_ranks(parallel: ParallelState, ok: bool) -> bool:
+    """Whether ``ok`` holds on every rank (a barrier that also carries the answer)."""
+    if parallel.world_size == 1:
+        return ok
+    flag = torch.tensor([int(ok)], device=parallel.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master: dict[str, torch.Tensor],
          optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None, keep: int) -> str:
+    """Write ``step_N`` whole or not at all: every rank writes its files into ``.step_N.tmp``, rank 0
+    publishes it with a rename once all succeeded, then drops all but the newest ``keep``. A failure
+    on any rank (a full disk) removes the temporary directory and leaves older checkpoints as they
+    were."""
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".step_{step:08d}.tmp")
+    error = None
     if parallel.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "model"))
-        os.makedirs(os.path.join(tmp, "training"))
-    _barrier(parallel)
+        for stale in glob.glob(os.path.join(root, ".step_*.tmp")):  # interrupted saves of earlier runs
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.makedirs(os.path.join(tmp, "model"))
+            os.makedirs(os.path.join(tmp, "training"))
+        except OSError as e:
+            error = e
+    if _all_ranks(parallel, error is None):
+        try:
+            _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1)
+        except OSError as e:
+            error = e
+    if _all_ranks(parallel, error is None) and parallel.rank == 0:
+        try:
+            if side_files_from:
+                copy_side_files(side_files_from, tmp)
+            with open(os.path.join(tmp, "training", "state.json"), "w") as f:
+                json.dump({**state, "tp_size": parallel.tp_size, "dp_size": parallel.dp_size, "zero1": zero1}, f,
+                          indent=2)
+            meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tp_size": parallel.tp_size,
+                    "dtype": "F32", "model_config": cfg.to_hf_dict(), "training_step": step}
+            with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+                json.dump(meta, f, indent=2)
+            publish(tmp, final)
+        except OSError as e:
+            error = e
+        if error is None:
+            for _, old in checkpoint_dirs(root)[keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+    if not _all_ranks(parallel, error is None):
+        if parallel.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "
+                              "nothing of it was kept, and the older checkpoints are intact")
+    return final
+
+
+def _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1):
     tp, dp = parallel.tp_rank, parallel.dp_rank
     if dp == 0:  # DP ranks hold identical weights: one copy per TP rank
         specs = [(e.native, torch.float32, tuple(master[e.native].shape)) for e in name_table(cfg)]
@@ -73,22 +148,6 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, os.path.join(tmp, "training", f"rng_rank{parallel.rank:05d}.safetensors"))
-    _barrier(parallel)
-    if parallel.rank == 0:
-        if side_files_from:
-            copy_side_files(side_files_from, tmp)
-        with open(os.path.join(tmp, "training", "state.json"), "w") as f:
-            json.dump({**state, "tp_size": parallel.tp_size, "dp_size": parallel.dp_size, "zero1": zero1}, f, indent=2)
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tp_size": parallel.tp_size,
-                "dtype": "F32", "model_config": cfg.to_hf_dict(), "training_step": step}
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        for _, old in checkpoint_dirs(root)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier(parallel)
-    return final
 
 
 def validate(path: str, parallel: ParallelState) -> dict:
@@ -96,10 +155,14 @@ def validate(path: str, parallel: ParallelState) -> dict:
     reader = NativeCheckpointReader(path)  # checks format, version, every tensor of every rank file
     with open(os.path.join(path, "training", "state.json")) as f:
         state = json.load(f)
+    new_run = (f"or start a new run in another train.output_dir from its weights (--model.path {path}; "
+               "the AdamW state and the data position are not carried over)")
     if state["tp_size"] != parallel.tp_size:
-        raise CheckpointError(f"{path}: saved with TP {state['tp_size']}, this run has TP {parallel.tp_size}")
+        raise ResumeMismatch(f"{path}: saved with TP {state['tp_size']}, this run has TP {parallel.tp_size}; "
+                             f"resume with parallel.tensor_parallel {state['tp_size']}, {new_run}")
     if state["zero1"] and state["dp_size"] != parallel.dp_size:
-        raise CheckpointError(f"{path}: ZeRO-1 state saved over {state['dp_size']} DP ranks, this run has {parallel.dp_size}")
+        raise ResumeMismatch(f"{path}: ZeRO-1 state saved over {state['dp_size']} DP ranks, this run has "
+                             f"{parallel.dp_size}; resume on {state['dp_size'] * parallel.tp_size} processes, {new_run}")
     SafetensorsFile(_optim_file(path, parallel, state)).close()
     del reader
     return state
@@ -117,6 +180,8 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
         try:
             state = validate(path, parallel)
             ok = 1
+        except ResumeMismatch:
+            raise  # the same on every rank: state.json is one file
         except (CheckpointError, SafetensorsError, OSError, ValueError, KeyError) as e:
             ok, state, error = 0, None, e
         flag = torch.tensor([ok])

@@ -9,6 +9,7 @@ value`` overrides any field (values parsed as YAML scalars). Unknown sections or
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import yaml
@@ -81,7 +82,8 @@ class TrainSection:
     epochs: int = 1
     max_steps: int | None = None  # stop earlier (the schedule still spans the epochs)
     output_dir: str = "runs/default"
-    export_hf: str | None = None  # write an HF checkpoint here at the end
+    export_hf: str | None = None  # write an HF checkpoint here at the end (a new or empty directory)
+    export_overwrite: bool = False  # replace a non-empty export_hf directory (never one holding checkpoints)
     seed: int = 1234
     max_bad_steps: int = 5  # consecutive non-finite steps (skipped) that stop the run
     log_every: int = 1
@@ -97,7 +99,7 @@ class TrainSection:
 class CheckpointSection:
     every: int = 0  # steps between checkpoints (0: only at the end)
     keep: int = 3  # newest checkpoints kept
-    resume: bool = True  # continue from the newest good checkpoint in output_dir, if any
+    resume: bool = True  # continue from the newest good checkpoint in output_dir (false: output_dir must hold none)
 
 
 @dataclass
@@ -142,12 +144,25 @@ class TrainConfig:
             raise TrainConfigError("data.path is required (run tools/preprocess_data.py first)")
         if (self.train.stage == "sft") != (self.loss.type == "sft"):
             raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
-        for name, value in (("data.global_batch", self.data.global_batch), ("train.epochs", self.train.epochs),
-                            ("data.micro_batch_tokens", self.data.micro_batch_tokens)):
-            if value < 1:
-                raise TrainConfigError(f"{name} must be at least 1, got {value}")
-        if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1:
-            raise TrainConfigError("optim.lr must be positive and optim.warmup_ratio in [0, 1)")
+        at_least = {"data.global_batch": (self.data.global_batch, 1), "train.epochs": (self.train.epochs, 1),
+                    "data.micro_batch_tokens": (self.data.micro_batch_tokens, 1),
+                    "checkpoint.keep": (self.checkpoint.keep, 1),  # 0 would delete even the final checkpoint
+                    "checkpoint.every": (self.checkpoint.every, 0), "train.log_every": (self.train.log_every, 1),
+                    "train.max_bad_steps": (self.train.max_bad_steps, 1), "eval.every": (self.eval.every, 0),
+                    "eval.samples": (self.eval.samples, 1), "collapse.window": (self.collapse.window, 1)}
+        for name, (value, low) in at_least.items():
+            if value < low:
+                raise TrainConfigError(f"{name} must be at least {low}, got {value}")
+        o = self.optim
+        if not (math.isfinite(o.lr) and o.lr > 0):
+            raise TrainConfigError(f"optim.lr must be a positive number, got {o.lr}")
+        if not 0 <= o.warmup_ratio < 1:  # NaN fails this too
+            raise TrainConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise TrainConfigError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+        for name, value in (("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay), ("optim.clip_grad", o.clip_grad)):
+            if not (math.isfinite(value) and value >= 0):
+                raise TrainConfigError(f"{name} must be a finite number >= 0, got {value}")
         return self
 
 
@@ -189,7 +204,9 @@ def _build(cls, values: dict, where: str):
     kwargs = {}
     for key, value in values.items():
         sub = names[key].default_factory if names[key].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise TrainConfigError(f"{where}.{key}: a section must be a mapping of keys, got {type(value).__name__}")
             kwargs[key] = _build(sub, value, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, names[key].type, f"{where}.{key}")

@@ -43,7 +43,7 @@ class MetricsLogger:
         os.makedirs(output_dir, exist_ok=True)
         if resume_step and os.path.exists(self.path):  # drop what a killed run logged past the checkpoint
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                kept = [line for line in f if _step_of(line) <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
         elif not resume_step and os.path.exists(self.path):
@@ -70,6 +70,14 @@ class MetricsLogger:
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The step a metrics line records; a torn line (a kill mid-write) counts as past any step."""
+    try:
+        return json.loads(line).get("step", 0) if line.endswith("\n") else math.inf
+    except json.JSONDecodeError:
+        return math.inf
 
 
 class CollapseAlarm:

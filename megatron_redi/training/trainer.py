@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 import warnings
 
@@ -20,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
@@ -38,6 +41,32 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose: too many bad steps, or the collapse alarm with collapse.stop."""
 
 
+class StopSignals:
+    """SIGTERM (what schedulers send before preemption or at the time limit) and SIGINT, while the
+    block runs, only record their arrival: the trainer ends the step it is in, writes a
+    checkpoint and stops. A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers may only be set there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -45,6 +74,8 @@ class Trainer:
         self.parallel = p = initialize(tensor_parallel_size=cfg.parallel.tensor_parallel,
                                        sequence_parallel=cfg.parallel.sequence_parallel)
         self.is_main = p.rank == 0
+        if cfg.train.export_hf:  # refused now rather than after the training
+            checkpointing.check_export_target(cfg.train.export_hf, cfg.train.output_dir, cfg.train.export_overwrite)
         self.dtype = DTYPES[cfg.model.dtype]
         self.data = TokenizedData(cfg.data.path)
         self.sft = cfg.train.stage == "sft"
@@ -55,6 +86,7 @@ class Trainer:
                                           cfg.data.seed, cfg.data.shuffle)
         self.total_steps = self.sampler.steps_per_epoch * cfg.train.epochs
         self.model = self._load_model(cfg.model.path)
+        self.data.check(self.model.cfg.vocab_size)  # now, not as an index error mid-run
         self.master = MasterParams(self.model, p, cfg.parallel.zero1, cfg.parallel.bucket_mb)
         self.pad_token = int(self.data.meta["eos_token_id"])
         self.step, self.bad_steps = 0, 0
@@ -82,6 +114,11 @@ class Trainer:
 
     def _resume(self):
         if not self.cfg.checkpoint.resume:
+            existing = checkpointing.checkpoint_dirs(self.ckpt_root)
+            if existing:  # starting over would replace and rotate them away
+                raise CheckpointError(f"{self.ckpt_root} holds checkpoints of an earlier run (the newest: "
+                                      f"{existing[0][1]}); set checkpoint.resume true to continue it, or "
+                                      "choose another train.output_dir")
             return
         found = checkpointing.find_resumable(self.ckpt_root, self.parallel)
         if found is None:
@@ -212,40 +249,53 @@ class Trainer:
             self.logger.log(0, self.evaluate())
         bar = tqdm(total=last, initial=self.step, desc=f"{cfg.train.stage} ({cfg.loss.type})", unit="step",
                    disable=not (self.is_main and cfg.train.progress), dynamic_ncols=True)
-        final = None
-        while self.step < last:
-            plan = self.sampler.plan()
-            out = self.train_step(plan)
-            self.sampler.advance()
-            self.step += 1
-            out["epoch"] = plan.epoch + (plan.step + 1) / self.sampler.steps_per_epoch
-            if not self.sft and "logps/chosen_mean" in out:
-                message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
-                if message and self.is_main:
-                    warnings.warn(message)
-                out["collapse_alarm"] = int(self.alarm.fired)
-            if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
-                out.update(self.evaluate())
-            if self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out:
-                self.logger.log(self.step, out)
-            bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
-            bar.update()
-            if self.alarm.fired and cfg.collapse.stop:
-                final = self.save_checkpoint()
-                raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < last:
-                final = self.save_checkpoint()
-        bar.close()
+        with StopSignals() as signals, bar:
+            while self.step < last:
+                plan = self.sampler.plan()
+                out = self.train_step(plan)
+                self.sampler.advance()
+                self.step += 1
+                out["epoch"] = plan.epoch + (plan.step + 1) / self.sampler.steps_per_epoch
+                if not self.sft and "logps/chosen_mean" in out:
+                    message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
+                    if message and self.is_main:
+                        warnings.warn(message)
+                    out["collapse_alarm"] = int(self.alarm.fired)
+                if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
+                    out.update(self.evaluate())
+                if self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out:
+                    self.logger.log(self.step, out)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
+                bar.update()
+                if self.alarm.fired and cfg.collapse.stop:
+                    self.save_checkpoint()
+                    raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
+                if self._any_rank(signals.received is not None) and self.step < last:
+                    path = self.save_checkpoint()
+                    raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
+                                          f"checkpoint {path} written; run the same command again to resume")
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < last:
+                    self.save_checkpoint()
         final = self.save_checkpoint()
         if cfg.train.export_hf:
             self.export_hf(final, cfg.train.export_hf)
         self.logger.close()
         return final
 
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank: every rank takes the same branch after it."""
+        if self.parallel.world_size == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.parallel.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def export_hf(self, checkpoint: str, out_dir: str):
         if self.is_main:
+            t = self.cfg.train
+            checkpointing.check_export_target(out_dir, t.output_dir, t.export_overwrite)
             reader = NativeCheckpointReader(checkpoint)
-            with atomic_directory(out_dir, overwrite=True) as tmp:
+            with atomic_directory(out_dir, overwrite=t.export_overwrite) as tmp:
                 copy_side_files(checkpoint, tmp)
                 write_hf(reader, reader.cfg, tmp, self.dtype, 5 * 10**9, progress=False)
         if self.parallel.world_size > 1:
