@@ -71,9 +71,14 @@ class NativeCheckpointReader:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{meta_file}: format_version {meta.get('format_version')!r} is not "
                                   f"supported (this reader knows version {FORMAT_VERSION})")
+        if not isinstance(meta.get("model_config"), dict):
+            raise CheckpointError(f"{meta_file}: model_config is missing or not an object")
+        tp = meta.get("tp_size")
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise CheckpointError(f"{meta_file}: tp_size {tp!r} is not a positive integer")
         self.metadata = meta
         self.cfg = ModelConfig.from_hf_dict(meta["model_config"], source=meta_file)
-        self.tp_size = int(meta["tp_size"])
+        self.tp_size = tp
         self._files = [SafetensorsFile(os.path.join(path, rank_file(r))) for r in range(self.tp_size)]
         self._table = name_table(self.cfg)
         self._entry_of = {hf: e for e in self._table for hf in e.hf}

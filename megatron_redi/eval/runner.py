@@ -31,17 +31,25 @@ class BenchmarkError(ValueError):
 def load_benchmark(path: str, max_problems: int | None = None) -> list[dict]:
     problems = []
     try:
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise BenchmarkError(f"{path}: line {i}: not UTF-8 (byte {e.start})") from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BenchmarkError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
-                for key in ("problem", "answer"):
-                    if not isinstance(row.get(key), (str, int, float)):
-                        raise BenchmarkError(f"{path}: line {i}: field {key!r} is missing or not a string")
+                if not isinstance(row, dict):
+                    raise BenchmarkError(f"{path}: line {i}: a JSON {type(row).__name__}, not an object with "
+                                         "problem and answer")
+                if not isinstance(row.get("problem"), str) or not row["problem"].strip():
+                    raise BenchmarkError(f"{path}: line {i}: field 'problem' is missing or not a non-empty string")
+                if isinstance(row.get("answer"), bool) or not isinstance(row.get("answer"), (str, int, float)):
+                    raise BenchmarkError(f"{path}: line {i}: field 'answer' is missing or not a string or number")
                 row["answer"] = str(row["answer"])
                 problems.append(row)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
-from ..data import GlobalBatchSampler, TokenizedData, Unit, pack
+from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
 from ..config import DTYPES
 from ..model import from_pretrained
@@ -82,8 +82,11 @@ class Trainer:
         dataset = self.data.sft if self.sft else self.data.pairs
         lengths = dataset.total_lengths()
         responses = dataset.response_lengths() if self.sft else np.zeros(len(dataset), np.int64)
-        self.sampler = GlobalBatchSampler(lengths, responses, cfg.data.global_batch, p.dp_rank, p.dp_size,
-                                          cfg.data.seed, cfg.data.shuffle)
+        try:
+            self.sampler = GlobalBatchSampler(lengths, responses, cfg.data.global_batch, p.dp_rank, p.dp_size,
+                                              cfg.data.seed, cfg.data.shuffle)
+        except ValueError as e:  # too few items for one global batch, or fewer than the DP ranks
+            raise DatasetError(f"{cfg.data.path}: {e}") from None
         self.total_steps = self.sampler.steps_per_epoch * cfg.train.epochs
         self.model = self._load_model(cfg.model.path)
         self.data.check(self.model.cfg.vocab_size)  # now, not as an index error mid-run
@@ -303,5 +306,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> str:
-    trainer = Trainer(cfg)
-    return trainer.run()
+    """Train, and leave the process group (torchrun's ranks exit one by one: a rank whose peers
+    have gone while its group still lives can abort at exit)."""
+    try:
+        return Trainer(cfg).run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

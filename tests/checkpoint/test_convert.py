@@ -181,3 +181,59 @@ def test_command_line_exit_code(tmp_path):
                            "native-to-hf", "--input", str(tmp_path), "--output", str(tmp_path / "o")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "needs a native checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "above"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_overlapping_the_input_is_refused(tiny_checkpoint, tmp_path, capsys, where, overwrite):
+    run = tmp_path / "run"
+    convert("hf-to-native", "--input", tiny_checkpoint(), "--output", run / "ckpt", "--tp", 2)
+    before = sorted(p for p in run.rglob("*"))
+    output = {"same": run / "ckpt", "inside": run / "ckpt" / "hf", "above": run}[where]
+    args = ["native-to-native", "--input", run / "ckpt", "--output", output, "--tp", 1]
+    assert convert(*args, *(["--overwrite"] if overwrite else [])) == 2
+    assert "refused, it would overwrite" in capsys.readouterr().err
+    assert sorted(p for p in run.rglob("*")) == before
+    native.NativeCheckpointReader(str(run / "ckpt"))  # still whole
+
+
+def test_a_full_disk_exits_2_and_leaves_no_temporary(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    def full(self, name, tensor):
+        raise OSError(28, "No space left on device", str(tmp_path / "o"))
+
+    monkeypatch.setattr(native.StreamingWriter, "write", full)
+    assert convert("hf-to-native", "--input", tiny_checkpoint(), "--output", tmp_path / "o", "--tp", 2) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temporaries_of_an_interrupted_conversion_are_removed(tiny_checkpoint, tmp_path):
+    stale = tmp_path / ".o.tmp-999999999"  # a writer that no longer runs
+    (stale / "model").mkdir(parents=True)
+    assert convert("hf-to-native", "--input", tiny_checkpoint(), "--output", tmp_path / "o", "--tp", 1) == 0
+    assert sorted(os.listdir(tmp_path)) == ["o"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("model_config"), "model_config is missing"),
+    (lambda m: m.update(tp_size=0), "tp_size 0 is not a positive integer"),
+    (lambda m: m.update(tp_size=-2), "tp_size -2 is not a positive integer"),
+])
+def test_bad_native_metadata_exits_2_naming_the_field(tiny_checkpoint, tmp_path, capsys, edit, message):
+    convert("hf-to-native", "--input", tiny_checkpoint(), "--output", tmp_path / "n", "--tp", 2)
+    meta_file = tmp_path / "n" / native.METADATA_FILE
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))
+    assert convert("native-to-hf", "--input", tmp_path / "n", "--output", tmp_path / "o") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_index_entries_outside_the_checkpoint_are_refused(tiny_checkpoint, tmp_path, capsys):
+    src = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoint(), src)
+    names = list(load_file(src / "model.safetensors"))
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: ("../elsewhere.safetensors" if i == 0 else "model.safetensors") for i, n in enumerate(names)}}))
+    assert convert("hf-to-native", "--input", src, "--output", tmp_path / "o", "--tp", 1, "--dry-run") == 2
+    assert "not a file inside the checkpoint" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 
 from megatron_redi.data import TokenizedData
 from megatron_redi.data.preprocess import Options, StrictModeError, Templater, choose, preprocess
+from megatron_redi.data.raw import RawDataError
 
 
 def row(gens=("good", "bad"), llama=(True, False), mv=(True, False), valid="Yes", source="olympiads",
@@ -192,3 +193,78 @@ def test_hub_input_without_datasets_is_a_clear_error(tiny_tokenizer_dir, tmp_pat
         preprocess(["hub:open-r1/OpenR1-Math-Raw"], str(tmp_path / "o"), Options(tokenizer=tiny_tokenizer_dir),
                    progress=False)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_non_utf8_line_costs_only_its_row(tiny_tokenizer_dir, tmp_path):
+    lines = [json.dumps(row(problem=f"Compute {i}+1.")).encode() for i in range(4)]
+    lines[1] = lines[1].replace(b"Compute", b"Comp\xffute")
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    report = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), Options(tokenizer=tiny_tokenizer_dir),
+                        progress=False)
+    assert report["pairs"] == 3 and report["dropped"] == {"invalid_utf8": 1}  # rows 2 and 3 still read
+    with pytest.raises(StrictModeError, match=r"a.jsonl: row 1: not UTF-8"):
+        preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out2"),
+                   Options(tokenizer=tiny_tokenizer_dir, strict=True), progress=False)
+
+
+@pytest.mark.parametrize("source", [["a", "b"], {"name": "x"}, 3])
+def test_a_source_that_is_not_a_string_is_wrong_type(source):
+    with pytest.raises(ValueError) as e:
+        choose(dict(row(), source=source), 0, OPTS)
+    assert e.value.args[0] == "wrong_type"
+
+
+def test_an_empty_result_is_an_error_and_writes_nothing(tiny_tokenizer_dir, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    _write(tmp_path / "excluded.jsonl", [row(source="cn_k12")])
+    for name in ("empty.jsonl", "excluded.jsonl"):
+        with pytest.raises(RawDataError, match=rf"{name}: no SFT row and no pair out of"):
+            preprocess([str(tmp_path / name)], str(tmp_path / "out"), Options(tokenizer=tiny_tokenizer_dir),
+                       progress=False)
+        assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_garbage_parquet_file_alone_is_named(tiny_tokenizer_dir, tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(StrictModeError, match="broken.parquet: row -1: unreadable file"):
+        preprocess([str(tmp_path / "broken.parquet")], str(tmp_path / "out"),
+                   Options(tokenizer=tiny_tokenizer_dir, strict=True), progress=False)
+    with pytest.raises(RawDataError, match=r"no SFT row and no pair out of 0 rows read \(dropped: \{'unreadable_file': 1\}"):
+        preprocess([str(tmp_path / "broken.parquet")], str(tmp_path / "out"), Options(tokenizer=tiny_tokenizer_dir),
+                   progress=False)
+
+
+HUGE_ROW = r'''
+import json, resource, sys
+from megatron_redi.data.preprocess import Options, preprocess
+row = json.loads(sys.argv[3])
+size = int(sys.argv[4])
+with open(sys.argv[2] + "/raw.jsonl", "w") as f:
+    for i in range(3):
+        f.write(json.dumps(dict(row, problem=f"Compute {i}+1.")) + "\n")
+    if size:
+        f.write(json.dumps(dict(row, generations=["good", "x" * size])) + "\n")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+report = preprocess([sys.argv[2] + "/raw.jsonl"], sys.argv[2] + "/out", Options(tokenizer=sys.argv[1]), progress=False)
+print(json.dumps({"grew_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                  "dropped": report["dropped"], "pairs": report["pairs"]}))
+'''
+
+
+def test_a_huge_generation_is_refused_without_tokenising_it(tiny_tokenizer_dir, tmp_path):
+    """Memory stays bounded by the limits whatever a row holds: a 50 MB generation (whose
+    tokenisation would take gigabytes) adds no more than its own text to the peak."""
+    import subprocess
+    import sys
+
+    runs = {}
+    for size in (0, 50 * 2**20):
+        work = tmp_path / str(size)
+        work.mkdir()
+        done = subprocess.run([sys.executable, "-c", HUGE_ROW, tiny_tokenizer_dir, str(work), json.dumps(row()), str(size)],
+                              capture_output=True, text=True, check=True)
+        runs[size] = json.loads(done.stdout.strip().splitlines()[-1])
+    huge = runs[50 * 2**20]
+    assert huge["dropped"] == {"response_too_long": 1} and huge["pairs"] == 3
+    # the line, its parsed string and the row's copies in the batch: a few times 50 MB, not gigabytes
+    assert huge["grew_mib"] - runs[0]["grew_mib"] < 400, runs

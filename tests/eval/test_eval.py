@@ -95,3 +95,16 @@ def _tp_generation(path):
 
 def test_tp2_generation_equals_tp1(tiny_checkpoint):
     run_ranks(2, _tp_generation, tiny_checkpoint(num_kv_heads=1))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'[1, 2]\n', "line 1: a JSON list, not an object"),
+    (b'{"problem": 7, "answer": "1"}\n', "line 1: field 'problem' is missing or not a non-empty string"),
+    (b'{"problem": "p", "answer": "1"}\n{"problem": "\xff", "answer": "2"}\n', "line 2: not UTF-8"),
+    (b'{"problem": "p", "answer": true}\n', "line 1: field 'answer'"),
+])
+def test_malformed_benchmark_lines_are_named(tmp_path, content, message):
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(BenchmarkError, match=message):
+        load_benchmark(str(path))
