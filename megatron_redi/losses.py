@@ -29,9 +29,12 @@ from .batch import Pairs
 from .config import check_choices, choice
 
 LOSS_TYPES = ("redi", "symmetric", "dpo", "simpo", "sft")
+# Each loss's own defaults are the paper's best configuration of it (Appendix C.4); no loss takes
+# another's: DPO's beta 0.001 (lr 2e-7), SimPO's beta 2 and gamma 1 (lr 5e-7), REDI's alpha 0.8.
+REDI_ALPHA, DPO_BETA, SIMPO_BETA, SIMPO_GAMMA = 0.8, 0.001, 2.0, 1.0
 
 
-def redi(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, alpha: float = 0.8):
+def redi(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, alpha: float = REDI_ALPHA):
     return -chosen_logps / chosen_lengths + alpha * rejected_logps / rejected_lengths
 
 
@@ -43,14 +46,14 @@ def _smoothed_sigmoid_loss(logits, label_smoothing: float):
     return -F.logsigmoid(logits) * (1 - label_smoothing) - F.logsigmoid(-logits) * label_smoothing
 
 
-def simpo(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, beta: float = 2.0,
-          gamma: float = 1.0, label_smoothing: float = 0.0):
+def simpo(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, beta: float = SIMPO_BETA,
+          gamma: float = SIMPO_GAMMA, label_smoothing: float = 0.0):
     margin = chosen_logps / chosen_lengths - rejected_logps / rejected_lengths
     return _smoothed_sigmoid_loss(beta * margin - gamma, label_smoothing)
 
 
 def dpo(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, ref_chosen_logps,
-        ref_rejected_logps, beta: float = 0.1, label_smoothing: float = 0.0):
+        ref_rejected_logps, beta: float = DPO_BETA, label_smoothing: float = 0.0):
     # lengths are unused: DPO compares sums; kept in the signature so every pairwise loss is called alike
     logits = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)
     return _smoothed_sigmoid_loss(beta * logits, label_smoothing)
@@ -64,14 +67,16 @@ def sft(logps, lengths, per_sequence_mean: bool = False):
 @dataclass(frozen=True)
 class LossConfig:
     type: str = choice("redi", LOSS_TYPES)
-    alpha: float = 0.8  # REDI: weight of the rejected trace's normalised log-prob, in [0, 1]
-    beta: float = 0.1  # DPO / SimPO inverse temperature
-    gamma: float = 1.0  # SimPO target margin
+    alpha: float = REDI_ALPHA  # REDI: weight of the rejected trace's normalised log-prob, in [0, 1]
+    beta: float | None = None  # DPO / SimPO inverse temperature (default: the loss's own, DPO 0.001, SimPO 2)
+    gamma: float = SIMPO_GAMMA  # SimPO target margin
     label_smoothing: float = 0.0  # DPO / SimPO
     per_sequence_mean: bool = False  # SFT: average per sequence instead of per token
 
     def __post_init__(self):
         check_choices(self)
+        if self.beta is None and self.type in ("dpo", "simpo"):
+            object.__setattr__(self, "beta", DPO_BETA if self.type == "dpo" else SIMPO_BETA)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.type in ("dpo", "simpo") and self.beta <= 0:

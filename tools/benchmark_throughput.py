@@ -68,7 +68,7 @@ def ours(cfg, args, device, dtype):
     torch.manual_seed(0)
     model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=args.recompute)
     master = MasterParams(model, parallel)
-    loss_cfg = LossConfig(type=args.loss, beta=2.0 if args.loss == "simpo" else 0.1)
+    loss_cfg = LossConfig(type=args.loss)  # each loss with its own (the paper's) defaults
     mb = make_batch(cfg, args.seq_len, args.prompt_len, args.loss == "sft", device)
     if args.loss == "dpo":  # reference sums carried by the batch, as the pre-pass provides them
         mb = dataclasses.replace(mb, ref_logps=torch.zeros(mb.num_seqs))

@@ -25,14 +25,19 @@ def main(argv=None) -> int:
                    help="files, globs, saved datasets directories, or hub:OWNER/NAME[:SPLIT]")
     p.add_argument("--tokenizer", required=True, help="an HF tokenizer directory (with a chat template)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--max-prompt-tokens", type=int, default=800)
-    p.add_argument("--max-response-tokens", type=int, default=19000)
-    p.add_argument("--max-sft-tokens", type=int, default=32768)
-    p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"])
+    p.add_argument("--max-prompt-tokens", type=int, default=800, help="pairs: longest prompt (default: %(default)s)")
+    p.add_argument("--max-response-tokens", type=int, default=19000,
+                   help="pairs: longest chosen or rejected response (default: %(default)s)")
+    p.add_argument("--max-sft-tokens", type=int, default=32768,
+                   help="SFT: longer sequences are truncated to it (default: %(default)s)")
+    p.add_argument("--drop-long-sft", action="store_true", help="drop SFT sequences over the limit instead")
+    p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"], help="(default: %(default)s)")
     p.add_argument("--correctness", choices=["both", "either"], default="both",
                    help="a trace is correct when both verifiers (default) or either says so")
-    p.add_argument("--no-shuffle", action="store_true", help="choose in the generations' own order")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle-generations", action="store_true",
+                   help="visit each row's generations in a seeded random order before choosing (a departure "
+                        "from the paper, which takes the first correct and first incorrect in the row's order)")
+    p.add_argument("--seed", type=int, default=0, help="for --shuffle-generations (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     p.add_argument("--overwrite", action="store_true")
@@ -41,14 +46,15 @@ def main(argv=None) -> int:
     opts = Options(tokenizer=args.tokenizer, max_prompt_tokens=args.max_prompt_tokens,
                    max_response_tokens=args.max_response_tokens, max_sft_tokens=args.max_sft_tokens,
                    exclude_sources=tuple(args.exclude_sources), seed=args.seed, correctness=args.correctness,
-                   shuffle=not args.no_shuffle, strict=args.strict)
+                   shuffle_generations=args.shuffle_generations, drop_long_sft=args.drop_long_sft,
+                   strict=args.strict)
     try:
         report = preprocess(args.input, args.output_dir, opts, workers=args.workers, overwrite=args.overwrite,
                             progress=not args.no_progress)
     except (RawDataError, StrictModeError, OutputExistsError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: report[k] for k in ("rows_read", "sft_rows", "pairs", "dropped")}))
+    print(json.dumps({k: v for k, v in report.items() if k != "lengths"}))
     return 0
 
 

@@ -7,18 +7,21 @@ The rules, after the paper's Section 3.1 and its reference implementation:
 - a generation is correct when both verifiers say so (``llama_verification`` and
   ``math_verify_reparsed_answer``; ``--correctness either`` accepts one), otherwise incorrect;
   empty generations are never chosen;
-- the generations of a row are visited in a seeded random order (the reference shuffles before
-  choosing); D_SFT takes the first correct one, D_Pref the first correct and the first incorrect;
+- D_SFT takes the first correct generation of a row, in the row's own order, and D_Pref the first
+  correct and the first incorrect one, as the reference did (its seeded shuffle reorders rows, which
+  changes no choice); ``shuffle_generations`` visits them in a seeded random order instead, a
+  departure from the paper;
 - the prompt is the tokenizer's chat template applied to the problem (its default system prompt
   included) with the assistant turn opened; the response is the generation, the template's
   end-of-turn text and EOS; only response tokens are trained on;
 - length limits after templating: pairs with a prompt over 800 tokens or either response over
-  19,000 are dropped; SFT sequences over 32,768 tokens in all are dropped.
+  19,000 are dropped (the paper's filter, on pairs only); SFT sequences over 32,768 tokens in all
+  are truncated to it, as the reference's trainer did (``drop_long_sft`` drops them instead).
 
 Output (``data/dataset.py`` reads it): ``sft/`` and ``pairs/``, each a flat ``tokens.bin`` (uint32)
 and an ``items.npy`` table (offsets, lengths, provenance); ``meta.json`` (source names, options); and
-``report.json`` with ``rows_read``, ``sft_rows``, ``pairs``, ``dropped`` (reason -> rows) and length
-percentiles; and ``tokenizer/``, a copy of the tokenizer the ids belong to. The directory appears
+``report.json`` with ``rows_read``, ``sft_rows``, ``sft_truncated``, ``pairs_before_length_filter``,
+``pairs``, ``dropped`` (reason -> rows) and length percentiles; and ``tokenizer/``, a copy of the tokenizer the ids belong to. The directory appears
 only when complete.
 """
 
@@ -60,7 +63,12 @@ class Options:
     exclude_sources: tuple[str, ...] = ("cn_k12",)
     seed: int = 0
     correctness: str = "both"  # both | either
-    shuffle: bool = True
+    # The reference takes the first accepted and the first rejected generation in the row's own
+    # order (its seeded shuffle reorders rows, which changes no choice). True visits each row's
+    # generations in a seeded random order instead: a departure from the paper.
+    shuffle_generations: bool = False
+    # The reference's trainer truncates SFT sequences to the limit; True drops them instead.
+    drop_long_sft: bool = False
     strict: bool = False
 
 
@@ -114,7 +122,7 @@ def choose(record: dict, row_key: int, opts: Options) -> tuple[list[str], int | 
 
     combine = all if opts.correctness == "both" else any
     order = list(range(len(gens)))
-    if opts.shuffle:
+    if opts.shuffle_generations:
         random.Random(opts.seed * 1_000_003 + row_key).shuffle(order)
     usable = [i for i in order if gens[i].strip()]
     chosen = next((i for i in usable if combine(lab[i] for lab in labels)), None)
@@ -176,6 +184,13 @@ class Templater:
         ids = self._ids(text + self.end_of_turn)
         return ids if ids and ids[-1] == self.tok.eos_token_id else ids + [self.tok.eos_token_id]
 
+    def response_prefix(self, text: str, max_tokens: int) -> list[int]:
+        """The first ``max_tokens`` ids of a response too long to keep whole (no end-of-turn, no
+        EOS: it is cut). Only a prefix of the text that certainly holds them is tokenised; a word
+        cut at that prefix's end can change only the ids after it, which are beyond the limit
+        unless that one word alone spans more tokens than the rest of the prefix."""
+        return self._ids(text[:max_tokens * self.max_chars_per_token])[:max_tokens]
+
 
 _worker: dict = {}
 
@@ -198,23 +213,26 @@ def _process(batch: list[tuple[int, int, dict]]) -> list[dict]:
             continue
         res["drop"] = reasons
         if c is not None:
-            cap = opts.max_sft_tokens  # no sequence is kept beyond it: longer texts are not tokenised
+            cap = opts.max_sft_tokens  # no sequence is kept beyond it: longer texts are not tokenised whole
             prompt = templater.prompt(record["problem"], cap)
-            chosen = templater.response(record["generations"][c], cap)
-            if prompt is None or chosen is None:
+            if prompt is None or len(prompt) >= cap:  # not even one response token would fit
                 res["drop"].append("sft_too_long")
                 if r is not None:
-                    res["drop"].append("prompt_too_long" if prompt is None else "response_too_long")
+                    res["drop"].append("prompt_too_long")
                 out.append(res)
                 continue
-            res.update(source=record["source"], prompt=prompt, chosen=chosen, chosen_gen=c)
-            if len(prompt) + len(chosen) > opts.max_sft_tokens:
+            chosen = templater.response(record["generations"][c], cap)
+            long_chosen = chosen is None or len(prompt) + len(chosen) > cap
+            if long_chosen and opts.drop_long_sft:
                 res["drop"].append("sft_too_long")
-            if r is not None:
+            elif long_chosen:  # truncated to the limit, as the reference's trainer did
+                res["sft_response"] = templater.response_prefix(record["generations"][c], cap - len(prompt))
+            res.update(source=record["source"], prompt=prompt, chosen=chosen, chosen_gen=c, pair_candidate=r is not None)
+            if r is not None:  # the paper's length filter, on pairs only
                 rejected = templater.response(record["generations"][r], opts.max_response_tokens)
                 if len(prompt) > opts.max_prompt_tokens:
                     res["drop"].append("prompt_too_long")
-                elif rejected is None or max(len(chosen), len(rejected)) > opts.max_response_tokens:
+                elif chosen is None or rejected is None or max(len(chosen), len(rejected)) > opts.max_response_tokens:
                     res["drop"].append("response_too_long")
                 else:
                     res.update(rejected=rejected, rejected_gen=r)
@@ -301,7 +319,10 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
                     continue
                 src = sources.setdefault(res["source"], len(sources))
                 if "sft_too_long" not in res["drop"]:
-                    sft.add([res["prompt"], res["chosen"]], (src, res["file"], res["row"], res["chosen_gen"]))
+                    sft.add([res["prompt"], res.get("sft_response", res["chosen"])],
+                            (src, res["file"], res["row"], res["chosen_gen"]))
+                    counts["sft_truncated"] += "sft_response" in res
+                counts["pairs_before_length_filter"] += res["pair_candidate"]
                 if "rejected" in res:
                     pairs.add([res["prompt"], res["chosen"], res["rejected"]],
                               (src, res["file"], res["row"], res["chosen_gen"], res["rejected_gen"]))
@@ -331,6 +352,8 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
         report = {
             "rows_read": counts["rows_read"],
             "sft_rows": len(sft_items),
+            "sft_truncated": counts["sft_truncated"],
+            "pairs_before_length_filter": counts["pairs_before_length_filter"],
             "pairs": len(pair_items),
             "dropped": dict(sorted(dropped.items())),
             "lengths": {

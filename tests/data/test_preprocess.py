@@ -18,7 +18,7 @@ def row(gens=("good", "bad"), llama=(True, False), mv=(True, False), valid="Yes"
                             "math_verify_reparsed_answer": list(mv)}}
 
 
-OPTS = Options(tokenizer="unused", shuffle=False)
+OPTS = Options(tokenizer="unused")
 
 
 @pytest.mark.parametrize("record,expected", [
@@ -41,16 +41,37 @@ def test_selection_rules(record, expected):
 
 def test_either_rule_accepts_one_verifier():
     record = row(gens=("a", "b"), llama=(True, False), mv=(False, False))
-    assert choose(record, 0, Options(tokenizer="unused", shuffle=False, correctness="either")) == ([], 0, 1)
+    assert choose(record, 0, Options(tokenizer="unused", correctness="either")) == ([], 0, 1)
     assert choose(record, 0, OPTS)[1] is None
 
 
-def test_seeded_shuffle_picks_deterministically():
-    record = row(gens=[f"g{i}" for i in range(8)], llama=[True] * 4 + [False] * 4, mv=[True] * 4 + [False] * 4)
-    picks = {choose(record, key, Options(tokenizer="unused", seed=0))[1:] for key in range(20)}
-    assert len(picks) > 1  # different rows visit generations in different orders
-    assert all(c < 4 <= r for c, r in picks)
-    assert choose(record, 5, Options(tokenizer="unused")) == choose(record, 5, Options(tokenizer="unused"))
+def test_the_paper_s_choice_is_the_first_correct_and_first_incorrect_in_row_order():
+    # 8 generations, correct ones at 2, 5, 6 and incorrect at 0, 1, 3, 4, 7: the reference takes 2 and 0
+    correct = [False, False, True, False, False, True, True, False]
+    record = row(gens=[f"g{i}" for i in range(8)], llama=correct, mv=correct)
+    assert [choose(record, key, OPTS)[1:] for key in range(20)] == [(2, 0)] * 20
+    shuffled = {choose(record, key, Options(tokenizer="unused", shuffle_generations=True))[1:] for key in range(20)}
+    assert len(shuffled) > 1 and shuffled != {(2, 0)}  # the opt-in departure chooses otherwise
+    assert all(correct[c] and not correct[r] for c, r in shuffled)
+    again = Options(tokenizer="unused", shuffle_generations=True)
+    assert choose(record, 5, again) == choose(record, 5, again)  # seeded
+
+
+def test_end_to_end_choice_follows_the_row_order(tiny_tokenizer_dir, tmp_path):
+    """Hand-made rows where a shuffled visit would choose other generations: the output holds the
+    first correct and the first incorrect generation of each row."""
+    correct = [False, True, False, True, True]
+    records = [row(problem=f"Compute {i}+1.", gens=[f"answer {i} number {j}" for j in range(5)], llama=correct,
+                   mv=correct) for i in range(6)]
+    _write(tmp_path / "a.jsonl", records)
+    report = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), Options(tokenizer=tiny_tokenizer_dir),
+                        progress=False)
+    items = TokenizedData(str(tmp_path / "out")).pairs.items
+    assert report["pairs"] == 6 and set(items["chosen_gen"]) == {1} and set(items["rejected_gen"]) == {0}
+    other = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "shuffled"),
+                       Options(tokenizer=tiny_tokenizer_dir, shuffle_generations=True), progress=False)
+    moved = TokenizedData(str(tmp_path / "shuffled")).pairs.items
+    assert other["pairs"] == 6 and (set(moved["chosen_gen"]) != {1} or set(moved["rejected_gen"]) != {0})
 
 
 @pytest.mark.parametrize("record,reason", [
@@ -91,7 +112,7 @@ def test_end_to_end_outputs_and_report(tiny_tokenizer_dir, tmp_path):
     records += [dict(row(), correctness={"llama_verification": [True], "math_verify_reparsed_answer": [True, False]})]
     records += [row(gens=("x" * 300, "bad"), problem="Long one.")]  # a long chosen trace
     _write(tmp_path / "a.jsonl", records, extra_lines=["{not json"])
-    opts = Options(tokenizer=tiny_tokenizer_dir, shuffle=False, max_response_tokens=100)
+    opts = Options(tokenizer=tiny_tokenizer_dir, max_response_tokens=100)
     report = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), opts, progress=False)
     assert report["rows_read"] == 10
     assert report["sft_rows"] == 7  # 5 plain + the all-correct row + the long one
@@ -268,3 +289,25 @@ def test_a_huge_generation_is_refused_without_tokenising_it(tiny_tokenizer_dir, 
     assert huge["dropped"] == {"response_too_long": 1} and huge["pairs"] == 3
     # the line, its parsed string and the row's copies in the batch: a few times 50 MB, not gigabytes
     assert huge["grew_mib"] - runs[0]["grew_mib"] < 400, runs
+
+
+def test_long_sft_sequences_are_truncated_by_default_and_every_stage_is_counted(tiny_tokenizer_dir, tmp_path):
+    long = " ".join(f"step {i}" for i in range(200))
+    records = [row(problem="Compute 1+1."), row(problem="Compute 2+1.", gens=(long, "bad")),
+               row(problem="Compute 3+1.", gens=("good", long))]
+    _write(tmp_path / "a.jsonl", records)
+    opts = Options(tokenizer=tiny_tokenizer_dir, max_sft_tokens=60, max_response_tokens=50)
+    report = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out"), opts, progress=False)
+    assert (report["rows_read"], report["sft_rows"], report["sft_truncated"]) == (3, 3, 1)
+    assert (report["pairs_before_length_filter"], report["pairs"]) == (3, 1)
+    assert report["dropped"] == {"response_too_long": 2}
+    sft = TokenizedData(str(tmp_path / "out")).sft
+    t = Templater(tiny_tokenizer_dir)
+    cut = sft[1]
+    assert len(cut.tokens) == 60 and cut.tokens[:cut.prompt_len].tolist() == t.prompt("Compute 2+1.")
+    assert cut.tokens[cut.prompt_len:].tolist() == t.response(long)[:60 - cut.prompt_len]  # the start, no EOS
+    dropped = preprocess([str(tmp_path / "a.jsonl")], str(tmp_path / "out2"),
+                         Options(tokenizer=tiny_tokenizer_dir, max_sft_tokens=60, max_response_tokens=50,
+                                 drop_long_sft=True), progress=False)
+    assert (dropped["sft_rows"], dropped["sft_truncated"]) == (2, 0)
+    assert dropped["dropped"] == {"response_too_long": 2, "sft_too_long": 1}

@@ -183,3 +183,10 @@ def _data_parallel_check():
 
 def test_data_parallel_sum_equals_global_mean():
     run_ranks(2, _data_parallel_check)
+
+
+def test_each_loss_takes_its_own_paper_defaults():
+    assert L.LossConfig(type="dpo").beta == 0.001
+    assert (L.LossConfig(type="simpo").beta, L.LossConfig(type="simpo").gamma) == (2.0, 1.0)
+    assert L.LossConfig().alpha == 0.8 and L.LossConfig().beta is None  # REDI has no beta
+    assert L.LossConfig(type="dpo", beta=0.1).beta == 0.1  # an explicit value wins
