@@ -1,6 +1,6 @@
 """The trainer's configuration: one small dataclass per section of the YAML file.
 
-    python -m megatron_redi.train --config examples/configs/redi_1.5b.yaml --optim.lr 2e-6
+    python -m megatron_redi.train --config examples/configs/paper/qwen2.5-math-1.5b_redi.yaml --optim.lr 2e-6
 
 A YAML file (read with ``yaml.safe_load``: no code runs) gives the sections below; ``--section.key
 value`` overrides any field (values parsed as YAML scalars). Unknown sections or keys are errors.
