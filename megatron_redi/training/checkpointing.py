@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import OutputExistsError, check_output, publish
 from ..checkpoint.hf_mapping import CheckpointError, name_table
 from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, NativeCheckpointReader,
-                                 copy_side_files, rank_file)
+                                 copy_side_files, rank_file, write_native)
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
 from ..config import ModelConfig
 from ..parallel import ParallelState
@@ -87,11 +87,12 @@ def _all_ranks(parallel: ParallelState, ok: bool) -> bool:
 
 
 def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master: dict[str, torch.Tensor],
-         optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None, keep: int) -> str:
+         optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None, keep: int,
+         keep_weights: bool = True) -> str:
     """Write ``step_N`` whole or not at all: every rank writes its files into ``.step_N.tmp``, rank 0
-    publishes it with a rename once all succeeded, then drops all but the newest ``keep``. A failure
-    on any rank (a full disk) removes the temporary directory and leaves older checkpoints as they
-    were."""
+    publishes it with a rename once all succeeded. Beyond the newest ``keep``, checkpoints keep only
+    their weights (``keep_weights``) or are removed. A failure on any rank (a full disk) removes the
+    temporary directory and leaves older checkpoints as they were."""
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".step_{step:08d}.tmp")
     error = None
@@ -124,13 +125,38 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             error = e
         if error is None:
             for _, old in checkpoint_dirs(root)[keep:]:
-                shutil.rmtree(old, ignore_errors=True)
+                if keep_weights:
+                    keep_weights_only(old)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
     if not _all_ranks(parallel, error is None):
         if parallel.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "
                               "nothing of it was kept, and the older checkpoints are intact")
     return final
+
+
+def is_resumable(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "training"))
+
+
+def keep_weights_only(path: str, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Replace a whole checkpoint by its weights in ``dtype``: a native checkpoint that the evaluator,
+    the converter and from_pretrained read (half the bytes of the fp32 master weights, no AdamW
+    moments), no longer resumable. Written beside it and renamed over it."""
+    if not is_resumable(path):
+        return
+    reader = NativeCheckpointReader(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.weights.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    copy_side_files(path, tmp)
+    step = reader.metadata.get("training_step")
+    write_native(reader, reader.cfg, tmp, reader.tp_size, dtype, {"training_step": step, "weights_only": True},
+                 progress=False)
+    del reader
+    publish(tmp, path)
 
 
 def _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1):
@@ -176,7 +202,10 @@ def _optim_file(path, parallel, state):
 def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | None:
     """The newest checkpoint that validates on every rank, or None; newer broken ones are skipped
     with a warning."""
-    for step, path in checkpoint_dirs(root):
+    found = checkpoint_dirs(root)
+    for step, path in found:
+        if not is_resumable(path):  # weights kept for evaluation only
+            continue
         try:
             state = validate(path, parallel)
             ok = 1
@@ -192,6 +221,9 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
         if parallel.rank == 0:
             warnings.warn(f"checkpoint {path} is incomplete or damaged ({error if not ok else 'on another rank'}); "
                           "falling back to an older one")
+    if found:  # starting over would write over them
+        raise CheckpointError(f"{root}: none of its {len(found)} checkpoints can be resumed (damaged, or weights "
+                              "only); move them away or choose another train.output_dir to start over")
     return None
 
 

@@ -98,7 +98,8 @@ class TrainSection:
 @dataclass
 class CheckpointSection:
     every: int = 0  # steps between checkpoints (0: only at the end)
-    keep: int = 3  # newest checkpoints kept
+    keep: int = 3  # newest checkpoints kept whole (weights and training state: resumable)
+    keep_weights: bool = True  # older ones keep their weights (bf16, no training state) for picking the best step
     resume: bool = True  # continue from the newest good checkpoint in output_dir (false: output_dir must hold none)
 
 

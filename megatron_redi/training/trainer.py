@@ -224,7 +224,7 @@ class Trainer:
         side = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
         return checkpointing.save(self.ckpt_root, self.step, self.model.cfg, self.parallel,
                                   self.master.master_tensors(), self.master.state_tensors(), self.cfg.parallel.zero1,
-                                  self._state(), side, self.cfg.checkpoint.keep)
+                                  self._state(), side, self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_weights)
 
     def evaluate(self) -> dict:
         """pass@1 (and its SEM) on the held-out benchmark, with the model as it is now."""

@@ -183,3 +183,38 @@ def test_zero1_run_killed_and_resumed_on_two_dp_ranks_reproduces_bit_for_bit(tin
     # each DP rank saved its own slice of the AdamW moments; the rerun takes them back
     run_ranks(2, _run, data, model, tmp_path / "cut", *zero1, "--train.max_steps", "6")
     assert_resumed_run_equals_full_run(tmp_path, ("loss", "grad_norm", "update_norm", "logps/chosen"))
+
+
+def test_older_checkpoints_keep_their_weights_for_picking_the_best_step(tiny_run_inputs, tmp_path):
+    from megatron_redi.checkpoint.native import NativeCheckpointReader
+    from megatron_redi.model import from_pretrained
+
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path / "run", "--train.max_steps", "6", "--checkpoint.every", "2",
+                   "--checkpoint.keep", "1")).run()
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(root)) == ["step_00000002", "step_00000004", "step_00000006"]
+    assert (root / "step_00000006" / "training" / "state.json").exists()  # the newest: whole
+    for step in (2, 4):
+        path = root / f"step_{step:08d}"
+        assert not (path / "training").exists()
+        reader = NativeCheckpointReader(str(path))
+        assert reader.dtype == torch.bfloat16 and reader.metadata["weights_only"]
+        assert reader.metadata["training_step"] == step
+        from_pretrained(str(path))  # what the evaluator loads
+    whole = Trainer(config(data, model, tmp_path / "run", "--train.max_steps", "8"))
+    assert whole.step == 6  # resumption takes the whole one
+
+    Trainer(config(data, model, tmp_path / "lean", "--train.max_steps", "6", "--checkpoint.every", "2",
+                   "--checkpoint.keep", "1", "--checkpoint.keep_weights", "false")).run()
+    assert os.listdir(tmp_path / "lean" / "checkpoints") == ["step_00000006"]
+
+
+def test_only_weights_left_is_not_silently_restarted_over(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path, "--train.max_steps", "4", "--checkpoint.every", "2",
+                   "--checkpoint.keep", "1")).run()
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000004")
+    with pytest.raises(Exception, match="none of its 1 checkpoints can be resumed"):
+        Trainer(config(data, model, tmp_path, "--train.max_steps", "4"))
+    assert (tmp_path / "checkpoints" / "step_00000002").exists()
