@@ -66,7 +66,7 @@ def sft(logps, lengths, per_sequence_mean: bool = False):
 
 @dataclass(frozen=True)
 class LossConfig:
-    type: str = choice("redi", LOSS_TYPES)
+    type: str = choice("redi", LOSS_TYPES)  # symmetric: REDI with alpha 1; sft for stage 1
     alpha: float = REDI_ALPHA  # REDI: weight of the rejected trace's normalised log-prob, in [0, 1]
     beta: float | None = None  # DPO / SimPO inverse temperature (default: the loss's own, DPO 0.001, SimPO 2)
     gamma: float = SIMPO_GAMMA  # SimPO target margin

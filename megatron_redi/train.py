@@ -1,7 +1,11 @@
-"""Train: ``python -m megatron_redi.train --config FILE.yaml [--export-hf DIR] [--section.key value ...]``
+"""Train: python -m megatron_redi.train --config FILE.yaml [--export-hf DIR] [--section.key value ...]
 
-Launch with torchrun for several processes or nodes (examples/ has single-node, tiny CPU and
-SLURM launchers). Stages: ``sft`` (stage 1) and ``pairwise`` with loss redi | symmetric | dpo | simpo.
+Launch with torchrun for several processes or nodes (examples/launch.sh on a node,
+examples/slurm_redi.sbatch over several; examples/configs/paper/ holds the paper's runs). Stages:
+sft (stage 1) and pairwise with loss.type redi | symmetric | dpo | simpo. Values on the command line
+override the YAML file's; --print-config shows the resolved configuration and exits.
+Exit codes: 0 done, 2 bad input (named), 3 stopped (a signal: resume with the same command; the
+collapse alarm with collapse.stop; too many non-finite steps).
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ from __future__ import annotations
 import os
 import sys
 
+import yaml
+
 from .atomic import OutputExistsError
 from .checkpoint.hf_mapping import CheckpointError
 from .config import ConfigError
 from .data import DatasetError
 from .parallel import LayoutError
 from .training import TrainConfigError, TrainingStopped, load_config, train
+from .training.config import describe, to_dict
 
 
 def main(argv=None) -> int:
@@ -22,9 +29,11 @@ def main(argv=None) -> int:
     # Growable allocator segments: micro-batches of varying length fragment fixed ones (the
     # CUDA allocator reads this at its first allocation, which comes later).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__ + "\nSections and keys (type or choices, default, meaning):\n\n" + describe())
         return 0
+    print_config = "--print-config" in argv
+    argv = [a for a in argv if a != "--print-config"]
     config = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -36,6 +45,9 @@ def main(argv=None) -> int:
     argv = ["--train.export_hf" if a == "--export-hf" else a for a in argv]  # the short spelling
     try:
         cfg = load_config(config, argv)
+        if print_config:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
         checkpoint = train(cfg)
     except (TrainConfigError, ConfigError, CheckpointError, DatasetError, LayoutError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # bottom to top; a unit may import from its own layer's package and from lower layers
 LAYERS = [
-    {"config", "atomic", "batch"},
+    {"config", "atomic", "batch", "cli"},
     {"ops"},  # kernels and their references: no communication
     {"parallel"},  # groups, the TP layout, collectives, TP layers and autograd Functions
     {"checkpoint"},

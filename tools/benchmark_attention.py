@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from benchmark_throughput import median_time  # tools/ is on the path of a script run from it
 from megatron_redi.batch import SeqBoundaries
 from megatron_redi.model.attention import attention_sdpa, attention_varlen, varlen_available
+from megatron_redi.cli import HelpFormatter
 
 
 def per_sequence(q, k, v, seqs):
@@ -77,7 +78,7 @@ def measure(run, leaves, want, device, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seq-lens", default="8192,8192", help="lengths of the packed sequences")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--kv-heads", type=int, default=2)

@@ -10,7 +10,7 @@
 For each path: forward + backward time, extra memory (CUDA: peak allocated beyond the inputs and
 the gradients dX, dW; CPU: the process's peak RSS), and the gradients' relative errors against an
 fp32 computation of the same inputs, ||g - g32|| / ||g32||, for dW and dX. The fused paths
-accumulate dW into an fp32 ``main_grad`` as the trainer does; dX is returned in the activation
+accumulate dW into an fp32 main_grad as the trainer does; dX is returned in the activation
 dtype, so in bf16 its error cannot fall below the rounding of bf16 itself (about 1.1e-3). Paths:
 
     naive          bf16 logits [t, V], fp32 log_softmax, gather (what a plain PyTorch user writes)
@@ -30,6 +30,7 @@ import torch
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
+from megatron_redi.cli import HelpFormatter
 
 
 def make_inputs(tokens, hidden, vocab, seqs, dtype, device, seed=0):
@@ -92,7 +93,7 @@ def measure(fn, inputs, n, repeats, reference):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--hidden", type=int, default=1536)
     p.add_argument("--vocab", type=int, default=151936)

@@ -44,6 +44,7 @@ from megatron_redi.training.config import OptimSection
 from megatron_redi.training.metrics import step_flops
 from megatron_redi.training.optimizer import MasterParams
 from megatron_redi.training.step import forward_backward, optimizer_step
+from megatron_redi.cli import HelpFormatter
 
 
 class Timer:
@@ -284,7 +285,7 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=sorted(PRESETS))
     src.add_argument("--hf-config", help="an HF config.json (or its directory)")

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from megatron_redi.data.raw import RawDataError, count_rows, expand_inputs, read_rows
 from megatron_redi.eval.runner import BenchmarkError, load_benchmark
+from megatron_redi.cli import HelpFormatter
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -67,7 +68,7 @@ def decontaminate(inputs: list[str], benchmarks: list[str], n: int = 8, progress
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="training rows: files, globs or saved datasets")
     p.add_argument("--benchmark", nargs="+", required=True, help="benchmark JSONL files with a 'problem' field")
     p.add_argument("--output", required=True, help="the JSON report")

@@ -26,10 +26,11 @@ from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
 from megatron_redi.eval.runner import PROMPT_STYLES
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize
+from megatron_redi.cli import HelpFormatter
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--benchmark", required=True)
     p.add_argument("--samples", type=int, default=1)

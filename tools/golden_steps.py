@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+from megatron_redi.cli import HelpFormatter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERIES = {"sft": ("loss", "grad_norm", "update_norm"),
           "redi": ("loss", "logps/chosen_mean", "logps/rejected_mean", "grad_norm", "update_norm")}
@@ -102,12 +104,12 @@ def compare(got: dict, want: dict, tolerance: float) -> bool:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output", required=True, help="JSON file for the values of this run")
     p.add_argument("--compare", help="a recorded JSON file to compare with")
-    p.add_argument("--tolerance", type=float, default=0.0, help="largest difference accepted (default: %(default)s)")
-    p.add_argument("--sft-steps", type=int, default=20, help="(default: %(default)s)")
-    p.add_argument("--redi-steps", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="largest difference accepted")
+    p.add_argument("--sft-steps", type=int, default=20)
+    p.add_argument("--redi-steps", type=int, default=10)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="golden_") as work:
         values = record(work, args.sft_steps, args.redi_steps)

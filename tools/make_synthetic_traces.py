@@ -13,10 +13,11 @@ import os
 
 from megatron_redi.data import synthetic
 from megatron_redi.fixtures import make_tiny_tokenizer
+from megatron_redi.cli import HelpFormatter
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--benchmark-problems", type=int, default=200)

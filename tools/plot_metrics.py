@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from megatron_redi.cli import HelpFormatter
 
 PANELS = [("eval/pass@1", "eval pass@1"), ("logps/chosen_mean", "chosen LogPS"),
           ("logps/rejected_mean", "rejected LogPS"), ("update_norm", "update size ||Δθ||")]
@@ -53,7 +54,7 @@ def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> li
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     p.add_argument("--labels", nargs="*", help="one label per run (default: directory names)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over this many steps")

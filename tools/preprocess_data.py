@@ -17,27 +17,28 @@ import sys
 from megatron_redi.atomic import OutputExistsError
 from megatron_redi.data.preprocess import Options, StrictModeError, preprocess
 from megatron_redi.data.raw import RawDataError
+from megatron_redi.cli import HelpFormatter
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
                    help="files, globs, saved datasets directories, or hub:OWNER/NAME[:SPLIT]")
     p.add_argument("--tokenizer", required=True, help="an HF tokenizer directory (with a chat template)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--max-prompt-tokens", type=int, default=800, help="pairs: longest prompt (default: %(default)s)")
+    p.add_argument("--max-prompt-tokens", type=int, default=800, help="pairs: longest prompt")
     p.add_argument("--max-response-tokens", type=int, default=19000,
-                   help="pairs: longest chosen or rejected response (default: %(default)s)")
+                   help="pairs: longest chosen or rejected response")
     p.add_argument("--max-sft-tokens", type=int, default=32768,
-                   help="SFT: longer sequences are truncated to it (default: %(default)s)")
+                   help="SFT: longer sequences are truncated to it")
     p.add_argument("--drop-long-sft", action="store_true", help="drop SFT sequences over the limit instead")
-    p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"], help="(default: %(default)s)")
+    p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"],)
     p.add_argument("--correctness", choices=["both", "either"], default="both",
                    help="a trace is correct when both verifiers (default) or either says so")
     p.add_argument("--shuffle-generations", action="store_true",
                    help="visit each row's generations in a seeded random order before choosing (a departure "
                         "from the paper, which takes the first correct and first incorrect in the row's order)")
-    p.add_argument("--seed", type=int, default=0, help="for --shuffle-generations (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="for --shuffle-generations")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     p.add_argument("--overwrite", action="store_true")

@@ -10,6 +10,7 @@ its SEM and pass@k, in percent; --output also writes it to a file.
 import argparse
 import json
 import sys
+from megatron_redi.cli import HelpFormatter
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
@@ -23,7 +24,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("entries", nargs="+", help="LABEL=SUMMARY.json")
     p.add_argument("--output")
     args = p.parse_args(argv)

@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+from megatron_redi.cli import HelpFormatter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
@@ -80,7 +81,7 @@ esac
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="the config every run starts from")
     p.add_argument("--model", default=os.environ.get("MODEL"), help="the starting checkpoint (default: $MODEL)")
     p.add_argument("--data", default=os.environ.get("DATA"), help="preprocessed data (default: $DATA)")

@@ -1,4 +1,4 @@
-"""Command line of ``tools/convert_checkpoint.py``: HF <-> native, and native resharding.
+"""Command line of tools/convert_checkpoint.py: HF <-> native, and native resharding.
 
     hf-to-native      --input HF_DIR --output DIR --tp N [--dtype bf16|fp16|fp32]
     native-to-hf      --input DIR --output HF_DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]
@@ -22,14 +22,15 @@ from .hf_mapping import CheckpointError
 from .native import (NativeCheckpointReader, copy_side_files,
                      is_native, open_checkpoint, parse_size, write_hf, write_native)
 from .safetensors_io import SafetensorsError
+from ..cli import HelpFormatter
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert_checkpoint.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, needs_tp in (("hf-to-native", True), ("native-to-hf", False), ("native-to-native", True)):
-        s = sub.add_parser(name)
+        s = sub.add_parser(name, formatter_class=HelpFormatter)
         s.add_argument("--input", required=True)
         s.add_argument("--output", required=True)
         if needs_tp:

@@ -9,7 +9,9 @@ value`` overrides any field (values parsed as YAML scalars). Unknown sections or
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -20,6 +22,7 @@ from ..model import RECOMPUTE_MODES
 from ..model.attention import BACKENDS
 
 STAGES = ("sft", "pairwise")
+SCHEDULES = ("epochs", "max_steps")
 REFERENCE_MODES = ("prepass", "model")
 
 
@@ -32,7 +35,7 @@ class ModelSection:
     path: str = ""  # HF or native checkpoint to start from
     dtype: str = choice("bf16", COMPUTE_DTYPES)  # compute dtype of the forward/backward (master weights are fp32)
     recompute: str = choice("auto", RECOMPUTE_MODES)  # auto: selective, + full where memory needs it
-    attention_backend: str = choice("auto", BACKENDS)
+    attention_backend: str = choice("auto", BACKENDS)  # auto: SDPA per sequence, varlen for many short ones
     rope_theta: float | None = None  # override the checkpoint's (stage 1 of the paper: 300000)
     max_position_embeddings: int | None = None  # override (stage 1: 32768)
 
@@ -42,7 +45,7 @@ class ModelSection:
 
 @dataclass
 class ParallelSection:
-    tensor_parallel: int = 1
+    tensor_parallel: int = 1  # TP size: divides the query heads, the vocabulary and the MLP width
     sequence_parallel: bool = True  # with tensor_parallel > 1
     zero1: bool = False  # shard the optimizer state (and the update) over data-parallel ranks
     bucket_mb: float = 100.0  # data-parallel gradient all-reduce bucket, MB of fp32
@@ -53,15 +56,15 @@ class DataSection:
     path: str = ""  # directory written by tools/preprocess_data.py
     global_batch: int = 32  # pairs (stage 2) or sequences (stage 1) per optimizer step
     micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
-    seed: int = 0
-    shuffle: bool = True
+    seed: int = 0  # the sampler's: the order of items over epochs
+    shuffle: bool = True  # a new random order of items every epoch (false: dataset order)
 
 
 @dataclass
 class OptimSection:
-    lr: float = 1e-6
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    lr: float = 1e-6  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
+    eps: float = 1e-8  # AdamW's
     weight_decay: float = 1e-4  # not applied to biases and norm weights
     warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay to 0
     clip_grad: float = 1.0  # max global gradient norm (0: no clipping)
@@ -78,18 +81,19 @@ class CollapseSection:
 
 @dataclass
 class TrainSection:
-    stage: str = choice("pairwise", STAGES)
-    epochs: int = 1
-    max_steps: int | None = None  # stop earlier (the schedule still spans the epochs)
-    output_dir: str = "runs/default"
+    stage: str = choice("pairwise", STAGES)  # sft (stage 1) or pairwise (stage 2: loss.type says which)
+    epochs: int = 1  # passes over the data; the learning-rate schedule spans them
+    max_steps: int | None = None  # stop after this many steps; the schedule still spans the epochs unless...
+    schedule: str = choice("epochs", SCHEDULES)  # ...max_steps: warmup and decay over max_steps (HF's behaviour)
+    output_dir: str = "runs/default"  # checkpoints, metrics.jsonl, tensorboard/, config.json
     export_hf: str | None = None  # write an HF checkpoint here at the end (a new or empty directory)
     export_overwrite: bool = False  # replace a non-empty export_hf directory (never one holding checkpoints)
-    seed: int = 1234
+    seed: int = 1234  # torch's, and generation's during evaluation
     max_bad_steps: int = 5  # consecutive non-finite steps (skipped) that stop the run
-    log_every: int = 1
-    tensorboard: bool = True
+    log_every: int = 1  # steps between metrics.jsonl lines
+    tensorboard: bool = True  # also write TensorBoard logs (when tensorboard is installed)
     peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (docs/performance.md)
-    progress: bool = True
+    progress: bool = True  # a progress line (rank 0) with loss and LogPS
 
     def __post_init__(self):
         check_choices(self)
@@ -108,7 +112,7 @@ class ReferenceSection:
     """DPO's reference model: its log-probs computed once before training ("prepass", stored
     beside the data) or by a frozen copy run in every step ("model")."""
 
-    mode: str = choice("prepass", REFERENCE_MODES)
+    mode: str = choice("prepass", REFERENCE_MODES)  # prepass: computed once, stored beside the data
     path: str | None = None  # reference checkpoint (default: model.path)
 
     def __post_init__(self):
@@ -119,10 +123,10 @@ class ReferenceSection:
 class EvalSection:
     every: int = 0  # steps between evaluations on the benchmark (0: never)
     benchmark: str | None = None  # JSONL of {"problem", "answer"}
-    samples: int = 1
-    max_new_tokens: int = 128
+    samples: int = 1  # generations per problem
+    max_new_tokens: int = 128  # per generation
     temperature: float = 0.0  # 0: greedy
-    max_problems: int | None = None
+    max_problems: int | None = None  # the benchmark's first N problems only
 
 
 @dataclass
@@ -143,6 +147,8 @@ class TrainConfig:
             raise TrainConfigError("model.path is required (an HF or native checkpoint)")
         if not self.data.path:
             raise TrainConfigError("data.path is required (run tools/preprocess_data.py first)")
+        if self.train.schedule == "max_steps" and not self.train.max_steps:
+            raise TrainConfigError("train.schedule max_steps needs train.max_steps")
         if (self.train.stage == "sft") != (self.loss.type == "sft"):
             raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
         at_least = {"data.global_batch": (self.data.global_batch, 1), "train.epochs": (self.train.epochs, 1),
@@ -233,10 +239,16 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     overrides = list(overrides)
     if len(overrides) % 2:
         raise TrainConfigError(f"overrides come as '--section.key value' pairs, got {overrides}")
+    sections = _sections()
     for flag, value in zip(overrides[::2], overrides[1::2]):
         if not flag.startswith("--") or "." not in flag:
-            raise TrainConfigError(f"override {flag!r} is not of the form --section.key")
+            raise TrainConfigError(f"command line: {flag!r} is not of the form --section.key")
         section, key = flag[2:].split(".", 1)
+        if section not in sections:
+            raise TrainConfigError(f"command line: {flag}: no section {section!r}; sections: {', '.join(sections)}")
+        if key not in sections[section]:
+            raise TrainConfigError(f"command line: {flag}: no key {key!r} in {section}; "
+                                   f"keys: {', '.join(sections[section])}")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise TrainConfigError(f"section {section!r} must be a mapping")
@@ -246,3 +258,37 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
 
 def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def _sections() -> dict[str, dict[str, dataclasses.Field]]:
+    """section name -> its fields, in declaration order."""
+    return {f.name: {g.name: g for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(TrainConfig)}
+
+
+def _comments(cls) -> dict[str, str]:
+    """The comment after each field of a dataclass's source: its one-line meaning, read from the
+    code itself so that the help cannot drift from it."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def describe() -> str:
+    """Every section and key with its type, default and meaning: the trainer's --help."""
+    lines = []
+    for section, fields in _sections().items():
+        cls = type(getattr(TrainConfig(), section))
+        own = cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(")  # not the one dataclasses invent
+        doc = cls.__doc__.strip().splitlines()[0] if own else ""
+        lines.append(f"{section}:" + (f"  {doc}" if doc else ""))
+        comments = _comments(cls)
+        for name, f in fields.items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = f.metadata.get("choices")
+            kind = " | ".join(choices) if choices else str(f.type)
+            lines.append(f"  {section + '.' + name:<33} {kind:<24} {default!r:<14} {comments.get(name, '')}".rstrip())
+    return "\n".join(lines)
+

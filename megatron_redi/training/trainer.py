@@ -88,6 +88,9 @@ class Trainer:
         except ValueError as e:  # too few items for one global batch, or fewer than the DP ranks
             raise DatasetError(f"{cfg.data.path}: {e}") from None
         self.total_steps = self.sampler.steps_per_epoch * cfg.train.epochs
+        # the learning-rate schedule's length: the epochs', or max_steps' when asked (HF Trainer's way)
+        t = cfg.train
+        self.schedule_steps = t.max_steps if t.schedule == "max_steps" and t.max_steps else self.total_steps
         self.model = self._load_model(cfg.model.path)
         self.data.check(self.model.cfg.vocab_size)  # now, not as an index error mid-run
         self.master = MasterParams(self.model, p, cfg.parallel.zero1, cfg.parallel.bucket_mb)
@@ -192,7 +195,7 @@ class Trainer:
         out.update({n: v / plan.global_items for n, v in zip(names, values[1:1 + len(names)])})
         tokens, flops = values[-2], values[-1]
 
-        lr = lr_at(self.step, self.total_steps, cfg.optim.lr, cfg.optim.warmup_ratio)
+        lr = lr_at(self.step, self.schedule_steps, cfg.optim.lr, cfg.optim.warmup_ratio)
         if not (np.isfinite(loss_value) and np.isfinite(grad_norm)):
             self.bad_steps += 1
             out.update(skipped=1, grad_norm=grad_norm)
