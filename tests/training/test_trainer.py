@@ -137,8 +137,11 @@ def test_export_hf_loads_with_transformers(tiny_run_inputs, tmp_path):
 
 def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
     data, model = tiny_run_inputs
-    with pytest.raises(TrainConfigError, match=r"unknown key\(s\) \['lrr'\]"):
+    with pytest.raises(TrainConfigError, match=r"command line: --optim.lrr: no key 'lrr' in optim"):
         config(data, model, tmp_path, "--optim.lrr", "1")
+    (tmp_path / "typo.yaml").write_text("optim: {lrr: 1e-6}\n")
+    with pytest.raises(TrainConfigError, match=r"typo.yaml.optim: unknown key\(s\) \['lrr'\]"):
+        load_config(str(tmp_path / "typo.yaml"))
     with pytest.raises(TrainConfigError, match="optim.lr: 'fast' is not a valid float"):
         config(data, model, tmp_path, "--optim.lr", "fast")
     with pytest.raises(TrainConfigError, match="does not go with loss.type"):
