@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiny}
-export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 NPROC=${NPROC:-2}
 TP=${TP:-2}
 
@@ -26,10 +26,10 @@ train() {  # train NAME CONFIG [overrides...]
     local name=$1 config=$2; shift 2
     echo "== $name"
     rm -rf "${OUT:?}/$name"  # the demo's own run directory: each demo run starts afresh
-    torchrun --nproc-per-node "$NPROC" --log-dir "$OUT/logs/$name" -m megatron_redi.train --config "$config" \
+    # one progress line (rank 0) with loss and LogPS, the collapse alarm when it fires, any error in full
+    torchrun --nproc-per-node "$NPROC" -m megatron_redi.train --config "$config" \
         --parallel.tensor_parallel "$TP" --data.path "$OUT/data/tokenized" --train.output_dir "$OUT/$name" \
-        --train.progress false --checkpoint.resume false "$@" 2>&1 | grep -E "^(done|error|stopped)" || true
-    ls -d "$OUT/$name"/checkpoints/step_* > /dev/null  # fail loudly if the run left no checkpoint
+        --checkpoint.resume false "$@"
 }
 
 latest() { ls -d "$1"/checkpoints/step_* | sort | tail -1; }

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
-    print(f"done: {checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per rank
+        print(f"done: {checkpoint}")
     return 0
 
 

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-problems", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (generations, tokens/s, ETA)")
     args = p.parse_args(argv)
     try:
         from transformers import AutoTokenizer
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         return 2
     results, summary = evaluate(model, tokenizer, problems, args.samples, args.max_new_tokens,
                                 0.0 if args.greedy else args.temperature, args.top_p, args.prompt, args.force_think,
-                                args.seed, args.batch_size)
+                                args.seed, args.batch_size, progress=not args.no_progress)
     if parallel.rank == 0:
         with open(args.output, "w") as f:
             for r in results:

@@ -36,13 +36,18 @@ def _broadcast_tp(tokens, parallel):
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32) -> list[list[int]]:
-    """The generated token ids of each prompt (prompt excluded), cut after the first stop token."""
+             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32,
+             on_batch=None) -> list[list[int]]:
+    """The generated token ids of each prompt (prompt excluded), cut after the first stop token.
+    ``on_batch(prompts, tokens)`` is called after each batch (a progress bar's hook)."""
     generator = torch.Generator(device=model.parallel.device).manual_seed(seed)
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        outputs += _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
-                                   temperature, top_p, generator, use_cache)
+        batch = _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
+                                temperature, top_p, generator, use_cache)
+        outputs += batch
+        if on_batch:
+            on_batch(len(batch), sum(map(len, batch)))
     return outputs
 
 

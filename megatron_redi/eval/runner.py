@@ -7,8 +7,10 @@ results). Problems are split over data-parallel ranks; every TP rank of a group 
 from __future__ import annotations
 
 import json
+import time
 
 import torch.distributed as dist
+from tqdm import tqdm
 
 from .answers import is_correct, last_boxed
 from .generate import generate
@@ -83,17 +85,30 @@ def stop_tokens(tokenizer) -> set[int]:
 
 def evaluate(model, tokenizer, problems: list[dict], samples: int = 1, max_new_tokens: int = 512,
              temperature: float = 0.0, top_p: float = 1.0, prompt_style: str = "chat", force_think: bool = False,
-             seed: int = 0, batch_size: int = 32) -> tuple[list[dict], dict]:
-    """(one result per problem with its ``correct`` list of ``samples`` booleans, summary)."""
+             seed: int = 0, batch_size: int = 32, progress: bool = False) -> tuple[list[dict], dict]:
+    """(one result per problem with its ``correct`` list of ``samples`` booleans, summary).
+    ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
     parallel = model.parallel
     mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
     prompts = [build_prompt(tokenizer, problems[i]["problem"], prompt_style, force_think) for i in mine]
     stops = stop_tokens(tokenizer)
     texts = {i: [] for i in mine}
-    for j in range(samples):  # sample j of every problem: the P_j of the SEM
-        outs = generate(model, prompts, max_new_tokens, stops, temperature, top_p, seed=seed + j, batch_size=batch_size)
-        for i, ids in zip(mine, outs):
-            texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
+    bar = tqdm(total=samples * len(mine), desc="generating", unit="gen", disable=not (progress and parallel.rank == 0),
+               dynamic_ncols=True)
+    start, tokens = time.perf_counter(), 0
+
+    def advance(done: int, new_tokens: int):
+        nonlocal tokens
+        tokens += new_tokens
+        bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}", refresh=False)
+        bar.update(done)
+
+    with bar:
+        for j in range(samples):  # sample j of every problem: the P_j of the SEM
+            outs = generate(model, prompts, max_new_tokens, stops, temperature, top_p, seed=seed + j,
+                            batch_size=batch_size, on_batch=advance)
+            for i, ids in zip(mine, outs):
+                texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
     results = [{**problems[i], "index": i, "generations": texts[i],
                 "predicted": [last_boxed(t) for t in texts[i]],
                 "correct": [is_correct(t, problems[i]["answer"]) for t in texts[i]]} for i in mine]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -265,13 +265,16 @@ class Trainer:
                 if not self.sft and "logps/chosen_mean" in out:
                     message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
                     if message and self.is_main:
-                        warnings.warn(message)
+                        tqdm.write(f"step {self.step}: {message}", file=sys.stderr)  # whatever the warning filters
                     out["collapse_alarm"] = int(self.alarm.fired)
                 if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
                     out.update(self.evaluate())
                 if self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out:
                     self.logger.log(self.step, out)
-                bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}", refresh=False)
+                shown = {"loss": f"{out['loss']:.4f}", "lr": f"{out['lr']:.2e}"}
+                if "logps/chosen_mean" in out:  # the paper's LogPS, the numbers that show a collapse
+                    shown.update(chosen=f"{out['logps/chosen_mean']:.3f}", rejected=f"{out['logps/rejected_mean']:.3f}")
+                bar.set_postfix(shown, refresh=False)
                 bar.update()
                 if self.alarm.fired and cfg.collapse.stop:
                     self.save_checkpoint()
