@@ -57,5 +57,10 @@ setup(
         "matplotlib",  # tools/plot_metrics.py
         "tensorboard",  # the trainer's TensorBoard logs
     ],
-    extras_require={"test": ["pytest>=8"]},
+    license="Apache-2.0",
+    extras_require={
+        "test": ["pytest>=8"],
+        # GPU machines: the Triton kernels, and Liger for the throughput benchmark's HF comparison
+        "gpu": ["triton>=3.1", "liger-kernel>=0.5"],
+    },
 )

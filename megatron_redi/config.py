@@ -42,6 +42,15 @@ def check_choices(obj) -> None:
             raise ConfigError(f"{f.name} must be one of {', '.join(options)}; got {getattr(obj, f.name)!r}")
 
 
+def local_directory(path: str, what: str) -> str:
+    """``path`` when it is a local directory; else an error at once. A Hub name would cost minutes of
+    retries on a machine without network before failing."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: no such directory ({what} must be a local directory; download it first, "
+                          "e.g. huggingface-cli download NAME --local-dir DIR)")
+    return path
+
+
 def load_json(file: str, error: type[Exception], missing: str = "no such file"):
     """A JSON file's content; a missing or malformed file raises ``error`` naming it."""
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import tempfile
@@ -129,7 +130,10 @@ def hf_step(cfg, args, device, liger: bool):
     torch.manual_seed(0)
     with torch.device(device):  # random init on the device: seconds, not a minute on the host
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=1e-4, fused=device.type == "cuda")
     g = torch.Generator().manual_seed(0)
@@ -302,6 +306,9 @@ def main():
                    help="profile one more step and print its ROWS most expensive kernels")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.compare == "hf-liger" and importlib.util.find_spec("liger_kernel") is None:
+        p.error("--compare hf-liger needs liger-kernel (pip install liger-kernel, or the package's [gpu] extra); "
+                "--compare hf runs without it")
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as train.py does
     cfg = preset(args.preset) if args.preset else ModelConfig.from_hf(args.hf_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -318,6 +325,10 @@ def main():
            "communication_ms": 0.0, "model_tflops": flops / r["step_s"] / 1e12,
            "mfu": flops / r["step_s"] / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
+    if args.warmup < 2 or args.steps < 3:  # first calls compile kernels and fill caches
+        out["warmup_dominated"] = True
+        print(f"note: {args.steps} timed steps after {args.warmup} warm-up steps: the figures below are dominated by "
+              "warm-up (allocations, kernel compilation), not a measurement; use --warmup 2 --steps 5 or more")
     print(f"{card}: {cfg.architecture} {args.preset or args.hf_config}, pair of 2 x {args.seq_len} tokens, {args.loss}, "
           f"recompute {args.recompute} ({r['full_recompute_layers']} of {cfg.num_layers} layers in full)")
     print(f"  megatron_redi   {out['tokens_per_s']:10,.0f} tokens/s  {out['model_tflops']:7.1f} TFLOP/s"

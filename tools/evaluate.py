@@ -21,7 +21,7 @@ import sys
 import torch
 
 from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, local_directory
 from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
 from megatron_redi.eval.runner import PROMPT_STYLES
 from megatron_redi.model import from_pretrained
@@ -53,11 +53,12 @@ def main(argv=None) -> int:
     try:
         from transformers import AutoTokenizer
 
+        tokenizer_dir = local_directory(args.tokenizer or args.checkpoint, "the tokenizer")  # before anything slow
         problems = load_benchmark(args.benchmark, args.max_problems)
         parallel = initialize(tensor_parallel_size=args.tp)
         model = from_pretrained(args.checkpoint, parallel, dtype=DTYPES[args.dtype])
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (BenchmarkError, CheckpointError, ConfigError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ def read_metrics(run: str) -> list[dict]:
 
 
 def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> list[str]:
+    """Draw the panels into ``output``; returns their titles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,6 +53,7 @@ def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> li
     panels = [p for p in PANELS if any(p[0] in row for rows in data for row in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     protocols = {eval_protocol(r) for r in runs if os.path.isdir(r)} - {""}
+    titles = []
     for ax, (key, title, unit) in zip(axes[0], panels):
         for rows, label in zip(data, labels):
             points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
@@ -72,13 +74,14 @@ def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> li
         elif smooth > 1 and key != "eval/pass@1":
             title += f" ({smooth}-step moving average)"
         ax.set_title(title, fontsize=10)
+        titles.append(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
-    return [p[0] for p in panels]
+    return titles
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ import resource
 import sys
 
 from ..atomic import OutputExistsError, atomic_directory, check_output
-from ..config import DTYPES, ConfigError
+from ..config import DTYPES, ConfigError, local_directory
 from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
 from .native import (NativeCheckpointReader, copy_side_files,
@@ -50,6 +50,7 @@ def _peak_rss_gib() -> float:
 
 
 def convert(args) -> str:
+    local_directory(args.input, "the input checkpoint")
     want_native_input = args.command != "hf-to-native"
     if want_native_input != is_native(args.input):
         kind = "a native" if want_native_input else "a Hugging Face"

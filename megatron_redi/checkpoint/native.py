@@ -184,13 +184,16 @@ def write_native(reader, cfg: ModelConfig, out_dir: str, tp: int, dtype: torch.d
                for r in range(tp)]
     stats = Stats()
     same_layout = isinstance(reader, NativeCheckpointReader) and reader.tp_size == tp
-    for entry in tqdm(table, desc="writing native", unit="tensor", disable=not progress):
+    bar = tqdm(total=len(table) * tp, desc="writing native", unit="tensor", disable=not progress)  # as Stats counts
+    for entry in table:
         for r, w in enumerate(writers):
             shard = (reader.read_shard(entry.native, r) if same_layout
                      else shard_for_rank(entry, reader.read, layout, r))
             shard = shard.to(dtype)
             w.write(entry.native, shard)
             stats.add(shard)
+            bar.update()
+    bar.close()
     for w in writers:
         w.close()
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tp_size": tp,

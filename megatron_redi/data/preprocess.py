@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
+from ..config import local_directory
 from .raw import RawDataError, RawRow, count_rows, expand_inputs, read_rows
 
 FORMAT_VERSION = 1
@@ -143,7 +144,7 @@ class Templater:
     def __init__(self, tokenizer_path: str):
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        self.tok = AutoTokenizer.from_pretrained(local_directory(tokenizer_path, "the tokenizer"))
         if self.tok.eos_token_id is None:
             raise ValueError(f"{tokenizer_path}: the tokenizer has no EOS token")
         if not self.tok.chat_template:

@@ -85,3 +85,19 @@ def test_attention_benchmark_times_every_variant_on_the_same_inputs(tmp_path):
     assert set(results) == {"model", "contiguous", "batched"}  # CPU: no backends to pin, no varlen
     for name, r in results.items():
         assert r["max_abs_diff"] < 1e-5 and 0 < r["forward_ms"] and 0 < r["forward_backward_ms"], name
+
+
+def test_hf_liger_without_liger_is_a_clear_error_and_hf_warns_nothing():
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here: the error path cannot be reached")
+    args = [sys.executable, "-W", "error::FutureWarning", os.path.join(ROOT, "tools", "benchmark_throughput.py"),
+            "--preset", "tiny", "--seq-len", "32", "--prompt-len", "8", "--no-ceiling"]
+    out = subprocess.run(args + ["--compare", "hf-liger"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--compare hf-liger needs liger-kernel" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(args + ["--compare", "hf", "--steps", "1", "--warmup", "0"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]  # no FutureWarning raised as an error
+    assert "dominated by warm-up" in out.stdout

@@ -65,3 +65,21 @@ def test_preprocess_help_shows_the_limits():
     out = " ".join(out.split())  # argparse wraps lines
     for default in ("800", "19000", "32768", "['cn_k12']"):
         assert f"(default: {default})" in out, default
+
+
+@pytest.mark.parametrize("command", [
+    ["tools/preprocess_data.py", "--input", "x.jsonl", "--tokenizer", "Qwen/Qwen2.5-Math-1.5B", "--output-dir", "OUT"],
+    ["tools/evaluate.py", "--checkpoint", "Qwen/Qwen2.5-Math-1.5B", "--benchmark", "b.jsonl", "--output", "o",
+     "--summary", "s"],
+    ["tools/convert_checkpoint.py", "native-to-hf", "--input", "Qwen/Qwen2.5-Math-1.5B", "--output", "OUT"],
+])
+def test_a_hub_name_fails_at_once_naming_it(tmp_path, command):
+    import time
+
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    start = time.time()
+    out = subprocess.run([sys.executable, os.path.join(ROOT, command[0]), *command[1:]], capture_output=True,
+                         text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "0"})
+    assert out.returncode == 2 and "Qwen/Qwen2.5-Math-1.5B: no such" in out.stderr, out.stderr[-1500:]
+    assert time.time() - start < 60  # no Hub retries
+    assert not os.path.exists(tmp_path / "OUT")

@@ -50,3 +50,8 @@ def test_plot_metrics_draws_the_figure6_panels(tmp_path):
     out = tmp_path / "fig.png"
     assert tool.main([str(tmp_path / "a0.8"), str(tmp_path / "a1.0"), "--output", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+    titles = tool.plot([str(tmp_path / "a1.0")], ["a1.0"], str(out), smooth=5)
+    assert titles[1:] == ["chosen LogPS (5-step moving average)", "rejected LogPS (5-step moving average)",
+                          "update size (5-step moving average)"]
+    (tmp_path / "a1.0" / "config.json").write_text(json.dumps({"eval": {"temperature": 0.0, "max_problems": 100}}))
+    assert tool.plot([str(tmp_path / "a1.0")], ["a1.0"], str(out))[0] == "in-training accuracy (greedy, 100 problems)"

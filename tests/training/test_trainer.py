@@ -221,3 +221,12 @@ def test_only_weights_left_is_not_silently_restarted_over(tiny_run_inputs, tmp_p
     with pytest.raises(Exception, match="none of its 1 checkpoints can be resumed"):
         Trainer(config(data, model, tmp_path, "--train.max_steps", "4"))
     assert (tmp_path / "checkpoints" / "step_00000002").exists()
+
+
+def test_schedule_over_max_steps_is_hf_s_behaviour(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path / "epochs")).run()  # 4 steps of a longer epoch schedule
+    Trainer(config(data, model, tmp_path / "steps", "--train.schedule", "max_steps")).run()
+    by_epochs, by_steps = metrics(tmp_path / "epochs"), metrics(tmp_path / "steps")
+    assert [r["lr"] for r in by_steps] == pytest.approx([0.0, 1e-3, 2e-3 / 3, 1e-3 / 3], rel=1e-4)  # warmup, decay to 0
+    assert by_epochs[-1]["lr"] > by_steps[-1]["lr"]
