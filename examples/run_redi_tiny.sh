@@ -44,7 +44,7 @@ mkdir -p "$OUT/eval"
 echo "== data"
 python tools/make_synthetic_traces.py --output-dir "$OUT/data" "${DATA_ARGS[@]}"
 python tools/preprocess_data.py --input "$OUT/data/traces.jsonl" --tokenizer "$OUT/data/tokenizer" \
-    --output-dir "$OUT/data/tokenized" --overwrite --no-progress
+    --output-dir "$OUT/data/tokenized" --overwrite
 python tools/make_synthetic_checkpoint.py --preset tiny --dtype fp32 --output "$OUT/student"
 
 train sft examples/configs/sft_tiny.yaml --model.path "$OUT/student"

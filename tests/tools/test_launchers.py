@@ -87,3 +87,10 @@ def test_llama_keeps_its_own_rope(tiny_checkpoint):
                                 max_position_embeddings=cfg.model.max_position_embeddings)
         assert model.cfg.rope_theta == 500000.0 and model.cfg.rope_scaling.factor == 8.0
     assert _load("qwen2.5-math-7b_sft").model.rope_theta == 300000.0  # the Qwen students' edit
+
+
+def test_missing_environment_is_named_all_at_once():
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "MODEL", "DATA", "OUT")}
+    done = subprocess.run(["bash", os.path.join(ROOT, "examples", "launch.sh")], capture_output=True, text=True,
+                          env={**env, "MODEL": "m"})
+    assert done.returncode == 2 and "set CONFIG DATA OUT" in done.stderr
