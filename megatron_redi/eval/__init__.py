@@ -3,7 +3,8 @@
 from .answers import is_correct, last_boxed
 from .generate import generate
 from .metrics import pass_at_k, summarize
+from .protocol import Protocol
 from .runner import BenchmarkError, build_prompt, evaluate, load_benchmark
 
-__all__ = ["BenchmarkError", "build_prompt", "evaluate", "generate", "is_correct", "last_boxed", "load_benchmark",
+__all__ = ["BenchmarkError", "Protocol", "build_prompt", "evaluate", "generate", "is_correct", "last_boxed", "load_benchmark",
            "pass_at_k", "summarize"]

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .answers import is_correct, last_boxed
 from .generate import generate
 from .metrics import summarize
+from .protocol import PROMPT_STYLES, Protocol
 
 # The prompt the paper used (Appendix C.5, after Open-R1 / LightEval's MATH template).
 LIGHTEVAL_TEMPLATE = (
@@ -23,7 +24,6 @@ LIGHTEVAL_TEMPLATE = (
     "(without quotes) where ANSWER is just the final number or expression that solves the problem. Think "
     "step by step before answering.\n\n{question}"
 )
-PROMPT_STYLES = ("chat", "lighteval", "raw")
 
 
 class BenchmarkError(ValueError):
@@ -83,14 +83,14 @@ def stop_tokens(tokenizer) -> set[int]:
     return {s for s in stops if s is not None}
 
 
-def evaluate(model, tokenizer, problems: list[dict], samples: int = 1, max_new_tokens: int = 512,
-             temperature: float = 0.0, top_p: float = 1.0, prompt_style: str = "chat", force_think: bool = False,
-             seed: int = 0, batch_size: int = 32, progress: bool = False) -> tuple[list[dict], dict]:
-    """(one result per problem with its ``correct`` list of ``samples`` booleans, summary).
-    ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
-    parallel = model.parallel
+def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protocol(), seed: int = 0,
+             batch_size: int = 32, progress: bool = False) -> tuple[list[dict], dict]:
+    """(one result per problem with its ``correct`` list of ``protocol.samples`` booleans, summary,
+    which records the protocol). ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
+    parallel, samples = model.parallel, protocol.samples
+    temperature, top_p = (0.0, 1.0) if protocol.greedy else (protocol.temperature, protocol.top_p)
     mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
-    prompts = [build_prompt(tokenizer, problems[i]["problem"], prompt_style, force_think) for i in mine]
+    prompts = [build_prompt(tokenizer, problems[i]["problem"], protocol.prompt, protocol.force_think) for i in mine]
     stops = stop_tokens(tokenizer)
     texts = {i: [] for i in mine}
     bar = tqdm(total=samples * len(mine), desc="generating", unit="gen", disable=not (progress and parallel.rank == 0),
@@ -105,7 +105,7 @@ def evaluate(model, tokenizer, problems: list[dict], samples: int = 1, max_new_t
 
     with bar:
         for j in range(samples):  # sample j of every problem: the P_j of the SEM
-            outs = generate(model, prompts, max_new_tokens, stops, temperature, top_p, seed=seed + j,
+            outs = generate(model, prompts, protocol.max_new_tokens, stops, temperature, top_p, seed=seed + j,
                             batch_size=batch_size, on_batch=advance)
             for i, ids in zip(mine, outs):
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
@@ -117,4 +117,4 @@ def evaluate(model, tokenizer, problems: list[dict], samples: int = 1, max_new_t
         dist.all_gather_object(gathered, results, group=parallel.dp_group)
         results = [r for part in gathered for r in part]
     results.sort(key=lambda r: r["index"])
-    return results, summarize([r["correct"] for r in results])
+    return results, {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record()}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..config import COMPUTE_DTYPES, check_choices, choice
+from ..eval.protocol import Protocol
 from ..losses import LossConfig
 from ..model import RECOMPUTE_MODES
 from ..model.attention import BACKENDS
@@ -120,12 +121,12 @@ class ReferenceSection:
 
 
 @dataclass
-class EvalSection:
+class EvalSection(Protocol):
+    """In-training evaluation on a benchmark; the protocol's keys (samples, temperature, top_p,
+    max_new_tokens, prompt, force_think, sem_ddof) default to the paper's, as in tools/evaluate.py."""
+
     every: int = 0  # steps between evaluations on the benchmark (0: never)
     benchmark: str | None = None  # JSONL of {"problem", "answer"}
-    samples: int = 1  # generations per problem
-    max_new_tokens: int = 128  # per generation
-    temperature: float = 0.0  # 0: greedy
     max_problems: int | None = None  # the benchmark's first N problems only
 
 
@@ -269,10 +270,11 @@ def _comments(cls) -> dict[str, str]:
     """The comment after each field of a dataclass's source: its one-line meaning, read from the
     code itself so that the help cannot drift from it."""
     out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # inherited fields too
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
     return out
 
 

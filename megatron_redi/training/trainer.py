@@ -240,8 +240,7 @@ class Trainer:
             tokenizer_dir = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
             self._eval_inputs = (AutoTokenizer.from_pretrained(tokenizer_dir), load_benchmark(e.benchmark, e.max_problems))
         tokenizer, problems = self._eval_inputs
-        _, summary = evaluate(self.model, tokenizer, problems, e.samples, e.max_new_tokens, e.temperature,
-                              0.95 if e.temperature > 0 else 1.0, "chat", seed=self.cfg.train.seed)
+        _, summary = evaluate(self.model, tokenizer, problems, e, seed=self.cfg.train.seed)  # e is a Protocol
         return {"eval/pass@1": summary["pass@1"], "eval/sem": summary["sem"]}
 
     def _eval_due(self) -> bool:

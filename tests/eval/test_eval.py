@@ -37,8 +37,10 @@ def test_sem_on_a_fixed_matrix():
     s = summarize([[bool(x) for x in row] for row in correct])
     assert s["per_sample_pass@1"] == [0.75, 0.25, 0.5]
     assert s["pass@1"] == pytest.approx(0.5)
-    std = math.sqrt(((0.25) ** 2 + (0.25) ** 2 + 0) / 2)  # sample standard deviation (n - 1)
-    assert s["sem"] == pytest.approx(std / math.sqrt(3))
+    population = math.sqrt(((0.25) ** 2 + (0.25) ** 2 + 0) / 3)  # numpy's default, as the reference used
+    assert s["sem"] == pytest.approx(population / math.sqrt(3))
+    sample = math.sqrt(((0.25) ** 2 + (0.25) ** 2 + 0) / 2)
+    assert summarize([[bool(x) for x in row] for row in correct], ddof=1)["sem"] == pytest.approx(sample / math.sqrt(3))
     assert s["pass@3"] == pytest.approx(0.75)  # 3 of 4 problems have a right sample
     assert summarize([[True], [False]])["sem"] is None
 
@@ -108,3 +110,18 @@ def test_malformed_benchmark_lines_are_named(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(BenchmarkError, match=message):
         load_benchmark(str(path))
+
+
+def test_the_default_protocol_is_the_paper_s_and_is_recorded():
+    from megatron_redi.eval import Protocol
+    from megatron_redi.training import load_config
+
+    p = Protocol()
+    assert (p.samples, p.temperature, p.top_p, p.max_new_tokens, p.prompt, p.force_think, p.sem_ddof) == \
+        (16, 0.6, 0.95, 32768, "lighteval", True, 0)
+    assert p.record()["sem_std"] == "population (ddof 0)"
+    in_training = load_config(None, ["--model.path", "m", "--data.path", "d"]).eval
+    assert Protocol.record(in_training) == p.record()  # the trainer's evaluation runs the same protocol
+    assert Protocol(temperature=0).record()["top_p"] == 1.0
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        Protocol(prompt="fancy")

@@ -1,0 +1,36 @@
+"""How a benchmark is evaluated: one dataclass, whose defaults are the paper's protocol (Appendix C.5),
+read by tools/evaluate.py and by the trainer's in-training evaluation alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check_choices, choice
+
+PROMPT_STYLES = ("lighteval", "chat", "raw")
+
+
+@dataclass
+class Protocol:
+    samples: int = 16  # generations per problem (k): pass@1 is their mean, the SEM their spread
+    temperature: float = 0.6  # 0: greedy
+    top_p: float = 0.95  # nucleus sampling
+    max_new_tokens: int = 32768  # per generation
+    prompt: str = choice("lighteval", PROMPT_STYLES)  # lighteval: the paper's math template in the chat turn
+    force_think: bool = True  # "<think>" as the start of the answer, as the paper's models were prompted
+    sem_ddof: int = 0  # the SEM's standard deviation: 0 population (the reference's numpy default), 1 sample
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.samples < 1 or self.max_new_tokens < 1 or self.sem_ddof not in (0, 1):
+            raise ValueError(f"samples and max_new_tokens must be positive and sem_ddof 0 or 1: {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def record(self) -> dict:
+        """What a summary states about how it was obtained."""
+        return {"samples": self.samples, "temperature": self.temperature, "top_p": 1.0 if self.greedy else self.top_p,
+                "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
+                "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)"}
