@@ -69,8 +69,9 @@ def main(argv=None) -> int:
     except (BenchmarkError, CheckpointError, ConfigError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    protocol = Protocol(args.samples, 0.0 if args.greedy else args.temperature, args.top_p, args.max_new_tokens,
-                        args.prompt, args.force_think, args.sem_ddof)
+    protocol = Protocol(samples=args.samples, temperature=0.0 if args.greedy else args.temperature,
+                        top_p=args.top_p, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
+                        force_think=args.force_think, sem_ddof=args.sem_ddof)
     results, summary = evaluate(model, tokenizer, problems, protocol, args.seed, args.batch_size,
                                 progress=not args.no_progress)
     if parallel.rank == 0:

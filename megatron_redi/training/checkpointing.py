@@ -35,6 +35,7 @@ from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, Nat
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
 from ..config import ModelConfig
 from ..parallel import ParallelState
+from ..parallel.state import every_rank
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -77,15 +78,6 @@ def check_export_target(target: str, run_dir: str, overwrite: bool) -> None:
         raise OutputExistsError(f"{target}: refused as export target, it holds checkpoints")
 
 
-def _all_ranks(parallel: ParallelState, ok: bool) -> bool:
-    """Whether ``ok`` holds on every rank (a barrier that also carries the answer)."""
-    if parallel.world_size == 1:
-        return ok
-    flag = torch.tensor([int(ok)], device=parallel.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master: dict[str, torch.Tensor],
          optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None, keep: int,
          keep_weights: bool = True) -> str:
@@ -104,12 +96,12 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             os.makedirs(os.path.join(tmp, "training"))
         except OSError as e:
             error = e
-    if _all_ranks(parallel, error is None):
+    if every_rank(parallel, error is None):
         try:
             _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1)
         except OSError as e:
             error = e
-    if _all_ranks(parallel, error is None) and parallel.rank == 0:
+    if every_rank(parallel, error is None) and parallel.rank == 0:
         try:
             if side_files_from:
                 copy_side_files(side_files_from, tmp)
@@ -129,7 +121,7 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
                     keep_weights_only(old)
                 else:
                     shutil.rmtree(old, ignore_errors=True)
-    if not _all_ranks(parallel, error is None):
+    if not every_rank(parallel, error is None):
         if parallel.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "

@@ -29,6 +29,7 @@ from ..atomic import atomic_directory
 from ..config import DTYPES
 from ..model import from_pretrained
 from ..parallel import initialize
+from ..parallel.state import every_rank
 from . import checkpointing
 from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, step_flops
@@ -278,7 +279,7 @@ class Trainer:
                 if self.alarm.fired and cfg.collapse.stop:
                     self.save_checkpoint()
                     raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
-                if self._any_rank(signals.received is not None) and self.step < last:
+                if every_rank(self.parallel, signals.received is not None, any_rank=True) and self.step < last:
                     path = self.save_checkpoint()
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
                                           f"checkpoint {path} written; run the same command again to resume")
@@ -289,14 +290,6 @@ class Trainer:
             self.export_hf(final, cfg.train.export_hf)
         self.logger.close()
         return final
-
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank: every rank takes the same branch after it."""
-        if self.parallel.world_size == 1:
-            return flag
-        t = torch.tensor([int(flag)], device=self.parallel.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
 
     def export_hf(self, checkpoint: str, out_dir: str):
         if self.is_main:
