@@ -1,7 +1,8 @@
 """Outputs that appear whole or not at all, and never at the cost of an input.
 
-Every tool that writes a directory (converter, preprocessing, HF export, checkpoints) fills a
-temporary sibling, flushes it to disk, and renames it into place only when it is complete, so an
+Every tool that writes a directory (converter, preprocessing, HF export, checkpoints) or a file
+(evaluation results, reports) fills a temporary sibling, flushes it to disk, and renames it into
+place only when it is complete, so an
 interrupted run never leaves a directory that looks finished, and an existing one is replaced only
 on request. An output that is, contains or lies inside a path the writer must keep (its input, a
 run's checkpoints) is refused whatever ``overwrite`` says. Temporary siblings left by an
@@ -109,3 +110,23 @@ def atomic_directory(output: str, overwrite: bool = False, keep: tuple[str, ...]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish(tmp, output)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w"):
+    """Yield an open temporary sibling of ``path``; it is flushed and renamed to ``path`` when the
+    block ends without error (replacing an existing file), and removed otherwise."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from megatron_redi.data.raw import RawDataError, count_rows, expand_inputs, read_rows
 from megatron_redi.eval.runner import BenchmarkError, load_benchmark
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -83,10 +83,8 @@ def main(argv=None) -> int:
     except (RawDataError, BenchmarkError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tmp = f"{args.output}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_file(args.output) as f:
         json.dump(report, f, indent=1)
-    os.replace(tmp, args.output)
     for path, b in report["benchmarks"].items():
         print(f"{path}: {b['benchmark_problems_hit']} of {b['problems']} problems share a {report['n']}-gram with "
               f"the training problems ({b['overlapping_pairs']} pairs)")

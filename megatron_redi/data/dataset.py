@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..atomic import atomic_file
 from .preprocess import FORMAT_VERSION
 
 
@@ -105,10 +106,9 @@ class PairData(_Part):
 
     def store_reference_logps(self, values: np.ndarray, reference: str) -> None:
         """Write ``[P, 2]`` reference log-prob sums (the npy file appears whole, by a rename)."""
-        tmp = os.path.join(self.directory, f".ref_logps.{os.getpid()}.npy")
-        np.save(tmp, values.astype(np.float32))
-        os.replace(tmp, os.path.join(self.directory, self.REF_LOGPS))
-        with open(os.path.join(self.directory, self.REF_INFO), "w") as f:
+        with atomic_file(os.path.join(self.directory, self.REF_LOGPS), "wb") as f:
+            np.save(f, values.astype(np.float32))
+        with atomic_file(os.path.join(self.directory, self.REF_INFO)) as f:
             json.dump({"reference": reference, "pairs": len(values)}, f)
         self.ref_logps = np.load(os.path.join(self.directory, self.REF_LOGPS), mmap_mode="r")
 

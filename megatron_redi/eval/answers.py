@@ -1,15 +1,24 @@
 """Final answers: the last ``\\boxed{...}`` of a generation, checked against the reference.
 
-With ``math-verify`` installed (``pip install math-verify``) answers are compared by it, as the
-paper's evaluation did. Without it, a built-in normaliser handles integers (with or without
-thousands separators), decimals, fractions (``a/b``, ``\\frac{a}{b}``, ``\\dfrac``), signs, ``$``,
-``\\left``/``\\right``, ``\\!`` and spacing, and compares numbers exactly (as fractions); other
-answers are compared as normalised strings.
+Two checkers compare the boxed answer with the reference:
+
+    math-verify  the default: Hugging Face's Math-Verify, the library of the paper's LightEval runs.
+                 Both sides are parsed from LaTeX into sympy and compared as numbers, expressions,
+                 sets, tuples, intervals or equations (units, degrees, \\text and percent handled).
+    builtin      a small normaliser, the fallback where math-verify cannot be imported: integers
+                 (thousands separators too), decimals, fractions (a/b, \\frac, \\dfrac), signs,
+                 $, \\left/\\right, spacing, degrees and percent signs stripped; numbers compared
+                 exactly, anything else as a normalised string.
+
+tests/eval/test_answers.py holds a table of answer pairs with each checker's verdict: where they
+differ (radicals, intervals, sets and reordered multiple answers, units, equations) the built-in
+one is the stricter, so it can only under-count.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from fractions import Fraction
 
 
@@ -71,19 +80,39 @@ def _builtin_equal(pred: str, reference: str) -> bool:
     return normalize(pred) == normalize(reference)
 
 
-try:  # the paper's checker, when installed
-    from math_verify import parse as _mv_parse, verify as _mv_verify
-except ImportError:
-    _mv_parse = _mv_verify = None
+try:
+    import math_verify
+except ImportError:  # a dependency, so only a broken install lands here
+    math_verify = None
+
+CHECKERS = ("math-verify", "builtin")
+_warned = False
 
 
-def is_correct(generation: str, reference: str) -> bool:
-    predicted = last_boxed(generation)
-    if predicted is None:
+def checker_in_use(checker: str = "math-verify") -> str:
+    """The checker that ``is_correct(..., checker)`` runs: math-verify falls back to the built-in
+    normaliser where it cannot be imported (warning once that the results may differ from the paper's)."""
+    global _warned
+    if checker not in CHECKERS:
+        raise ValueError(f"answer checker {checker!r} is not one of {CHECKERS}")
+    if checker == "math-verify" and math_verify is None:
+        if not _warned:
+            warnings.warn("math-verify cannot be imported: answers are checked by the built-in normaliser, whose "
+                          "verdicts may differ from the paper's (pip install math-verify)", stacklevel=2)
+            _warned = True
+        return "builtin"
+    return checker
+
+
+def answers_equal(predicted: str, reference: str, checker: str = "math-verify") -> bool:
+    if checker_in_use(checker) == "builtin":
+        return _builtin_equal(predicted, reference)
+    try:  # both sides as LaTeX math, as the paper's LightEval runs parsed the boxed answer
+        return bool(math_verify.verify(math_verify.parse(f"${reference}$"), math_verify.parse(f"${predicted}$")))
+    except Exception:  # noqa: BLE001 - e.g. its parsing timeout: an answer it cannot verify is not right
         return False
-    if _mv_verify is not None:
-        try:
-            return bool(_mv_verify(_mv_parse(f"${reference}$"), _mv_parse(f"${predicted}$")))
-        except Exception:  # noqa: BLE001 - fall back to the built-in check on parser errors
-            pass
-    return _builtin_equal(predicted, reference)
+
+
+def is_correct(generation: str, reference: str, checker: str = "math-verify") -> bool:
+    predicted = last_boxed(generation)
+    return predicted is not None and answers_equal(predicted, reference, checker)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import check_choices, choice
+from .answers import CHECKERS, checker_in_use
 
 PROMPT_STYLES = ("lighteval", "chat", "raw")
 
@@ -19,6 +20,7 @@ class Protocol:
     prompt: str = choice("lighteval", PROMPT_STYLES)  # lighteval: the paper's math template in the chat turn
     force_think: bool = True  # "<think>" as the start of the answer, as the paper's models were prompted
     sem_ddof: int = 0  # the SEM's standard deviation: 0 population (the reference's numpy default), 1 sample
+    checker: str = choice("math-verify", CHECKERS)  # how a boxed answer is compared with the reference
 
     def __post_init__(self):
         check_choices(self)
@@ -33,4 +35,5 @@ class Protocol:
         """What a summary states about how it was obtained."""
         return {"samples": self.samples, "temperature": self.temperature, "top_p": 1.0 if self.greedy else self.top_p,
                 "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
-                "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)"}
+                "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)",
+                "checker": checker_in_use(self.checker)}

@@ -111,7 +111,7 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
     results = [{**problems[i], "index": i, "generations": texts[i],
                 "predicted": [last_boxed(t) for t in texts[i]],
-                "correct": [is_correct(t, problems[i]["answer"]) for t in texts[i]]} for i in mine]
+                "correct": [is_correct(t, problems[i]["answer"], protocol.checker) for t in texts[i]]} for i in mine]
     if parallel.dp_size > 1:
         gathered = [None] * parallel.dp_size
         dist.all_gather_object(gathered, results, group=parallel.dp_group)

@@ -1,0 +1,108 @@
+"""The two answer checkers side by side on a table of answer pairs.
+
+Each row: (kind, boxed answer, reference, right?, math-verify's verdict, the built-in verdict).
+"right?" is the mathematical truth, so the table shows where each checker errs as well as where
+the two differ. docs/evaluation.md summarises it.
+"""
+
+import warnings
+
+import pytest
+
+from megatron_redi.eval import answers
+from megatron_redi.eval.answers import answers_equal, checker_in_use, is_correct
+
+TABLE = [
+    ('decimal', '42.0', '42', True, True, True),
+    ('decimal', '0.5', '\\frac{1}{2}', True, True, True),
+    ('decimal', '0.333', '\\frac{1}{3}', False, False, False),
+    ('decimal', '0.3333', '\\frac13', False, False, False),
+    ('degrees', '30^\\circ', '30', True, True, True),
+    ('degrees', '30^{\\circ}', '30^\\circ', True, True, True),
+    ('degrees', '\\frac{\\pi}{2}', '90^\\circ', True, False, False),
+    ('equation', 'x=3', '3', True, True, False),
+    ('equation', 'y=2x+1', 'y = 2x + 1', True, True, True),
+    ('equation', 'y=2x+1', '2x+1', True, True, False),
+    ('expression', 'x^2+2x+1', '(x+1)^2', True, True, False),
+    ('expression', 'x+1', 'x + 1', True, True, True),
+    ('expression', '2\\pi', '2 \\pi', True, True, True),
+    ('expression', '\\pi', '3.14159', False, False, False),
+    ('expression', '3.14', '\\pi', False, False, False),
+    ('fraction', '\\frac{3}{4}', '3/4', True, True, True),
+    ('fraction', '\\dfrac{3}{4}', '\\frac{3}{4}', True, True, True),
+    ('fraction', '\\tfrac34', '0.75', True, True, True),
+    ('fraction', '\\frac{6}{8}', '\\frac{3}{4}', True, True, True),
+    ('fraction', '-\\frac{1}{3}', '\\frac{-1}{3}', True, True, True),
+    ('fraction', '\\frac{1}{3}', '\\frac{1}{4}', False, False, False),
+    ('integer', '42', '42', True, True, True),
+    ('integer', '43', '42', False, False, False),
+    ('integer', '042', '42', True, True, True),
+    ('integer', '1,000', '1000', True, True, True),
+    ('integer', '1{,}000', '1000', True, True, False),
+    ('interval', '(1,2]', '(1, 2]', True, True, True),
+    ('interval', '[1,2)', '(1,2)', False, False, False),
+    ('interval', '(-\\infty, 2]', '(-\\infty,2]', True, True, True),
+    ('interval', '(-\\infty,0)\\cup(1,\\infty)', '(-\\infty, 0) \\cup (1, \\infty)', True, True, True),
+    ('matrix', '\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}', '\\begin{pmatrix}1\\\\2\\end{pmatrix}', True, True, True),
+    ('multiple', '1, 2', '2, 1', True, True, False),
+    ('multiple', '1,2,3', '1, 2, 3', True, True, True),
+    ('multiple', '1, 2', '1, 3', False, False, False),
+    ('multiple', '\\{1,2\\}', '\\{2,1\\}', True, True, False),
+    ('multiple', '3,4', '(3,4)', True, True, False),
+    ('percent', '50\\%', '50', True, True, True),
+    ('percent', '12', '12\\%', True, True, True),
+    ('percent', '0.12', '12\\%', True, True, False),
+    ('power', '10^3', '1000', True, True, False),
+    ('radical', '2\\sqrt{2}', '\\sqrt{8}', True, True, False),
+    ('radical', '\\frac{\\sqrt{3}}{2}', '\\frac{\\sqrt3}{2}', True, True, False),
+    ('radical', '\\frac{1}{\\sqrt{2}}', '\\frac{\\sqrt{2}}{2}', True, True, False),
+    ('radical', '\\sqrt{3}', '\\sqrt{2}', False, False, False),
+    ('sign', '+5', '5', True, True, True),
+    ('spacing', '\\left( 2 \\right)', '(2)', True, True, True),
+    ('text', '\\text{Evelyn}', 'Evelyn', True, True, True),
+    ('text', '\\text{(B)}', 'B', True, True, False),
+    ('text', '\\text{yes}', '\\text{no}', False, False, False),
+    ('text', 'B', '\\text{(B)}', True, True, False),
+    ('tuple', '(3, 4)', '(3,4)', True, True, True),
+    ('tuple', '(4,3)', '(3,4)', False, False, False),
+    ('units', '10\\text{ cm}', '10', True, True, False),
+    ('units', '5 \\text{ dollars}', '5', True, True, False),
+    ('units', '\\$5', '5', True, True, False),
+    ('units', '5', '\\text{5 apples}', True, False, False),
+]
+
+
+@pytest.mark.parametrize("kind,predicted,reference,right,math_verify,builtin", TABLE,
+                         ids=[f"{row[0]}:{row[1]}|{row[2]}" for row in TABLE])
+def test_each_checker_gives_its_verdict(kind, predicted, reference, right, math_verify, builtin):
+    assert answers_equal(predicted, reference, "math-verify") is math_verify
+    assert answers_equal(predicted, reference, "builtin") is builtin
+
+
+def test_what_the_table_shows():
+    assert len(TABLE) >= 40 and len({row[0] for row in TABLE}) >= 12
+    differ = [row for row in TABLE if row[4] != row[5]]
+    assert len(differ) == 17
+    # where they differ the built-in checker is the one that rejects: it can only under-count
+    assert all(row[4] and not row[5] for row in differ)
+    # math-verify's two misses: an angle in radians against degrees, a number against a worded answer
+    assert [row[1] for row in TABLE if row[4] != row[3]] == ["\\frac{\\pi}{2}", "5"]
+
+
+def test_the_whole_generation_is_checked_by_its_last_box():
+    assert is_correct("first \\boxed{3}, then, correcting: \\boxed{2\\sqrt{2}}", "\\sqrt{8}")
+    assert not is_correct("the answer is 42", "42")
+    assert not is_correct("\\boxed{42", "42")  # cut off before the box closed
+
+
+def test_without_math_verify_the_builtin_checker_runs_and_warns_once(monkeypatch):
+    monkeypatch.setattr(answers, "math_verify", None)
+    monkeypatch.setattr(answers, "_warned", False)
+    with pytest.warns(UserWarning, match="may differ from the paper's"):
+        assert checker_in_use("math-verify") == "builtin"
+        assert not is_correct("\\boxed{2\\sqrt{2}}", "\\sqrt{8}")  # the built-in verdict
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert is_correct("\\boxed{0.5}", "\\frac{1}{2}")
+    with pytest.raises(ValueError, match="not one of"):
+        checker_in_use("sympy")
