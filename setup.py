@@ -56,6 +56,8 @@ setup(
         "pyarrow",  # parquet / Arrow inputs of the data pipeline
         "matplotlib",  # tools/plot_metrics.py
         "tensorboard",  # the trainer's TensorBoard logs
+        "math-verify>=0.7",  # the evaluator's answer checker, as in the paper's evaluation
+        "datasets>=2.19",  # Hub datasets: tools/prepare_benchmarks.py and the data pipeline's hub: inputs
     ],
     license="Apache-2.0",
     extras_require={

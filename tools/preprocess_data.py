@@ -4,7 +4,7 @@
     python tools/preprocess_data.py --input raw/*.parquet --tokenizer Qwen2.5-Math-1.5B --output-dir data/redi
 
 Reads local .jsonl, .parquet, .arrow files or a directory saved by datasets (globs allowed), or a
-Hub dataset as hub:OWNER/NAME[:SPLIT] where a network and the datasets package exist.
+Hub dataset as hub:OWNER/NAME[/CONFIG][:SPLIT] where a network exists.
 Writes sft/, pairs/, meta.json and report.json (rows read, SFT rows, pairs, dropped rows by
 reason, length percentiles). Malformed rows are counted per reason, or with --strict stop the run
 with the file and row named. Exit code 2 on bad input; the output appears only when complete.
@@ -23,7 +23,7 @@ from megatron_redi.cli import HelpFormatter
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
-                   help="files, globs, saved datasets directories, or hub:OWNER/NAME[:SPLIT]")
+                   help="files, globs, saved datasets directories, or hub:OWNER/NAME[/CONFIG][:SPLIT]")
     p.add_argument("--tokenizer", required=True, help="an HF tokenizer directory (with a chat template)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--max-prompt-tokens", type=int, default=800, help="pairs: longest prompt")

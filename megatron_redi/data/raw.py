@@ -1,6 +1,6 @@
 """Read raw teacher traces, row by row, from local files: JSON lines, parquet, Arrow, or a
-directory saved by ``datasets.Dataset.save_to_disk``; or, where a network and the ``datasets``
-package exist, a Hub dataset named ``hub:OWNER/NAME[:SPLIT]`` (streamed). Rows stream in batches;
+directory saved by ``datasets.Dataset.save_to_disk``; or, where a network exists, a Hub dataset named
+``hub:OWNER/NAME[/CONFIG][:SPLIT]`` (streamed through ``datasets``). Rows stream in batches;
 nothing holds a whole file (the real corpus has 516k rows with several long generations each)."""
 
 from __future__ import annotations
@@ -102,13 +102,17 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     return files
 
 
+def hub_spec(repo: str, config: str | None = None, split: str = "train") -> str:
+    return f"hub:{repo}{'/' + config if config else ''}:{split}"
+
+
 def _hub(spec) -> Iterator[RawRow]:
-    try:
-        import datasets
-    except ImportError:
-        raise RawDataError(f"{spec}: reading a Hub dataset needs the datasets package (pip install datasets)") from None
-    name, _, split = spec[len("hub:"):].partition(":")
-    for i, record in enumerate(datasets.load_dataset(name, split=split or "train", streaming=True)):
+    import datasets  # imported here: it is slow to import, and only Hub inputs need it
+
+    path, _, split = spec[len("hub:"):].partition(":")
+    owner, name, *config = path.split("/", 2)
+    rows = datasets.load_dataset(f"{owner}/{name}", *config, split=split or "train", streaming=True)
+    for i, record in enumerate(rows):
         yield RawRow(spec, i, record)
 
 

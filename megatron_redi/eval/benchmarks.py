@@ -1,0 +1,104 @@
+"""The paper's five benchmarks by name: where each lives on the Hugging Face Hub, which columns hold
+its problem and answer, and how many problems it has.
+
+``prepare(name, source)`` returns the benchmark as the evaluator's rows ``{"problem", "answer",
+...}``, read from the Hub (``source`` None, through ``datasets``) or from a local copy: a data file
+(JSON lines, parquet, Arrow), a directory saved by ``datasets``, or a download of the dataset's
+repository (its data files are found by the benchmark's config and split names). The row count must
+be the known one: a wrong file, split or config is an error, not a smaller benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..data.raw import RawDataError, expand_inputs, hub_spec, read_rows
+
+
+class BenchmarkSourceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    repo: str  # the Hub dataset
+    split: str
+    problem: str  # its columns
+    answer: str
+    size: int
+    config: str | None = None
+
+
+BENCHMARKS = {
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", "problem", "answer", 500),
+    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", "problem", "answer", 30),
+    "amc23": Benchmark("math-ai/amc23", "test", "question", "answer", 40),
+    "minerva": Benchmark("math-ai/minervamath", "test", "question", "answer", 272),
+    "olympiadbench": Benchmark("Hothan/OlympiadBench", "train", "question", "final_answer", 675,
+                               config="OE_TO_maths_en_COMP"),  # open-ended, text-only, maths, English
+}
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+
+
+def answer_text(value) -> str:
+    """A reference answer as the evaluator's string: several answers (OlympiadBench's lists) joined by
+    ", ", whole floats (AMC23 stores 27.0) as integers, surrounding $ removed."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(answer_text(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip().strip("$").strip()
+
+
+def local_files(source: str, bench: Benchmark) -> list[tuple[str, str]]:
+    """The data files of ``bench`` in a local copy: the file itself, a saved dataset, or the files of
+    a repository download that belong to its config (if any) and split."""
+    if not os.path.isdir(source) or os.path.exists(os.path.join(source, "state.json")):
+        return expand_inputs([source])
+    if os.path.exists(os.path.join(source, "dataset_dict.json")):  # DatasetDict.save_to_disk
+        return expand_inputs([os.path.join(source, bench.split)])
+    found = sorted(os.path.join(d, f) for d, _, files in os.walk(source) for f in files
+                   if f.endswith(DATA_SUFFIXES) and f not in ("dataset_info.json", "state.json")
+                   and not any(part.startswith(".") and part != "." for part in os.path.relpath(d, source).split(os.sep)))
+    if bench.config:
+        found = [f for f in found if bench.config in os.path.relpath(f, source)]
+    in_split = [f for f in found if os.path.basename(f).startswith(bench.split)]
+    found = in_split or found
+    if not found:
+        what = f"config {bench.config}, " if bench.config else ""
+        raise BenchmarkSourceError(f"{source}: no data file ({what}split {bench.split}; {', '.join(DATA_SUFFIXES)})")
+    return expand_inputs(found)
+
+
+def prepare(name: str, source: str | None = None) -> list[dict]:
+    if name not in BENCHMARKS:
+        raise BenchmarkSourceError(f"unknown benchmark {name!r}: one of {', '.join(BENCHMARKS)}")
+    bench = BENCHMARKS[name]
+    try:
+        files = local_files(source, bench) if source else [(hub_spec(bench.repo, bench.config, bench.split), "hub")]
+        rows = []
+        for raw in read_rows(files):
+            if raw.record is None:
+                raise BenchmarkSourceError(f"{raw.file}: row {raw.row}: {raw.error}")
+            rows.append(_row(raw.record, bench, f"{raw.file}: row {raw.row}"))
+    except RawDataError as e:
+        raise BenchmarkSourceError(str(e)) from None
+    if len(rows) != bench.size:
+        where = source or bench.repo
+        raise BenchmarkSourceError(f"{where}: {len(rows)} problems, but {name} has {bench.size} ({bench.repo}"
+                                   f"{', config ' + bench.config if bench.config else ''}, split {bench.split}): "
+                                   "a different file, split or version")
+    return rows
+
+
+def _row(record: dict, bench: Benchmark, where: str) -> dict:
+    for column in (bench.problem, bench.answer):
+        if record.get(column) in (None, "", []):
+            raise BenchmarkSourceError(f"{where}: column {column!r} is missing or empty (columns: {', '.join(record)})")
+    if not isinstance(record[bench.problem], str):
+        raise BenchmarkSourceError(f"{where}: column {bench.problem!r} is not text")
+    kept = {k: v for k, v in record.items()  # scalar metadata (level, subject, id) rides along
+            if k not in (bench.problem, bench.answer, "problem", "answer") and isinstance(v, (str, int, float, bool))}
+    return {"problem": record[bench.problem], "answer": answer_text(record[bench.answer]), **kept}

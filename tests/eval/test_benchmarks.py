@@ -1,0 +1,122 @@
+"""The five benchmarks from local copies in each Hub dataset's column layout (no network here),
+and from the Hub through a stand-in for datasets.load_dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from megatron_redi.eval import load_benchmark
+from megatron_redi.eval.benchmarks import BENCHMARKS, BenchmarkSourceError, prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _rows(name, n):  # each dataset's columns and answer types
+    if name == "math500":
+        return [{"problem": f"p{i}", "solution": "s", "answer": f"\\frac{{{i}}}{{2}}", "subject": "Algebra",
+                 "level": 3, "unique_id": f"test/algebra/{i}.json"} for i in range(n)]
+    if name == "aime24":
+        return [{"id": 60 + i, "problem": f"p{i}", "solution": "s", "answer": str(i), "url": "u", "year": "2024"}
+                for i in range(n)]
+    if name == "amc23":
+        return [{"id": i, "question": f"q{i}", "answer": float(i) + (0.5 if i == 1 else 0.0), "url": "u"}
+                for i in range(n)]
+    if name == "minerva":
+        return [{"question": f"q{i}", "answer": f"{i} \\mathrm{{~m}}"} for i in range(n)]
+    return [{"id": 1600 + i, "question": f"q{i}", "solution": ["s"], "final_answer": [f"${i}$"] + (["$7$"] if i == 0 else []),
+             "context": None, "image_1": None, "is_multiple_answer": i == 0, "unit": None, "subfield": "Algebra"}
+            for i in range(n)]
+
+
+def _parquet(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def make_copy(root, name, n=None):
+    """A download of the dataset's repository, in its layout."""
+    rows = _rows(name, BENCHMARKS[name].size if n is None else n)
+    if name == "math500":  # one JSON lines file at the top
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, "test.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    elif name == "olympiadbench":  # one directory per config
+        _parquet(os.path.join(root, "OE_TO_maths_en_COMP", "train-00000-of-00001.parquet"), rows)
+        _parquet(os.path.join(root, "OE_TO_physics_en_COMP", "train-00000-of-00001.parquet"), rows[:5])
+    else:
+        _parquet(os.path.join(root, "data", f"{BENCHMARKS[name].split}-00000-of-00001.parquet"), rows)
+    open(os.path.join(root, "README.md"), "w").close()
+    return str(root)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_each_benchmark_from_a_local_copy(name, tmp_path):
+    rows = prepare(name, make_copy(tmp_path / name, name))
+    assert len(rows) == BENCHMARKS[name].size and all(isinstance(r["answer"], str) for r in rows)
+    assert rows[3]["problem"] in ("p3", "q3")
+    expected = {"math500": "\\frac{3}{2}", "aime24": "3", "amc23": "3", "minerva": "3 \\mathrm{~m}",
+                "olympiadbench": "3"}[name]
+    assert rows[3]["answer"] == expected
+    if name == "amc23":
+        assert rows[1]["answer"] == "1.5"  # only whole floats become integers
+    if name == "olympiadbench":
+        assert rows[0]["answer"] == "0, 7" and rows[0]["is_multiple_answer"] is True
+    if name == "math500":
+        assert rows[3]["level"] == 3 and rows[3]["subject"] == "Algebra"  # metadata rides along
+
+
+def test_saved_datasets_and_single_files(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = _rows("minerva", 272)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    assert len(prepare("minerva", str(tmp_path / "saved"))) == 272
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    assert len(prepare("minerva", str(tmp_path / "dict"))) == 272
+    _parquet(str(tmp_path / "one.parquet"), rows)
+    assert prepare("minerva", str(tmp_path / "one.parquet"))[0]["problem"] == "q0"
+
+
+def test_wrong_size_missing_column_and_unknown_names_are_clear_errors(tmp_path):
+    with pytest.raises(BenchmarkSourceError, match=r"29 problems, but aime24 has 30 .*split train"):
+        prepare("aime24", make_copy(tmp_path / "a", "aime24", n=29))
+    root = make_copy(tmp_path / "m", "minerva")
+    bad = _rows("minerva", 272)
+    del bad[5]["answer"]
+    _parquet(os.path.join(root, "data", "test-00000-of-00001.parquet"), bad)
+    with pytest.raises(BenchmarkSourceError, match=r"test-00000-of-00001.parquet: row 5: column 'answer' is missing"):
+        prepare("minerva", root)
+    with pytest.raises(BenchmarkSourceError, match="no data file .*config OE_TO_maths_en_COMP"):
+        prepare("olympiadbench", make_copy(tmp_path / "wrong", "math500"))
+    with pytest.raises(BenchmarkSourceError, match="unknown benchmark 'gsm8k'"):
+        prepare("gsm8k", str(tmp_path))
+
+
+def test_the_hub_is_read_with_the_benchmark_s_repo_config_and_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    asked = []
+
+    def load_dataset(repo, *config, split, streaming):
+        asked.append((repo, config, split))
+        return iter(_rows("olympiadbench", 675))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert len(prepare("olympiadbench")) == 675
+    assert asked == [("Hothan/OlympiadBench", ("OE_TO_maths_en_COMP",), "train")]
+
+
+def test_the_command_line_writes_a_benchmark_the_evaluator_reads(tmp_path):
+    source = make_copy(tmp_path / "amc", "amc23")
+    out = tmp_path / "amc23.jsonl"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "prepare_benchmarks.py"), "amc23", "--output", str(out),
+           "--source", source]
+    assert "40 problems" in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert len(load_benchmark(str(out))) == 40
+    again = subprocess.run(cmd, capture_output=True, text=True)  # an existing output is kept
+    assert again.returncode == 2 and "exists" in again.stderr and len(load_benchmark(str(out))) == 40
+    inside = subprocess.run(cmd[:4] + [os.path.join(source, "x.jsonl"), "--source", source], capture_output=True, text=True)
+    assert inside.returncode == 2 and "refused" in inside.stderr
