@@ -20,7 +20,7 @@ TP=${TP:-2}
 DATA_ARGS=(--rows 4000 --benchmark-problems 200 --digits 5 --seed 0)
 STAGE2_LR=${STAGE2_LR:-2.0e-5}
 # the paper's sampling, with the toy's chat prompt (its student never saw LightEval's or "<think>")
-EVAL_ARGS=(--benchmark "$OUT/data/benchmark.jsonl" --samples 4 --temperature 0.6 --top-p 0.95
+EVAL_ARGS=(--benchmark "toy=$OUT/data/benchmark.jsonl" --samples 4 --temperature 0.6 --top-p 0.95
            --max-new-tokens 72 --max-problems 200 --batch-size 200 --prompt chat --no-force-think)
 
 train() {  # train NAME CONFIG [overrides...]
@@ -36,8 +36,9 @@ train() {  # train NAME CONFIG [overrides...]
 latest() { ls -d "$1"/checkpoints/step_* | sort | tail -1; }
 
 evaluate() {  # evaluate NAME CHECKPOINT
+    rm -rf "${OUT:?}/eval/$1"  # the demo's own results: evaluate.py would keep an earlier demo's
     python tools/evaluate.py --checkpoint "$2" --tokenizer "$OUT/data/tokenized/tokenizer" "${EVAL_ARGS[@]}" \
-        --output "$OUT/eval/$1.jsonl" --summary "$OUT/eval/$1.json" | sed "s/^/   $1: /"
+        --output "$OUT/eval/$1" | sed "s/^/   $1: /"
 }
 
 start=$(date +%s)
@@ -62,10 +63,10 @@ for run in more_sft redi_a0.8 redi_a1.0; do
     evaluate "$run" "$(latest "$OUT/$run")"
 done
 python tools/summary_table.py --output "$OUT/table.md" \
-    "SFT start=$OUT/eval/sft_start.json" \
-    "more SFT (lr $STAGE2_LR)=$OUT/eval/more_sft.json" \
-    "REDI alpha 0.8 (lr $STAGE2_LR)=$OUT/eval/redi_a0.8.json" \
-    "symmetric REDI alpha 1.0 (lr $STAGE2_LR)=$OUT/eval/redi_a1.0.json"
+    "SFT start=$OUT/eval/sft_start" \
+    "more SFT (lr $STAGE2_LR)=$OUT/eval/more_sft" \
+    "REDI alpha 0.8 (lr $STAGE2_LR)=$OUT/eval/redi_a0.8" \
+    "symmetric REDI alpha 1.0 (lr $STAGE2_LR)=$OUT/eval/redi_a1.0"
 python tools/plot_metrics.py "$OUT/redi_a0.8" "$OUT/redi_a1.0" \
     --labels "REDI alpha 0.8, lr $STAGE2_LR" "symmetric REDI alpha 1.0, lr $STAGE2_LR" --smooth 5 --output "$OUT/figure6.png"
 

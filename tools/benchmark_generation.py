@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Generation speed: the evaluator's generator against transformers' ``generate`` with a static
+"""Generation speed: the evaluator's generator against transformers' generate() with a static
 cache, on the same random model and the same prompts, in one run.
 
-    python tools/benchmark_generation.py --preset small --json gen.json
+    python tools/benchmark_generation.py --preset qwen2.5-0.5b --layers 2 --json gen.json
 
 Both decode greedily and exactly --new-tokens per prompt (no stop token), so that they do the
 same work; tokens/s counts generated tokens over the wall time of the whole batch (prefill
@@ -20,15 +20,11 @@ import time
 import torch
 
 from megatron_redi.cli import HelpFormatter
+from megatron_redi.config import PRESETS, preset
 from megatron_redi.eval.generate import generate
-from megatron_redi.fixtures import make_tiny_hf_checkpoint
+from megatron_redi.fixtures import write_random_hf_checkpoint
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize
-
-PRESETS = {  # make_tiny_hf_checkpoint's shapes
-    "tiny": dict(hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=384),
-    "small": dict(hidden_size=256, intermediate_size=704, num_layers=4, num_heads=8, num_kv_heads=2, vocab_size=4096),
-}
 
 
 def _best_times(fns, repeats):
@@ -49,7 +45,8 @@ def _best_times(fns, repeats):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--layers", type=int, help="override the preset's number of layers")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=256)
@@ -61,12 +58,12 @@ def main(argv=None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
+    cfg = preset(args.preset, **({"num_hidden_layers": args.layers} if args.layers else {}))
     with tempfile.TemporaryDirectory() as tmp:
-        make_tiny_hf_checkpoint(tmp, **PRESETS[args.preset])
+        write_random_hf_checkpoint(tmp, cfg, dtype)
         ours = from_pretrained(tmp, initialize(tensor_parallel_size=1), dtype=dtype).eval()
         hf = AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=dtype).to(device).eval()
-    vocab = PRESETS[args.preset]["vocab_size"]
-    prompts = torch.randint(1, vocab, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
+    prompts = torch.randint(1, cfg.vocab_size, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
 
     def run_ours():
         return generate(ours, prompts.tolist(), args.new_tokens, stop_ids=set(), batch_size=args.batch)
@@ -82,7 +79,7 @@ def main(argv=None) -> int:
     same = sum(a == b for a, b in zip(run_ours(), run_hf()[:, args.prompt_len:].tolist()))
     tokens = args.batch * args.new_tokens
     ours_s, hf_s = _best_times([run_ours, run_hf], args.repeats)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "preset": args.preset,
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "preset": args.preset, "layers": cfg.num_layers,
               "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "threads": torch.get_num_threads(), "identical_sequences": same,
               "ours_tokens_per_s": tokens / ours_s, "transformers_static_tokens_per_s": tokens / hf_s}

@@ -1,45 +1,118 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint on a local benchmark as the paper did: pass@1 over k samples with its SEM,
-and pass@k.
+"""Evaluate checkpoints on benchmarks as the paper did: pass@1 over k samples with its SEM, pass@k,
+and, over a run's checkpoints, the curve and the best checkpoint.
 
-    python tools/evaluate.py --checkpoint runs/redi/hf --benchmark math500.jsonl \
-        --output results.jsonl --summary summary.json
+    python tools/evaluate.py --checkpoint runs/redi/hf --benchmark math500.jsonl --output eval/redi
+    python tools/evaluate.py --run runs/redi --benchmark math500=b/math500.jsonl aime24=b/aime24.jsonl \
+        --output eval/redi_curve
     torchrun --nproc-per-node 8 tools/evaluate.py --tp 2 ...     (TP x DP: problems split over DP)
+
+--run evaluates every checkpoint kept under RUN/checkpoints (weights-only ones included); --checkpoint
+takes one or more HF or native directories (their tokenizer files beside the weights, or
+--tokenizer). Benchmarks are JSON lines of {"problem", "answer"} (tools/prepare_benchmarks.py writes
+the paper's five), named NAME=FILE or after the file.
 
 The defaults are the paper's protocol (Appendix C.5): k = 16 samples at temperature 0.6 and top-p
 0.95, up to 32,768 new tokens, the LightEval math prompt inside the chat template, "<think>" forced
-as the start of the answer, and the SEM from the population standard deviation of the k per-sample
-scores over sqrt(k), as the reference computed it (--sem-ddof 1: the sample standard deviation).
-Each can be changed (--greedy decodes greedily; --prompt chat or raw; --no-force-think), and the
-summary records the protocol it ran. The checkpoint is an HF or native directory (its tokenizer
-files beside the weights, or --tokenizer); the benchmark is JSON lines of {"problem", "answer"}.
-RESULTS has one line per problem with its `correct` list; SUMMARY holds pass@1, sem, pass@k and the
-protocol.
+as the start of the answer, math-verify comparing the last \\boxed{} answer with the reference, and
+the SEM from the population standard deviation of the k per-sample scores over sqrt(k), as the
+reference computed it (--sem-ddof 1: the sample one). Each can be changed.
+
+OUTPUT gets LABEL/NAME.jsonl (one line per problem with its generations and `correct` list) and
+LABEL/NAME.json (pass@1, sem, pass@k, the protocol) per checkpoint and benchmark, and summary.json:
+every checkpoint's results and the best one (highest mean pass@1 over the benchmarks, or --select-by
+NAME), with curve.png when two or more checkpoints have a training step. Each file appears whole.
+Run the same command again after an interruption: results already written with the same protocol
+are kept, the rest are computed.
 """
 
 import argparse
+import gc
 import json
+import os
 import sys
 
 import torch
 
+from megatron_redi.atomic import atomic_file
 from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, local_directory
+from megatron_redi.checkpoint.native import METADATA_FILE
+from megatron_redi.cli import HelpFormatter
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, local_directory
 from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
+from megatron_redi.eval.answers import CHECKERS
 from megatron_redi.eval.protocol import PROMPT_STYLES, Protocol
+from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.training.checkpointing import STEP_DIR, checkpoint_dirs
+
+
+def checkpoints_to_evaluate(args) -> list[dict]:
+    """label, path and training step (None when unknown) of each checkpoint, oldest first for a run."""
+    if args.run:
+        found = checkpoint_dirs(os.path.join(local_directory(args.run, "--run"), "checkpoints"))
+        if not found:
+            raise ConfigError(f"{args.run}: no checkpoints (expected {args.run}/checkpoints/step_N)")
+        paths = [path for _, path in reversed(found)]
+    else:
+        paths = [local_directory(p, "--checkpoint") for p in args.checkpoint]
+    entries = [{"label": os.path.basename(os.path.normpath(p)), "checkpoint": p, "step": _step(p)} for p in paths]
+    labels = [e["label"] for e in entries]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"two checkpoints share a directory name ({', '.join(labels)}): evaluate them "
+                          "into separate --output directories")
+    return entries
+
+
+def _step(path: str) -> int | None:
+    if m := STEP_DIR.match(os.path.basename(os.path.normpath(path))):
+        return int(m.group(1))
+    meta = os.path.join(path, METADATA_FILE)
+    return load_json(meta, ConfigError).get("training_step") if os.path.exists(meta) else None
+
+
+def named_benchmarks(specs: list[str]) -> dict[str, str]:
+    named = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        name = name or os.path.splitext(os.path.basename(path))[0]
+        if name in named:
+            raise ConfigError(f"two benchmarks named {name!r}: name them NAME=FILE")
+        named[name] = path
+    return named
+
+
+def fingerprint(checkpoint: str) -> dict:
+    """Size and modification time of each file of a checkpoint: retrained or rewritten (as weights
+    only), it is another model."""
+    files = sorted(f for f in os.listdir(checkpoint) if os.path.isfile(os.path.join(checkpoint, f)))
+    return {f: [(st := os.stat(os.path.join(checkpoint, f))).st_size, st.st_mtime_ns] for f in files}
+
+
+def done_before(summary_file: str, identity: dict) -> dict | None:
+    """The summary of an earlier run of this evaluation, or None. One made with another protocol or
+    seed, or of a checkpoint that has changed since, is an error: results are never replaced."""
+    if not os.path.exists(summary_file):
+        return None
+    old = load_json(summary_file, ConfigError)
+    changed = [key for key, value in identity.items() if old.get(key) != value]
+    if changed:
+        raise ConfigError(f"{summary_file}: written with another {' and '.join(changed)} (the checkpoint files "
+                          "change when retrained or kept as weights only); choose another --output")
+    return old
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--benchmark", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", nargs="+", help="checkpoint directories")
+    which.add_argument("--run", help="a run directory: every checkpoint under RUN/checkpoints")
+    p.add_argument("--benchmark", nargs="+", required=True, help="[NAME=]FILE.jsonl, one or more")
+    p.add_argument("--output", required=True, help="a directory for the results")
+    p.add_argument("--select-by", help="select the best checkpoint by this benchmark's pass@1 (default: the mean)")
     paper = Protocol()
     p.add_argument("--samples", type=int, default=paper.samples, help="k generations per problem")
-    p.add_argument("--output", required=True, help="RESULTS.jsonl")
-    p.add_argument("--summary", required=True, help="SUMMARY.json")
     p.add_argument("--max-new-tokens", type=int, default=paper.max_new_tokens)
     p.add_argument("--temperature", type=float, default=paper.temperature)
     p.add_argument("--top-p", type=float, default=paper.top_p)
@@ -49,7 +122,8 @@ def main(argv=None) -> int:
                    help='do not start the answer with "<think>"')
     p.add_argument("--sem-ddof", type=int, choices=(0, 1), default=paper.sem_ddof,
                    help="the SEM's standard deviation: 0 population (the reference's), 1 sample")
-    p.add_argument("--tokenizer", help="default: the checkpoint directory")
+    p.add_argument("--checker", choices=CHECKERS, default=paper.checker, help="how answers are compared")
+    p.add_argument("--tokenizer", help="default: each checkpoint's directory")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--batch-size", type=int, default=32)
@@ -57,33 +131,75 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (generations, tokens/s, ETA)")
     args = p.parse_args(argv)
-    try:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        tokenizer_dir = local_directory(args.tokenizer or args.checkpoint, "the tokenizer")  # before anything slow
-        problems = load_benchmark(args.benchmark, args.max_problems)
+    try:  # everything that can be wrong in the inputs, before anything slow
+        protocol = Protocol(samples=args.samples, temperature=0.0 if args.greedy else args.temperature,
+                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
+                            force_think=args.force_think, sem_ddof=args.sem_ddof, checker=args.checker)
+        entries = checkpoints_to_evaluate(args)
+        benchmarks = {name: load_benchmark(path, args.max_problems)
+                      for name, path in named_benchmarks(args.benchmark).items()}
+        if args.select_by and args.select_by not in benchmarks:
+            raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
+        for e in entries:
+            local_directory(args.tokenizer or e["checkpoint"], "the tokenizer")
+            e["benchmarks"] = {}
+            e["identity"] = {"protocol": protocol.record(), "seed": args.seed,
+                             "checkpoint_files": fingerprint(e["checkpoint"])}
+            for name in benchmarks:
+                old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"])
+                if old:
+                    e["benchmarks"][name] = old
         parallel = initialize(tensor_parallel_size=args.tp)
-        model = from_pretrained(args.checkpoint, parallel, dtype=DTYPES[args.dtype])
-        model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (BenchmarkError, CheckpointError, ConfigError, OSError, ValueError) as e:
+    except (BenchmarkError, ConfigError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    protocol = Protocol(samples=args.samples, temperature=0.0 if args.greedy else args.temperature,
-                        top_p=args.top_p, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
-                        force_think=args.force_think, sem_ddof=args.sem_ddof)
-    results, summary = evaluate(model, tokenizer, problems, protocol, args.seed, args.batch_size,
-                                progress=not args.no_progress)
+
+    def report(message):
+        if parallel.rank == 0:
+            print(message, flush=True)
+
+    for e in entries:
+        todo = [name for name in benchmarks if name not in e["benchmarks"]]
+        if not todo:
+            report(f"{e['label']}: done before, kept")
+            continue
+        try:
+            model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval()
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
+        except (CheckpointError, ConfigError, OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for name in todo:
+            results, summary = evaluate(model, tokenizer, benchmarks[name], protocol, args.seed, args.batch_size,
+                                        progress=not args.no_progress)
+            summary.update(checkpoint=e["checkpoint"], step=e["step"], benchmark=name, **e["identity"])
+            if parallel.rank == 0:  # the results first: the summary's presence means both are whole
+                with atomic_file(os.path.join(args.output, e["label"], f"{name}.jsonl")) as f:
+                    f.writelines(json.dumps(r) + "\n" for r in results)
+                with atomic_file(os.path.join(args.output, e["label"], f"{name}.json")) as f:
+                    json.dump(summary, f, indent=2)
+            e["benchmarks"][name] = summary
+            sem = "n/a" if summary["sem"] is None else f"{100 * summary['sem']:.1f}"
+            k = summary["samples"]
+            report(f"{e['label']} {name}: pass@1 {100 * summary['pass@1']:.1f} ± {sem} (SEM, k={k}), "
+                   f"pass@{k} {100 * summary[f'pass@{k}']:.1f}, {summary['problems']} problems")
+        del model
+        gc.collect()
+
+    chosen = best(entries, args.select_by)
     if parallel.rank == 0:
-        with open(args.output, "w") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
-        summary.update(checkpoint=args.checkpoint, benchmark=args.benchmark)
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
-        sem = "n/a" if summary["sem"] is None else f"{100 * summary['sem']:.1f}"
-        print(f"pass@1 {100 * summary['pass@1']:.1f} ± {sem} (SEM, k={args.samples}), "
-              f"pass@{args.samples} {100 * summary[f'pass@{args.samples}']:.1f}, {len(results)} problems")
+        compact = [{"label": e["label"], "checkpoint": e["checkpoint"], "step": e["step"],
+                    "benchmarks": {n: {k: s[k] for k in ("pass@1", "sem", f"pass@{s['samples']}", "samples", "problems")}
+                                   for n, s in e["benchmarks"].items()}} for e in entries]
+        with atomic_file(os.path.join(args.output, "summary.json")) as f:
+            json.dump({"protocol": protocol.record(), "seed": args.seed, "checkpoints": compact, "best": chosen}, f,
+                      indent=2)
+        if sum(e["step"] is not None for e in entries) >= 2:
+            plot(entries, chosen, os.path.join(args.output, "curve.png"))
+    if len(entries) > 1:
+        report(f"best: {chosen['label']} (step {chosen['step']}), {100 * chosen['score']:.1f} by {chosen['selected_by']}")
     return 0
 
 

@@ -8,7 +8,7 @@
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_train_redi / dpo / sft, toy_eval,
-#       logprob_65k; install always runs)
+#       generation_1.5b, logprob_65k; install always runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -55,6 +55,8 @@ if [ $DRY = 1 ]; then
         --json "$WORK/attention_tiny.json"
     step logprob_tiny 300 python tools/benchmark_logprob.py --tokens 1024 --hidden 128 --vocab 4096 --repeats 1 \
         --json "$WORK/logprob_tiny.json"
+    step generation_tiny 300 python tools/benchmark_generation.py --preset tiny --new-tokens 32 \
+        --json "$WORK/generation_tiny.json"
     step cuda_tests 300 python -m pytest -q -m cuda tests
     echo "done; results in $OUT" | tee -a "$summary"
     exit 0
@@ -102,8 +104,10 @@ for loss in redi dpo sft; do
         --optim.lr 1e-3 --train.progress false
 done
 # generation on the GPU (KV cache, the fused QKV + RoPE kernel while decoding) from the REDI run
-step toy_eval 90 bash -c "python tools/evaluate.py --checkpoint \$(ls -d $toy/run_redi/checkpoints/step_* | tail -1) \
-    --tokenizer $toy/data/tokenizer --benchmark $toy/benchmark.jsonl --samples 2 --max-problems 50 \
-    --max-new-tokens 48 --output $WORK/toy_eval.jsonl --summary $WORK/toy_eval_summary.json"
+step toy_eval 90 python tools/evaluate.py --run "$toy/run_redi" --tokenizer "$toy/data/tokenizer" \
+    --benchmark "$toy/benchmark.jsonl" --samples 2 --max-problems 50 --max-new-tokens 48 --output "$WORK/toy_eval"
+# the evaluator's generator against transformers' static-cache generate, same model and prompts
+step generation_1.5b 240 python tools/benchmark_generation.py --preset qwen2.5-1.5b --batch 32 --new-tokens 512 \
+    --json "$WORK/generation_1.5b.json"
 step logprob_65k 120 python tools/benchmark_logprob.py --tokens 65536 --repeats 3 --no-naive --json "$WORK/logprob_65k.json"
 echo "done; results in $OUT" | tee -a "$summary"

@@ -1,49 +1,77 @@
 #!/usr/bin/env python
-"""A table like the paper's Table 2 from evaluate.py summaries.
+"""A table like the paper's Table 2 from tools/evaluate.py outputs: one row per run, at its best
+checkpoint, with pass@1 ± SEM per benchmark and their mean.
 
-    python tools/summary_table.py "SFT start=runs/sft/summary.json" "REDI a=0.8=runs/redi/summary.json"
+    python tools/summary_table.py "SFT=eval/sft" "REDI alpha 0.8=eval/redi" --output table.md
 
-Each argument is LABEL=SUMMARY.json (the last '=' splits). Prints a Markdown table of pass@1 with
-its SEM and pass@k, in percent; --output also writes it to a file.
+Each argument is LABEL=DIR, DIR an --output directory of tools/evaluate.py (the last '=' splits).
+With one benchmark the table also gives pass@k and the number of problems; where a directory holds
+several checkpoints, the row names the one selected. Figures in percent; --output also writes the
+table to a file.
 """
 
 import argparse
 import json
+import os
 import sys
+
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter
 
 
+def _percent(s: dict) -> str:
+    sem = "n/a" if s["sem"] is None else f"{100 * s['sem']:.1f}"
+    return f"{100 * s['pass@1']:.1f} ± {sem}"
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
-    k = rows[0][1]["samples"]
-    lines = [f"| model | pass@1 (%) ± SEM, k={k} | pass@{k} (%) | problems |", "|---|---|---|---|"]
-    for label, s in rows:
-        sem = "n/a" if s["sem"] is None else f"{100 * s['sem']:.1f}"
-        pass_k = s["pass@" + str(s["samples"])]
-        lines.append(f"| {label} | {100 * s['pass@1']:.1f} ± {sem} | {100 * pass_k:.1f} | {s['problems']} |")
+    names = list(rows[0][1]["checkpoints"][0]["benchmarks"])
+    k = rows[0][1]["protocol"]["samples"]
+    several = any(len(summary["checkpoints"]) > 1 for _, summary in rows)
+    header = ["model"] + (["checkpoint"] if several else []) + [f"{n} pass@1 (%) ± SEM, k={k}" for n in names]
+    header += ["Avg."] if len(names) > 1 else [f"pass@{k} (%)", "problems"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, summary in rows:
+        chosen = next(e for e in summary["checkpoints"] if e["label"] == summary["best"]["label"])
+        results = chosen["benchmarks"]
+        missing = set(names) ^ set(results)
+        if missing:
+            raise ValueError(f"{label}: benchmarks differ from the first row's ({', '.join(sorted(missing))})")
+        cells = [label] + ([f"{chosen['label']} (step {chosen['step']})"] if several else [])
+        cells += [_percent(results[n]) for n in names]
+        if len(names) > 1:
+            cells.append(f"{100 * sum(results[n]['pass@1'] for n in names) / len(names):.1f}")
+        else:
+            s = results[names[0]]
+            cells += [f"{100 * s[f'pass@{k}']:.1f}", str(s["problems"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("entries", nargs="+", help="LABEL=SUMMARY.json")
+    p.add_argument("entries", nargs="+", help="LABEL=DIR")
     p.add_argument("--output")
     args = p.parse_args(argv)
     rows = []
-    for entry in args.entries:
-        label, _, path = entry.rpartition("=")
-        if not label:
-            print(f"error: {entry!r} is not LABEL=SUMMARY.json", file=sys.stderr)
-            return 2
-        try:
-            with open(path) as f:
-                rows.append((label, json.load(f)))
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"error: {path}: {e}", file=sys.stderr)
-            return 2
-    text = table(rows)
+    try:
+        for entry in args.entries:
+            label, _, path = entry.rpartition("=")
+            if not label:
+                raise ValueError(f"{entry!r} is not LABEL=DIR")
+            file = os.path.join(path, "summary.json")
+            with open(file) as f:
+                summary = json.load(f)
+            if not isinstance(summary, dict) or not {"checkpoints", "best", "protocol"} <= summary.keys():
+                raise ValueError(f"{file}: not a summary written by tools/evaluate.py")
+            rows.append((label, summary))
+        text = table(rows)
+    except (OSError, ValueError) as e:  # json's errors are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
+        with atomic_file(args.output) as f:
             f.write(text + "\n")
     return 0
 

@@ -21,12 +21,15 @@ def test_synthetic_traces_then_evaluate(tiny_checkpoint, tmp_path):
     assert {"problem", "generations", "correctness", "problem_is_valid", "source"} <= row.keys()
 
     # any checkpoint works for the plumbing; its answers are of course wrong
-    out = run("tools/evaluate.py", "--checkpoint", tiny_checkpoint(), "--tokenizer", tmp_path / "syn" / "tokenizer",
+    checkpoint = tiny_checkpoint()
+    out = run("tools/evaluate.py", "--checkpoint", checkpoint, "--tokenizer", tmp_path / "syn" / "tokenizer",
               "--benchmark", tmp_path / "syn" / "benchmark.jsonl", "--samples", "2", "--max-new-tokens", "8",
-              "--output", tmp_path / "r.jsonl", "--summary", tmp_path / "s.json", "--dtype", "fp32")
-    summary = json.loads((tmp_path / "s.json").read_text())
-    assert {"pass@1", "sem", "pass@2"} <= summary.keys() and summary["problems"] == 6
-    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+              "--output", tmp_path / "eval", "--dtype", "fp32")
+    written = tmp_path / "eval" / os.path.basename(checkpoint)
+    summary = json.loads((written / "benchmark.json").read_text())
+    assert {"pass@1", "sem", "pass@2", "protocol"} <= summary.keys() and summary["problems"] == 6
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["best"]["checkpoint"] == checkpoint
+    results = [json.loads(line) for line in (written / "benchmark.jsonl").read_text().splitlines()]
     assert len(results) == 6 and all(len(r["correct"]) == 2 for r in results)
     assert "pass@1" in out.stdout
 

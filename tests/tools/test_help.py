@@ -69,8 +69,7 @@ def test_preprocess_help_shows_the_limits():
 
 @pytest.mark.parametrize("command", [
     ["tools/preprocess_data.py", "--input", "x.jsonl", "--tokenizer", "Qwen/Qwen2.5-Math-1.5B", "--output-dir", "OUT"],
-    ["tools/evaluate.py", "--checkpoint", "Qwen/Qwen2.5-Math-1.5B", "--benchmark", "b.jsonl", "--output", "o",
-     "--summary", "s"],
+    ["tools/evaluate.py", "--checkpoint", "Qwen/Qwen2.5-Math-1.5B", "--benchmark", "x.jsonl", "--output", "o"],
     ["tools/convert_checkpoint.py", "native-to-hf", "--input", "Qwen/Qwen2.5-Math-1.5B", "--output", "OUT"],
 ])
 def test_a_hub_name_fails_at_once_naming_it(tmp_path, command):
