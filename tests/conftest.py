@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny HF checkpoints and a tiny tokenizer, built once per test session."""
+"""Shared fixtures: tiny HF checkpoints, a tiny tokenizer, tokenised data and a short training run, built once per test session."""
 
 import os
 
@@ -60,3 +60,19 @@ def tiny_run_inputs(tmp_path_factory):
     model = make_tiny_hf_checkpoint(str(root / "model"), vocab_size=512, hidden_size=32, intermediate_size=64,
                                     num_layers=2, num_heads=4, num_kv_heads=2)
     return str(root / "data"), model
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_inputs, tmp_path_factory):
+    """A 3-step training run of the tiny model with a checkpoint after each step (the two older ones
+    kept as weights only), as a researcher's run directory."""
+    import subprocess
+    import sys
+
+    data, model = tiny_run_inputs
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    subprocess.run([sys.executable, "-m", "megatron_redi.train", "--model.path", model, "--data.path", data,
+                    "--model.dtype", "fp32", "--data.global_batch", "8", "--train.max_steps", "3",
+                    "--train.output_dir", str(out), "--train.progress", "false", "--checkpoint.every", "1",
+                    "--checkpoint.keep", "1"], check=True, capture_output=True)
+    return out

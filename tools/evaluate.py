@@ -36,40 +36,14 @@ import torch
 
 from megatron_redi.atomic import atomic_file
 from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.checkpoint.native import METADATA_FILE
 from megatron_redi.cli import HelpFormatter
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, local_directory
 from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
-from megatron_redi.eval.answers import CHECKERS
-from megatron_redi.eval.protocol import PROMPT_STYLES, Protocol
+from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize
-from megatron_redi.training.checkpointing import STEP_DIR, checkpoint_dirs
-
-
-def checkpoints_to_evaluate(args) -> list[dict]:
-    """label, path and training step (None when unknown) of each checkpoint, oldest first for a run."""
-    if args.run:
-        found = checkpoint_dirs(os.path.join(local_directory(args.run, "--run"), "checkpoints"))
-        if not found:
-            raise ConfigError(f"{args.run}: no checkpoints (expected {args.run}/checkpoints/step_N)")
-        paths = [path for _, path in reversed(found)]
-    else:
-        paths = [local_directory(p, "--checkpoint") for p in args.checkpoint]
-    entries = [{"label": os.path.basename(os.path.normpath(p)), "checkpoint": p, "step": _step(p)} for p in paths]
-    labels = [e["label"] for e in entries]
-    if len(set(labels)) < len(labels):
-        raise ConfigError(f"two checkpoints share a directory name ({', '.join(labels)}): evaluate them "
-                          "into separate --output directories")
-    return entries
-
-
-def _step(path: str) -> int | None:
-    if m := STEP_DIR.match(os.path.basename(os.path.normpath(path))):
-        return int(m.group(1))
-    meta = os.path.join(path, METADATA_FILE)
-    return load_json(meta, ConfigError).get("training_step") if os.path.exists(meta) else None
+from megatron_redi.training.checkpointing import list_checkpoints
 
 
 def named_benchmarks(specs: list[str]) -> dict[str, str]:
@@ -111,18 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--benchmark", nargs="+", required=True, help="[NAME=]FILE.jsonl, one or more")
     p.add_argument("--output", required=True, help="a directory for the results")
     p.add_argument("--select-by", help="select the best checkpoint by this benchmark's pass@1 (default: the mean)")
-    paper = Protocol()
-    p.add_argument("--samples", type=int, default=paper.samples, help="k generations per problem")
-    p.add_argument("--max-new-tokens", type=int, default=paper.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=paper.temperature)
-    p.add_argument("--top-p", type=float, default=paper.top_p)
-    p.add_argument("--greedy", action="store_true", help="temperature 0")
-    p.add_argument("--prompt", choices=PROMPT_STYLES, default=paper.prompt)
-    p.add_argument("--no-force-think", dest="force_think", action="store_false",
-                   help='do not start the answer with "<think>"')
-    p.add_argument("--sem-ddof", type=int, choices=(0, 1), default=paper.sem_ddof,
-                   help="the SEM's standard deviation: 0 population (the reference's), 1 sample")
-    p.add_argument("--checker", choices=CHECKERS, default=paper.checker, help="how answers are compared")
+    add_protocol_arguments(p)
     p.add_argument("--tokenizer", help="default: each checkpoint's directory")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="bf16" if torch.cuda.is_available() else "fp32")
@@ -134,10 +97,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     try:  # everything that can be wrong in the inputs, before anything slow
-        protocol = Protocol(samples=args.samples, temperature=0.0 if args.greedy else args.temperature,
-                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
-                            force_think=args.force_think, sem_ddof=args.sem_ddof, checker=args.checker)
-        entries = checkpoints_to_evaluate(args)
+        protocol = protocol_from_arguments(args)
+        entries = list_checkpoints(args.run, args.checkpoint)
         benchmarks = {name: load_benchmark(path, args.max_problems)
                       for name, path in named_benchmarks(args.benchmark).items()}
         if args.select_by and args.select_by not in benchmarks:

@@ -37,3 +37,27 @@ class Protocol:
                 "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
                 "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)",
                 "checker": checker_in_use(self.checker)}
+
+
+def add_protocol_arguments(parser, scoring: bool = True) -> None:
+    """The protocol's command-line options, defaulting to the paper's: how to generate, and with
+    ``scoring`` how many samples and how to score them (tools/evaluate.py, tools/analyze.py)."""
+    paper = Protocol()
+    if scoring:
+        parser.add_argument("--samples", type=int, default=paper.samples, help="k generations per problem")
+        parser.add_argument("--sem-ddof", type=int, choices=(0, 1), default=paper.sem_ddof,
+                            help="the SEM's standard deviation: 0 population (the reference's), 1 sample")
+        parser.add_argument("--checker", choices=CHECKERS, default=paper.checker, help="how answers are compared")
+    parser.add_argument("--max-new-tokens", type=int, default=paper.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=paper.temperature)
+    parser.add_argument("--top-p", type=float, default=paper.top_p)
+    parser.add_argument("--greedy", action="store_true", help="temperature 0")
+    parser.add_argument("--prompt", choices=PROMPT_STYLES, default=paper.prompt)
+    parser.add_argument("--no-force-think", dest="force_think", action="store_false",
+                        help='do not start the answer with "<think>"')
+
+
+def protocol_from_arguments(args) -> Protocol:
+    scoring = {k: getattr(args, k) for k in ("samples", "sem_ddof", "checker") if hasattr(args, k)}
+    return Protocol(temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
+                    max_new_tokens=args.max_new_tokens, prompt=args.prompt, force_think=args.force_think, **scoring)

@@ -85,14 +85,15 @@ def stop_tokens(tokenizer) -> set[int]:
 
 def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protocol(), seed: int = 0,
              batch_size: int = 32, progress: bool = False) -> tuple[list[dict], dict]:
-    """(one result per problem with its ``correct`` list of ``protocol.samples`` booleans, summary,
-    which records the protocol). ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
+    """(one result per problem: its ``generations``, their ``lengths`` in tokens, the ``predicted``
+    answers and the ``correct`` list of ``protocol.samples`` booleans; the summary, which records the
+    protocol). ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
     parallel, samples = model.parallel, protocol.samples
     temperature, top_p = (0.0, 1.0) if protocol.greedy else (protocol.temperature, protocol.top_p)
     mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
     prompts = [build_prompt(tokenizer, problems[i]["problem"], protocol.prompt, protocol.force_think) for i in mine]
     stops = stop_tokens(tokenizer)
-    texts = {i: [] for i in mine}
+    texts, lengths = {i: [] for i in mine}, {i: [] for i in mine}
     bar = tqdm(total=samples * len(mine), desc="generating", unit="gen", disable=not (progress and parallel.rank == 0),
                dynamic_ncols=True)
     start, tokens = time.perf_counter(), 0
@@ -109,7 +110,8 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
                             batch_size=batch_size, on_batch=advance)
             for i, ids in zip(mine, outs):
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
-    results = [{**problems[i], "index": i, "generations": texts[i],
+                lengths[i].append(len(ids))
+    results = [{**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
                 "predicted": [last_boxed(t) for t in texts[i]],
                 "correct": [is_correct(t, problems[i]["answer"], protocol.checker) for t in texts[i]]} for i in mine]
     if parallel.dp_size > 1:

@@ -24,14 +24,20 @@ from ..batch import SeqBoundaries
 from .attention import causal_attention
 
 
-def last_token_logits(model, sequences: list[list[int]], cache: KVCache | None = None) -> torch.Tensor:
-    """Run packed token sequences through ``model``; the logits of each one's last position [B, V]."""
+def packed_hidden(model, sequences: list[list[int]], cache: KVCache | None = None):
+    """Run token sequences through ``model`` packed, without sequence parallelism: (final hidden
+    states [t, h] of every position, their SeqBoundaries)."""
     device = model.parallel.device
     seqs = SeqBoundaries.from_lengths([len(x) for x in sequences], device)
     ids = torch.tensor([t for x in sequences for t in x], device=device)
     pos = torch.cat([torch.arange(n, device=device) for n in seqs.lengths])
-    hidden = model(ids, pos, seqs, cache=cache, sequence_parallel=False)
-    last = torch.tensor(seqs.host[1:], device=device) - 1
+    return model(ids, pos, seqs, cache=cache, sequence_parallel=False), seqs
+
+
+def last_token_logits(model, sequences: list[list[int]], cache: KVCache | None = None) -> torch.Tensor:
+    """The logits of each packed sequence's last position [B, V]."""
+    hidden, seqs = packed_hidden(model, sequences, cache)
+    last = torch.tensor(seqs.host[1:], device=hidden.device) - 1
     return model.logits(hidden.index_select(0, last), sequence_parallel=False)
 
 

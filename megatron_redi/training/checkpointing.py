@@ -33,7 +33,7 @@ from ..checkpoint.hf_mapping import CheckpointError, name_table
 from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, NativeCheckpointReader,
                                  copy_side_files, rank_file, write_native)
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig, load_json, local_directory
 from ..parallel import ParallelState
 from ..parallel.state import every_rank
 
@@ -51,6 +51,32 @@ def checkpoint_dirs(root: str) -> list[tuple[int, str]]:
     found = [(int(m.group(1)), os.path.join(root, name)) for name in os.listdir(root)
              if (m := STEP_DIR.match(name))]
     return sorted(found, reverse=True)
+
+
+def list_checkpoints(run: str | None = None, paths: list[str] | None = None) -> list[dict]:
+    """``{label, checkpoint, step}`` of every checkpoint kept under ``run``/checkpoints (oldest first),
+    or of the directories in ``paths``; step None where neither the name (step_N) nor native
+    metadata tells it. Labels (the directory names) must differ: outputs are named after them."""
+    if run:
+        found = checkpoint_dirs(os.path.join(local_directory(run, "the run"), "checkpoints"))
+        if not found:
+            raise ConfigError(f"{run}: no checkpoints (expected {run}/checkpoints/step_N)")
+        paths = [path for _, path in reversed(found)]
+    else:
+        paths = [local_directory(p, "a checkpoint") for p in paths or ()]
+    entries = [{"label": os.path.basename(os.path.normpath(p)), "checkpoint": p, "step": _training_step(p)}
+               for p in paths]
+    labels = [e["label"] for e in entries]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"two checkpoints share a directory name ({', '.join(labels)}): give them separate outputs")
+    return entries
+
+
+def _training_step(path: str) -> int | None:
+    if m := STEP_DIR.match(os.path.basename(os.path.normpath(path))):
+        return int(m.group(1))
+    meta = os.path.join(path, METADATA_FILE)
+    return load_json(meta, ConfigError).get("training_step") if os.path.exists(meta) else None
 
 
 def holds_checkpoints(path: str) -> bool:

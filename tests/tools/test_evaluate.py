@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from megatron_redi.eval.selection import best, score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,30 +15,20 @@ def run(*args, check=True):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, check=check, cwd=ROOT)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_run_inputs, tmp_path_factory):
-    data, model = tiny_run_inputs
-    out = tmp_path_factory.mktemp("evalrun") / "run"
-    run("-m", "megatron_redi.train", "--model.path", model, "--data.path", data, "--model.dtype", "fp32",
-        "--data.global_batch", "8", "--train.max_steps", "3", "--train.output_dir", out, "--train.progress", "false",
-        "--checkpoint.every", "1", "--checkpoint.keep", "1")
-    return out
-
-
-def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(run_dir, tiny_run_inputs, tmp_path):
+def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(tiny_run, tiny_run_inputs, tmp_path):
     data, _ = tiny_run_inputs
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"problem": f"{i} + {i}", "answer": str(2 * i)}) + "\n"
                                                         for i in range(3)))
     out = tmp_path / "eval"
-    command = ["tools/evaluate.py", "--run", run_dir, "--benchmark", f"a={tmp_path / 'a.jsonl'}", tmp_path / "b.jsonl",
+    command = ["tools/evaluate.py", "--run", tiny_run, "--benchmark", f"a={tmp_path / 'a.jsonl'}", tmp_path / "b.jsonl",
                "--tokenizer", os.path.join(data, "tokenizer"), "--samples", "2", "--max-new-tokens", "4",
                "--output", out, "--no-progress"]
     first = run(*command)
     summary = json.loads((out / "summary.json").read_text())
     entries = summary["checkpoints"]
     assert [e["step"] for e in entries] == [1, 2, 3]
-    assert not os.path.isdir(run_dir / "checkpoints" / "step_00000001" / "training")  # weights only, evaluated too
+    assert not os.path.isdir(tiny_run / "checkpoints" / "step_00000001" / "training")  # weights only, evaluated too
     assert all(set(e["benchmarks"]) == {"a", "b"} for e in entries)
     assert summary["best"] == best(entries) and summary["best"]["score"] == max(score(e) for e in entries)
     assert summary["protocol"]["samples"] == 2 and summary["protocol"]["checker"] == "math-verify"
@@ -58,19 +46,19 @@ def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(run_dir, tiny_run_in
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")} == stamps
     other = run(*command, "--samples", "3", check=False)  # the last --samples counts
     assert other.returncode == 2 and "another protocol" in other.stderr
-    os.utime(run_dir / "checkpoints" / "step_00000003" / "megatron_redi.json")  # as if retrained
+    os.utime(tiny_run / "checkpoints" / "step_00000003" / "megatron_redi.json")  # as if retrained
     changed = run(*command, check=False)
     assert changed.returncode == 2 and "another checkpoint_files" in changed.stderr
 
 
-def test_input_errors_exit_2_before_any_work(run_dir, tmp_path):
+def test_input_errors_exit_2_before_any_work(tiny_run, tmp_path):
     (tmp_path / "a.jsonl").write_text('{"problem": "x", "answer": "1"}\n')
     empty = tmp_path / "empty_run"
     empty.mkdir()
     for args, message in [
         (["--run", empty], "no checkpoints"),
-        (["--run", run_dir, "--select-by", "math500"], "not one of the benchmarks"),
-        (["--checkpoint", run_dir / "checkpoints" / "step_00000001", tmp_path / "x" / "step_00000001"], "no such directory"),
+        (["--run", tiny_run, "--select-by", "math500"], "not one of the benchmarks"),
+        (["--checkpoint", tiny_run / "checkpoints" / "step_00000001", tmp_path / "x" / "step_00000001"], "no such directory"),
     ]:
         proc = run("tools/evaluate.py", *args, "--benchmark", tmp_path / "a.jsonl", "--output", tmp_path / "o",
                    check=False)
