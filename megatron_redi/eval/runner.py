@@ -61,7 +61,8 @@ def load_benchmark(path: str, max_problems: int | None = None) -> list[dict]:
     return problems[:max_problems] if max_problems else problems
 
 
-def build_prompt(tokenizer, problem: str, style: str, force_think: bool) -> list[int]:
+def prompt_text(tokenizer, problem: str, style: str, force_think: bool) -> str:
+    """The prompt as text (what an inference engine such as vLLM takes)."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style {style!r} is not one of {PROMPT_STYLES}")
     if style == "raw":
@@ -72,7 +73,11 @@ def build_prompt(tokenizer, problem: str, style: str, force_think: bool) -> list
                                              add_generation_prompt=True)
     if force_think:  # the paper fixes "<think>" as the first generated token of its models
         text += "<think>"
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text
+
+
+def build_prompt(tokenizer, problem: str, style: str, force_think: bool) -> list[int]:
+    return tokenizer(prompt_text(tokenizer, problem, style, force_think), add_special_tokens=False)["input_ids"]
 
 
 def stop_tokens(tokenizer) -> set[int]:
@@ -111,12 +116,32 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
             for i, ids in zip(mine, outs):
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
                 lengths[i].append(len(ids))
-    results = [{**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
-                "predicted": [last_boxed(t) for t in texts[i]],
-                "correct": [is_correct(t, problems[i]["answer"], protocol.checker) for t in texts[i]]} for i in mine]
+    results = result_rows(problems, mine, texts, lengths, protocol.checker)
     if parallel.dp_size > 1:
         gathered = [None] * parallel.dp_size
         dist.all_gather_object(gathered, results, group=parallel.dp_group)
-        results = [r for part in gathered for r in part]
-    results.sort(key=lambda r: r["index"])
-    return results, {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record()}
+        results = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+    return results, summary_of(results, protocol)
+
+
+def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, checker: str) -> list[dict]:
+    """One row per problem index: the problem's fields, its generations (text and length in
+    tokens), the boxed answers and which are correct."""
+    return [{**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
+             "predicted": [last_boxed(t) for t in texts[i]],
+             "correct": [is_correct(t, problems[i]["answer"], checker) for t in texts[i]]} for i in indices]
+
+
+def summary_of(results: list[dict], protocol: Protocol) -> dict:
+    return {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record()}
+
+
+def score(problems: list[dict], generations: list[list[str]], lengths: list[list[int]],
+          protocol: Protocol = Protocol()) -> tuple[list[dict], dict]:
+    """evaluate()'s results and summary for generations made elsewhere (e.g. by vLLM):
+    ``generations[i][j]`` is sample j of problem i, ``lengths[i][j]`` its length in tokens."""
+    if len(generations) != len(problems) or any(len(g) != protocol.samples for g in generations):
+        raise ValueError(f"need {protocol.samples} generations for each of the {len(problems)} problems")
+    rows = result_rows(problems, range(len(problems)), dict(enumerate(generations)), dict(enumerate(lengths)),
+                       protocol.checker)
+    return rows, summary_of(rows, protocol)

@@ -109,3 +109,23 @@ def test_the_default_protocol_is_the_paper_s_and_is_recorded():
     assert Protocol(temperature=0).record()["top_p"] == 1.0
     with pytest.raises(ValueError, match="prompt must be one of"):
         Protocol(prompt="fancy")
+
+
+def test_generations_made_elsewhere_are_scored_as_evaluate_scores_its_own(tiny_checkpoint, tiny_tokenizer_dir):
+    """The inference-engine path (vLLM): prompts as text, generations scored by score()."""
+    from transformers import AutoTokenizer
+
+    from megatron_redi.eval import Protocol, build_prompt, evaluate, prompt_text, score
+    from megatron_redi.model import from_pretrained
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    problems = [{"problem": f"{i} + 1", "answer": str(i + 1)} for i in range(3)]
+    protocol = Protocol(samples=2, max_new_tokens=5)
+    results, summary = evaluate(from_pretrained(tiny_checkpoint()), tokenizer, problems, protocol)
+    again, again_summary = score(problems, [r["generations"] for r in results], [r["lengths"] for r in results], protocol)
+    assert again == results and again_summary == summary
+    text = prompt_text(tokenizer, "1 + 1", "lighteval", True)
+    assert text.endswith("<think>") and "\\boxed{ANSWER}" in text
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == build_prompt(tokenizer, "1 + 1", "lighteval", True)
+    with pytest.raises(ValueError, match="need 2 generations for each of the 3 problems"):
+        score(problems, [["x"]] * 3, [[1]] * 3, protocol)
