@@ -111,7 +111,11 @@ def _hub(spec) -> Iterator[RawRow]:
 
     path, _, split = spec[len("hub:"):].partition(":")
     owner, name, *config = path.split("/", 2)
-    rows = datasets.load_dataset(f"{owner}/{name}", *config, split=split or "train", streaming=True)
+    try:
+        rows = datasets.load_dataset(f"{owner}/{name}", *config, split=split or "train", streaming=True)
+    except (OSError, ValueError) as e:  # no network (ConnectionError), no such dataset, config or split
+        raise RawDataError(f"{spec}: cannot be read from the Hub ({str(e).splitlines()[0]}); without a network, "
+                           "download it (huggingface-cli download REPO --repo-type dataset) and give its files") from None
     for i, record in enumerate(rows):
         yield RawRow(spec, i, record)
 
