@@ -36,8 +36,38 @@ def solve(a: int, b: int, digits: int, slip: tuple[str, int] | None = None) -> t
     return ";".join(steps) + f";ans {answer}. The answer is \\boxed{{{answer}}}.", answer
 
 
+def estimate(a: int, b: int) -> tuple[str, int]:
+    """The decoy method of the toy study's task B: both numbers rounded to thousands and added. Its
+    tokens (``est``, ``~``) never occur in a digit-by-digit trace, and it is wrong unless both
+    numbers are multiples of 1000."""
+    ra, rb = round(a, -3), round(b, -3)
+    answer = ra + rb
+    return f"est {a}~{ra} {b}~{rb};{ra}+{rb}={answer};ans {answer}. The answer is \\boxed{{{answer}}}.", answer
+
+
 def problem_text(a: int, b: int) -> str:
     return f"Compute {a}+{b}."
+
+
+def draw_problems(rng: random.Random, count: int, digits: int, exclude=(), decoy_safe: bool = False) -> list[tuple[int, int]]:
+    """``count`` distinct pairs of D-digit numbers, none in ``exclude``; with ``decoy_safe`` none
+    divisible by 1000 (where the estimate would be right)."""
+    seen, out = set(exclude), []
+    while len(out) < count:
+        a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
+        if (a, b) in seen or (decoy_safe and (a % 1000 == 0 or b % 1000 == 0)):
+            continue
+        seen.add((a, b))
+        out.append((a, b))
+    return out
+
+
+def schema_row(a: int, b: int, generations: list[str], correct: list[bool]) -> dict:
+    """One OpenR1-Math-Raw row with exact verifier labels."""
+    return {"problem": problem_text(a, b), "answer": str(a + b), "generations": generations,
+            "correctness": {"llama_verification": correct, "math_verify_answer": correct,
+                            "math_verify_reparsed_answer": correct},
+            "problem_is_valid": "Yes", "source": "olympiads", "problem_type": "Algebra"}
 
 
 def make_row(rng: random.Random, digits: int, generations: int, p_correct: float) -> dict:
