@@ -277,6 +277,8 @@ def table(results, lrs) -> str:
     lines = ["| arm | negatives | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
     arms = [("more SFT", None)] + [(f"alpha {a}", k) for k in KINDS for a in ALPHAS]
     for arm, kind in arms:
+        if not any(r["arm"] == arm and r["kind"] == kind for r in results):
+            continue
         cells = []
         for lr in lrs:
             values = [r["pass@1"] for r in results if r["arm"] == arm and r["kind"] == kind and r["lr"] == lr]

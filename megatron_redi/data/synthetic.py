@@ -38,8 +38,8 @@ def solve(a: int, b: int, digits: int, slip: tuple[str, int] | None = None) -> t
 
 def estimate(a: int, b: int) -> tuple[str, int]:
     """The decoy method of the toy study's task B: both numbers rounded to thousands and added. Its
-    tokens (``est``, ``~``) never occur in a digit-by-digit trace, and it is wrong unless both
-    numbers are multiples of 1000."""
+    tokens (``est``, ``~``) never occur in a digit-by-digit trace; it is wrong unless the two
+    rounding errors cancel (draw_problems(decoy_safe=True) leaves those problems out)."""
     ra, rb = round(a, -3), round(b, -3)
     answer = ra + rb
     return f"est {a}~{ra} {b}~{rb};{ra}+{rb}={answer};ans {answer}. The answer is \\boxed{{{answer}}}.", answer
@@ -51,11 +51,11 @@ def problem_text(a: int, b: int) -> str:
 
 def draw_problems(rng: random.Random, count: int, digits: int, exclude=(), decoy_safe: bool = False) -> list[tuple[int, int]]:
     """``count`` distinct pairs of D-digit numbers, none in ``exclude``; with ``decoy_safe`` none
-    divisible by 1000 (where the estimate would be right)."""
+    where the estimate is right (both rounding errors zero, or cancelling)."""
     seen, out = set(exclude), []
     while len(out) < count:
         a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
-        if (a, b) in seen or (decoy_safe and (a % 1000 == 0 or b % 1000 == 0)):
+        if (a, b) in seen or (decoy_safe and estimate(a, b)[1] == a + b):
             continue
         seen.add((a, b))
         out.append((a, b))
