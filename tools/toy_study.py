@@ -131,7 +131,9 @@ class Study:
                    "sft", "--optim.lr", self.args.stage1_lr, "--train.epochs", self.args.stage1_epochs,
                    "--checkpoint.every", per_epoch, "--checkpoint.keep", self.args.stage1_epochs + 1, *eval_args)
         curve = [(m["step"] // per_epoch, 100 * m["eval/pass@1"]) for m in self.metrics("stage1") if "eval/pass@1" in m]
-        plateau = next((e for (e, acc), (_, before) in zip(curve[1:], curve) if e >= 3 and acc - before < 0.5), curve[-1][0])
+        half = max(acc for _, acc in curve) / 2  # before it, a slow start is not a plateau
+        plateau = next((e for (e, acc), (_, before) in zip(curve[1:], curve) if e >= 3 and before >= half
+                        and acc - before < 0.5), curve[-1][0])
         self.stage1_curve, self.plateau_epoch = curve, plateau
         self.start = self.path("runs", "stage1", "checkpoints", f"step_{plateau * per_epoch:08d}")
         self.stage1_steps = plateau * per_epoch
