@@ -130,7 +130,8 @@ class Study:
         self.train("stage1", self.path("data", "teacher"), self.path("student"), "--train.stage", "sft", "--loss.type",
                    "sft", "--optim.lr", self.args.stage1_lr, "--train.epochs", self.args.stage1_epochs,
                    "--checkpoint.every", per_epoch, "--checkpoint.keep", self.args.stage1_epochs + 1, *eval_args)
-        curve = [(m["step"] // per_epoch, 100 * m["eval/pass@1"]) for m in self.metrics("stage1") if "eval/pass@1" in m]
+        evals = {m["step"]: 100 * m["eval/pass@1"] for m in self.metrics("stage1") if "eval/pass@1" in m}
+        curve = [(step // per_epoch, acc) for step, acc in sorted(evals.items())]
         half = max(acc for _, acc in curve) / 2  # before it, a slow start is not a plateau
         plateau = next((e for (e, acc), (_, before) in zip(curve[1:], curve) if e >= 3 and before >= half
                         and acc - before < 0.5), curve[-1][0])
