@@ -79,6 +79,39 @@ def _training_step(path: str) -> int | None:
     return load_json(meta, ConfigError).get("training_step") if os.path.exists(meta) else None
 
 
+def lock_run_directory(output_dir: str, parallel: ParallelState):
+    """Hold ``output_dir``/.lock (rank 0, an exclusive flock, released by the kernel when the process
+    ends however it ends) so that a second run started in the same directory, say a resubmitted job
+    whose predecessor is still writing its preemption checkpoint, stops at once instead of
+    interleaving its metrics and checkpoints with the first one's. Returns the open lock file
+    (keep it referenced for the run's life); every rank raises together when it is taken. Where the
+    filesystem has no flock the run goes on unlocked."""
+    import fcntl
+
+    held, owner = None, ""
+    if parallel.rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        held = open(os.path.join(output_dir, ".lock"), "a+")
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.truncate(0)
+            held.write(f"{os.getpid()}\n")
+            held.flush()
+        except BlockingIOError:
+            held.seek(0)
+            owner = held.read().strip()
+            held.close()
+            held = None
+        except OSError:  # no flock on this filesystem
+            pass
+    busy = parallel.rank == 0 and held is None
+    if every_rank(parallel, busy, any_rank=True):
+        raise CheckpointError(f"{output_dir}: another run (process {owner or '?'}) is writing this directory; wait "
+                              "for it to end (a preempted run writes its checkpoint first), or choose another "
+                              "train.output_dir")
+    return held
+
+
 def holds_checkpoints(path: str) -> bool:
     """``path`` is, or holds within two levels, a checkpoint or a run's checkpoints directory."""
     if not os.path.isdir(path):

@@ -77,6 +77,7 @@ class Trainer:
         self.is_main = p.rank == 0
         if cfg.train.export_hf:  # refused now rather than after the training
             checkpointing.check_export_target(cfg.train.export_hf, cfg.train.output_dir, cfg.train.export_overwrite)
+        self._lock = checkpointing.lock_run_directory(cfg.train.output_dir, p)
         self.dtype = DTYPES[cfg.model.dtype]
         self.data = TokenizedData(cfg.data.path)
         self.sft = cfg.train.stage == "sft"

@@ -65,3 +65,32 @@ def test_sigterm_to_one_rank_checkpoints_and_resumes_bit_for_bit(tiny_run_inputs
     for x, y in zip(want, got):
         for key in KEYS:
             assert x[key] == y[key], (x["step"], key)
+
+
+def test_a_second_run_in_a_busy_directory_stops_at_once(tiny_run_inputs, tmp_path):
+    """A resubmitted job whose predecessor still writes (its preemption checkpoint, say) must not
+    interleave with it: the directory's lock is held for the run's life."""
+    from megatron_redi.parallel import initialize
+    from megatron_redi.training.checkpointing import lock_run_directory
+
+    data, model = tiny_run_inputs
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from megatron_redi.parallel import initialize\n"
+                               "from megatron_redi.training.checkpointing import lock_run_directory\n"
+                               f"lock = lock_run_directory({str(out)!r}, initialize())\n"
+                               "print('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-m", "megatron_redi.train", "--model.path", model, "--data.path", data,
+                               "--train.output_dir", str(out), "--train.max_steps", "1"], capture_output=True,
+                              text=True, env=_env())
+        assert proc.returncode == 2 and f"another run (process {holder.pid}) is writing this directory" in proc.stderr
+        assert not os.path.exists(out / "checkpoints") and not os.path.exists(out / "metrics.jsonl")
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = lock_run_directory(str(out), initialize())  # the kernel released the killed holder's lock
+    assert lock is not None
+    lock.close()
