@@ -7,7 +7,8 @@
 One task per call, on CPU, two one-process runs at a time (--workers). In order: the data (train,
 validation and test problems drawn apart; the teacher's four generations per problem, exact
 labels, in the OpenR1-Math-Raw schema); stage 1 (SFT, evaluated on the validation problems after
-every epoch; the plateau epoch's checkpoint is the start of stage 2); the weaker sibling; the four
+every epoch; the plateau epoch's checkpoint is the start of stage 2, the first at 30 % the weaker
+sibling); the four
 kinds of negatives with their diagnostics (the start's LogPS of chosen and rejected, where the
 rejected trace first differs); the stage-2 grid (alpha 0, 0.8, 1.0 per kind, more SFT; three
 learning rates, three seeds), each run evaluated once on the test problems; then OUTPUT/results.md
@@ -122,7 +123,7 @@ class Study:
 
     def stage1(self):
         from megatron_redi.data.dataset import TokenizedData
-        per_epoch = len(TokenizedData(self.path("data", "teacher")).sft) // 32
+        self.per_epoch = per_epoch = len(TokenizedData(self.path("data", "teacher")).sft) // 32
         eval_args = ["--eval.benchmark", self.path("data", "validation.jsonl"), "--eval.every", per_epoch,
                      "--eval.samples", 8]
         for key, value in SAMPLING.items():
@@ -144,17 +145,17 @@ class Study:
             return [json.loads(line) for line in f if line.strip()]
 
     def sibling(self) -> str:
-        steps = max(self.stage1_steps // 4, 1)
-        return self.train("sibling", self.path("data", "unfiltered"), self.path("student"), "--train.stage", "sft",
-                          "--loss.type", "sft", "--optim.lr", self.args.stage1_lr, "--train.epochs", 1000,
-                          "--train.max_steps", steps, "--train.schedule", "max_steps")
+        """The weaker sibling: the stage-1 student at the first epoch whose validation pass@1
+        reached 30 % (same model and data, less trained)."""
+        epoch = next(e for e, acc in self.stage1_curve if acc >= 30)
+        self.sibling_epoch = epoch
+        return self.path("runs", "stage1", "checkpoints", f"step_{epoch * self.per_epoch:08d}")
 
     # -- negatives -------------------------------------------------------------------------------
 
     def samples(self, checkpoint: str, samples: int, greedy: bool) -> dict:
         """Generations of the training problems by a checkpoint: {(a, b): [(text, correct), ...]}."""
-        cache = self.path("data", f"samples_{os.path.basename(os.path.dirname(os.path.dirname(checkpoint)))}_"
-                                  f"{'greedy' if greedy else samples}.json")
+        cache = self.path("data", f"samples_{os.path.basename(checkpoint)}_{'greedy' if greedy else samples}.json")
         if not os.path.exists(cache):
             from transformers import AutoTokenizer
 
@@ -309,15 +310,17 @@ def main(argv=None) -> int:
     study = Study(args)
     study.data()
     study.stage1()
-    print(f"stage 1: plateau at epoch {study.plateau_epoch} ({study.stage1_curve})", flush=True)
-    study.negatives(study.sibling())
+    sibling = study.sibling()
+    print(f"stage 1: plateau at epoch {study.plateau_epoch}, sibling at epoch {study.sibling_epoch} "
+          f"({study.stage1_curve})", flush=True)
+    study.negatives(sibling)
     diagnostics = study.diagnostics()
     print(json.dumps(diagnostics, indent=1), flush=True)
     with ThreadPoolExecutor(args.workers) as pool:
         results = list(pool.map(study.stage2, study.runs()))
     decision = verdict(results, args.lrs, KINDS)
     report = {"task": args.task, "args": vars(args), "stage1_curve": study.stage1_curve,
-              "plateau_epoch": study.plateau_epoch, "negatives": diagnostics, "runs": results, "verdict": decision}
+              "plateau_epoch": study.plateau_epoch, "sibling_epoch": study.sibling_epoch, "negatives": diagnostics, "runs": results, "verdict": decision}
     with atomic_file(study.path("results.json")) as f:
         json.dump(report, f, indent=1)
     text = [f"# Toy study, task {args.task}", "", "pass@1 (%) on the test problems: mean ± std over seeds "
