@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,8 @@ class Study:
         """A one-process run of the tiny model; returns its newest checkpoint."""
         out = self.path("runs", name)
         if not os.path.exists(os.path.join(out, "done")):
+            if name != "stage1":  # a short run cut off: started again whole (stage 1 resumes)
+                shutil.rmtree(out, ignore_errors=True)
             self.sh(name, sys.executable, "-m", "megatron_redi.train", "--model.path", model, "--data.path", data,
                     "--train.output_dir", out, "--model.dtype", "fp32", "--model.recompute", "none",
                     "--parallel.tensor_parallel", "1", "--parallel.sequence_parallel", "false",
