@@ -11,3 +11,5 @@ for task in addition decoy; do
     echo "== task $task"
     python tools/toy_study.py --task "$task" --output "$OUT/$task"
 done
+echo "== the registered test of the explanation (alpha 0.8 - alpha 0: decoys against slips)"
+python tools/toy_study.py --mechanism "$OUT/addition/results.json" "$OUT/decoy/results.json" | tee "$OUT/mechanism.md"

@@ -280,6 +280,36 @@ def verdict(results: list[dict], lrs, kinds) -> dict:
     return out
 
 
+def mechanism(slips: dict, decoys: dict) -> dict:
+    """The registered test of the explanation: is alpha 0.8 minus alpha 0 higher with decoy negatives
+    (task B's results.json) than with slips (task A's), at the same learning rate, by more than 2 x
+    the larger seed std? Only the kinds that are decoys in task B test it (the amendment: planted)."""
+    out = {}
+    for kind, diagnostics in decoys["negatives"].items():
+        per_lr = {}
+        for lr, b in decoys["verdict"][kind]["by_lr"].items():
+            a = slips["verdict"][kind]["by_lr"][lr]
+            difference, std = b["alpha0.8_minus_alpha0"] - a["alpha0.8_minus_alpha0"], max(a["larger_std"], b["larger_std"])
+            per_lr[lr] = {"slips": a["alpha0.8_minus_alpha0"], "decoys": b["alpha0.8_minus_alpha0"],
+                          "difference": difference, "larger_std": std, "holds": difference > 2 * std}
+        out[kind] = {"by_lr": per_lr, "decoys": diagnostics["decoy_share"] >= 0.5,
+                     "supports": sum(v["holds"] for v in per_lr.values()) >= 2}
+    return out
+
+
+def mechanism_table(comparison: dict) -> str:
+    lines = ["| negatives | lr | alpha 0.8 - alpha 0, slips (A) | the same, task B | difference | larger std | holds |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, v in comparison.items():
+        name = kind + ("" if v["decoys"] else " (slips in B too: not a test)")
+        lines += [f"| {name} | {lr} | {x['slips']:+.1f} | {x['decoys']:+.1f} | {x['difference']:+.1f} | "
+                  f"{x['larger_std']:.1f} | {'yes' if x['holds'] else 'no'} |" for lr, x in v["by_lr"].items()]
+    tested = [k for k, v in comparison.items() if v["decoys"]]
+    supports = any(comparison[k]["supports"] for k in tested)
+    return "\n".join(lines + ["", f"The explanation is {'supported' if supports else 'not supported'} "
+                               f"(decoy kinds: {', '.join(tested) or 'none'})."])
+
+
 def table(results, lrs) -> str:
     lines = ["| arm | negatives | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
     arms = [("more SFT", None)] + [(f"alpha {a}", k) for k in KINDS for a in ALPHAS]
@@ -298,8 +328,11 @@ def table(results, lrs) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--task", choices=("addition", "decoy"), required=True)
-    p.add_argument("--output", required=True)
+    p.add_argument("--task", choices=("addition", "decoy"))
+    p.add_argument("--output")
+    p.add_argument("--mechanism", nargs=2, metavar=("SLIPS_RESULTS", "DECOYS_RESULTS"),
+                   help="instead of a task: the registered test of the explanation on the results.json of "
+                        "task A (addition) and task B (decoy), printed as a table")
     p.add_argument("--digits", type=int, default=6)
     p.add_argument("--train-problems", type=int, default=2000)
     p.add_argument("--stage1-lr", type=float, default=2e-3)
@@ -310,6 +343,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the data's")
     p.add_argument("--workers", type=int, default=2, help="stage-2 runs at a time")
     args = p.parse_args(argv)
+    if args.mechanism:
+        reports = []
+        for path in args.mechanism:
+            with open(path) as f:
+                reports.append(json.load(f))
+        print(mechanism_table(mechanism(*reports)))
+        return 0
+    if not (args.task and args.output):
+        p.error("--task and --output are required (or --mechanism)")
     study = Study(args)
     study.data()
     study.stage1()

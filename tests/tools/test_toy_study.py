@@ -62,3 +62,26 @@ def test_the_pre_registered_rule():
     assert v["helps"]  # two of three learning rates
     text = tool.table(results, [1e-5])
     assert "| alpha 0.8 | planted | 71.0 ± 1.0 (SEM 0.5) |" in text
+
+
+def test_the_registered_test_of_the_explanation():
+    tool = _tool()
+
+    def report(redi_minus_a0, std, decoy_share):
+        by_lr = {lr: {"alpha0.8_minus_alpha0": d, "larger_std": s}
+                 for lr, d, s in zip(("1e-05", "2e-05", "4e-05"), redi_minus_a0, std)}
+        return {"negatives": {"planted": {"decoy_share": decoy_share}, "sibling": {"decoy_share": 0.0}},
+                "verdict": {"planted": {"by_lr": by_lr}, "sibling": {"by_lr": by_lr}}}
+
+    slips = report([-3.0, -3.0, -3.0], [0.5, 0.5, 0.5], 0.0)
+    decoys = report([-1.0, -2.5, 0.0], [0.5, 0.1, 2.0], 1.0)
+    v = tool.mechanism(slips, decoys)
+    # differences +2.0 (> 2 x 0.5), +0.5 (not > 1.0), +3.0 (not > 4.0): holds at one lr only
+    assert [x["holds"] for x in v["planted"]["by_lr"].values()] == [True, False, False]
+    assert v["planted"]["decoys"] and not v["planted"]["supports"] and not v["sibling"]["decoys"]
+    decoys = report([-1.0, -1.5, 0.0], [0.5, 0.1, 0.5], 1.0)
+    v = tool.mechanism(slips, decoys)
+    assert v["planted"]["supports"] and "is supported (decoy kinds: planted)" in tool.mechanism_table(v)
+    # the same gains from negatives that are slips in task B too do not count
+    no_decoys = report([-1.0, -1.5, 0.0], [0.5, 0.1, 0.5], 0.0)
+    assert "not supported (decoy kinds: none)" in tool.mechanism_table(tool.mechanism(slips, no_decoys))
