@@ -3,7 +3,7 @@
 # negatives and the stage-2 grid (alpha 0 / 0.8 / 1.0 per kind and more SFT, 3 learning rates,
 # 3 seeds), two one-process runs at a time. Rerunning resumes: finished steps are kept.
 #
-#   bash examples/toy_study.sh [OUT_DIR]        (default runs/toy_study; about 40 minutes per task on 2 cores)
+#   bash examples/toy_study.sh [OUT_DIR]        (default runs/toy_study; about 45 minutes per task on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/toy_study}
