@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The embedded default: the paper's whole recipe at toy scale, on CPU, TP=2 over 2 processes.
 #
-#   bash examples/run_redi_tiny.sh [OUT_DIR]        (default runs/tiny; about 7 minutes on 2 cores)
+#   bash examples/run_redi_tiny.sh [OUT_DIR]        (default runs/tiny; about 9 minutes on 2 cores)
 #
 # 1. synthetic teacher traces (digit-by-digit additions; some teacher traces carry a planted slip),
 #    a tokenizer, and a held-out benchmark;  2. preprocessing into D_SFT and D_Pref;
 # 3. stage 1: SFT of a tiny random Qwen2;  4. stage 2 from the SFT model, all at one learning rate:
-#    more SFT, REDI (alpha 0.8) and symmetric REDI (alpha 1.0), a rate high enough for the symmetric
-#    run to collapse (the paper's Figure 6 contrast);  5. evaluation of every model (pass@1 over 4
+#    more SFT, REDI alpha 0 (the same pairs' chosen traces without the negative term: the control the
+#    paper lacks), REDI (alpha 0.8) and symmetric REDI (alpha 1.0), a rate high enough for the
+#    symmetric run to collapse (the paper's Figure 6 contrast);  5. evaluation of every model (pass@1 over 4
 #    samples with its SEM) as a table like the paper's Table 2, the Figure 6 plot, and an HF export
 #    that transformers loads. Results are what this toy shows, whatever it shows.
 set -euo pipefail
@@ -54,21 +55,23 @@ SFT=$(latest "$OUT/sft")
 
 STAGE2=(--model.path "$SFT" --eval.benchmark "$OUT/data/benchmark.jsonl")
 train more_sft examples/configs/sft_tiny.yaml --model.path "$SFT" --optim.lr "$STAGE2_LR" --train.epochs 3
+train redi_a0 examples/configs/redi_tiny.yaml "${STAGE2[@]}" --optim.lr "$STAGE2_LR" --loss.alpha 0
 train redi_a0.8 examples/configs/redi_tiny.yaml "${STAGE2[@]}" --optim.lr "$STAGE2_LR" --loss.alpha 0.8
 train redi_a1.0 examples/configs/redi_tiny.yaml "${STAGE2[@]}" --optim.lr "$STAGE2_LR" --loss.type symmetric
 
 echo "== evaluation (pass@1 over 4 samples at temperature 0.6, top-p 0.95; 200 held-out problems)"
 evaluate sft_start "$SFT"
-for run in more_sft redi_a0.8 redi_a1.0; do
+for run in more_sft redi_a0 redi_a0.8 redi_a1.0; do
     evaluate "$run" "$(latest "$OUT/$run")"
 done
 python tools/summary_table.py --output "$OUT/table.md" \
     "SFT start=$OUT/eval/sft_start" \
     "more SFT (lr $STAGE2_LR)=$OUT/eval/more_sft" \
+    "REDI alpha 0, the control (lr $STAGE2_LR)=$OUT/eval/redi_a0" \
     "REDI alpha 0.8 (lr $STAGE2_LR)=$OUT/eval/redi_a0.8" \
     "symmetric REDI alpha 1.0 (lr $STAGE2_LR)=$OUT/eval/redi_a1.0"
-python tools/plot_metrics.py "$OUT/redi_a0.8" "$OUT/redi_a1.0" \
-    --labels "REDI alpha 0.8, lr $STAGE2_LR" "symmetric REDI alpha 1.0, lr $STAGE2_LR" --smooth 5 --output "$OUT/figure6.png"
+python tools/plot_metrics.py "$OUT/redi_a0" "$OUT/redi_a0.8" "$OUT/redi_a1.0" \
+    --labels "REDI alpha 0, lr $STAGE2_LR" "REDI alpha 0.8, lr $STAGE2_LR" "symmetric REDI alpha 1.0, lr $STAGE2_LR" --smooth 5 --output "$OUT/figure6.png"
 
 echo "== HF export of REDI alpha 0.8"
 python tools/convert_checkpoint.py native-to-hf --input "$(latest "$OUT/redi_a0.8")" --output "$OUT/hf_redi" \
