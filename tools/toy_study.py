@@ -136,10 +136,7 @@ class Study:
                    "--checkpoint.every", per_epoch, "--checkpoint.keep", self.args.stage1_epochs + 1, *eval_args)
         evals = {m["step"]: 100 * m["eval/pass@1"] for m in self.metrics("stage1") if "eval/pass@1" in m}
         curve = [(step // per_epoch, acc) for step, acc in sorted(evals.items())]
-        half = max(acc for _, acc in curve) / 2  # before it, a slow start is not a plateau
-        plateau = next((e for (e, acc), (_, before) in zip(curve[1:], curve) if e >= 3 and before >= half
-                        and acc - before < 0.5), curve[-1][0])
-        self.stage1_curve, self.plateau_epoch = curve, plateau
+        self.stage1_curve, self.plateau_epoch = curve, plateau_epoch(curve, self.args.plateau)
         self.start = self.path("runs", "stage1", "checkpoints", f"step_{plateau * per_epoch:08d}")
         self.stage1_steps = plateau * per_epoch
 
@@ -261,6 +258,19 @@ class Study:
         return {**r, "pass@1": 100 * test["pass@1"], "sem": 100 * test["sem"]}
 
 
+def plateau_epoch(curve: list[tuple[int, float]], rule: str) -> int:
+    """Stage 2's start on stage 1's per-epoch validation curve [(epoch, pass@1), ...].
+    registered (run 1): the first epoch from the third on, starting at half the run's best or more,
+    that adds under 0.5 point.  settled (run 2): the first epoch from which the curve stays within
+    0.5 point of its best, so that neither a dip nor a lucky epoch decides."""
+    if rule == "settled":
+        return next(e for i, (e, _) in enumerate(curve)
+                    if min(a for _, a in curve[i:]) >= max(a for _, a in curve[i:]) - 0.5)
+    half = max(acc for _, acc in curve) / 2  # before it, a slow start is not a plateau
+    return next((e for (e, acc), (_, before) in zip(curve[1:], curve) if e >= 3 and before >= half
+                 and acc - before < 0.5), curve[-1][0])
+
+
 def verdict(results: list[dict], lrs, kinds) -> dict:
     """The pre-registered rule (docs/toy_study.md), cell by cell."""
     def cell(arm, kind, lr):
@@ -337,6 +347,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-problems", type=int, default=2000)
     p.add_argument("--stage1-lr", type=float, default=2e-3)
     p.add_argument("--stage1-epochs", type=int, default=30)
+    p.add_argument("--plateau", choices=("registered", "settled"), default="registered",
+                   help="stage 1's plateau rule (docs/toy_study.md: run 1 registered, run 2 settled)")
     p.add_argument("--pairs", type=int, default=640, help="pairs per kind of negatives")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 2e-5, 4e-5])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -85,3 +85,14 @@ def test_the_registered_test_of_the_explanation():
     # the same gains from negatives that are slips in task B too do not count
     no_decoys = report([-1.0, -1.5, 0.0], [0.5, 0.1, 0.5], 0.0)
     assert "not supported (decoy kinds: none)" in tool.mechanism_table(tool.mechanism(slips, no_decoys))
+
+
+def test_the_plateau_rules_on_a_curve_that_stalls_early():
+    tool = _tool()
+    # a slow start, a noisy rise and a settled end: like both tasks' stage 1 in run 1
+    curve = list(enumerate([0.0, 0.0, 0.0, 0.0, 34.0, 68.0, 86.0, 85.8, 92.0, 97.0, 99.5, 99.8, 99.6, 99.8]))
+    assert tool.plateau_epoch(curve, "registered") == 7  # 86.0 -> 85.8 adds under 0.5 point
+    assert tool.plateau_epoch(curve, "settled") == 10  # 99.5 is within 0.5 of the best after it (99.8)
+    assert tool.plateau_epoch([(0, 0.0), (1, 10.0), (2, 20.0)], "settled") == 2  # still rising: the end
+    lucky = list(enumerate([0.0, 0.0, 0.0, 41.5, 67.4, 98.6, 89.4, 87.0, 97.0, 99.0, 98.8, 98.8]))
+    assert tool.plateau_epoch(lucky, "settled") == 9  # not the lucky 98.6 at epoch 5
