@@ -137,8 +137,8 @@ class Study:
         evals = {m["step"]: 100 * m["eval/pass@1"] for m in self.metrics("stage1") if "eval/pass@1" in m}
         curve = [(step // per_epoch, acc) for step, acc in sorted(evals.items())]
         self.stage1_curve, self.plateau_epoch = curve, plateau_epoch(curve, self.args.plateau)
-        self.start = self.path("runs", "stage1", "checkpoints", f"step_{plateau * per_epoch:08d}")
-        self.stage1_steps = plateau * per_epoch
+        self.start = self.path("runs", "stage1", "checkpoints", f"step_{self.plateau_epoch * per_epoch:08d}")
+        self.stage1_steps = self.plateau_epoch * per_epoch
 
     def metrics(self, run):
         with open(self.path("runs", run, "metrics.jsonl")) as f:
