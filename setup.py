@@ -61,7 +61,7 @@ setup(
     ],
     license="Apache-2.0",
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pyflakes>=3"],  # pyflakes: tests/test_static.py
         # GPU machines: the Triton kernels, and Liger for the throughput benchmark's HF comparison
         "gpu": ["triton>=3.1", "liger-kernel>=0.5"],
     },
