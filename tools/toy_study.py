@@ -3,6 +3,7 @@
 
     python tools/toy_study.py --task addition --output runs/toy_study/addition
     python tools/toy_study.py --task decoy --output runs/toy_study/decoy
+    python tools/toy_study.py --mechanism runs/toy_study/addition/results.json runs/toy_study/decoy/results.json
 
 One task per call, on CPU, two one-process runs at a time (--workers). In order: the data (train,
 validation and test problems drawn apart; the teacher's four generations per problem, exact
@@ -138,7 +139,6 @@ class Study:
         curve = [(step // per_epoch, acc) for step, acc in sorted(evals.items())]
         self.stage1_curve, self.plateau_epoch = curve, plateau_epoch(curve, self.args.plateau)
         self.start = self.path("runs", "stage1", "checkpoints", f"step_{self.plateau_epoch * per_epoch:08d}")
-        self.stage1_steps = self.plateau_epoch * per_epoch
 
     def metrics(self, run):
         with open(self.path("runs", run, "metrics.jsonl")) as f:
@@ -358,9 +358,15 @@ def main(argv=None) -> int:
     if args.mechanism:
         reports = []
         for path in args.mechanism:
-            with open(path) as f:
-                reports.append(json.load(f))
-        print(mechanism_table(mechanism(*reports)))
+            try:
+                with open(path) as f:
+                    reports.append(json.load(f))
+            except (OSError, ValueError) as e:
+                p.error(f"--mechanism: cannot read {path}: {e}")
+        try:
+            print(mechanism_table(mechanism(*reports)))
+        except KeyError as e:
+            p.error(f"--mechanism: {' / '.join(args.mechanism)} lack {e}: not the results.json of task A and task B")
         return 0
     if not (args.task and args.output):
         p.error("--task and --output are required (or --mechanism)")

@@ -5,6 +5,8 @@ import importlib.util
 import os
 import random
 
+import pytest
+
 from megatron_redi.data import synthetic
 from megatron_redi.data.preprocess import Options, preprocess
 from megatron_redi.data.dataset import TokenizedData
@@ -96,3 +98,16 @@ def test_the_plateau_rules_on_a_curve_that_stalls_early():
     assert tool.plateau_epoch([(0, 0.0), (1, 10.0), (2, 20.0)], "settled") == 2  # still rising: the end
     lucky = list(enumerate([0.0, 0.0, 0.0, 41.5, 67.4, 98.6, 89.4, 87.0, 97.0, 99.0, 98.8, 98.8]))
     assert tool.plateau_epoch(lucky, "settled") == 9  # not the lucky 98.6 at epoch 5
+
+
+def test_the_explanations_test_names_a_file_it_cannot_use(tmp_path, capsys):
+    tool = _tool()
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    for paths, expected in (([str(tmp_path / "missing.json"), str(empty)], "cannot read"),
+                            ([str(empty), str(empty)], "not the results.json")):
+        with pytest.raises(SystemExit) as stop:
+            tool.main(["--mechanism", *paths])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and paths[0] in err
