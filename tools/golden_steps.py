@@ -27,6 +27,7 @@ import sys
 import tempfile
 
 from megatron_redi.cli import HelpFormatter
+from megatron_redi.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERIES = {"sft": ("loss", "grad_norm", "update_norm"),
@@ -48,8 +49,7 @@ def train(work: str, name: str, config: str, steps: int, *overrides: str) -> lis
          "--data.path", os.path.join(work, "data", "tokenized"), "--train.output_dir", out,
          "--train.max_steps", str(steps), "--train.progress", "false", "--train.tensorboard", "false",
          "--checkpoint.resume", "false", *overrides])
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return read_metrics(out)
 
 
 def weights_digest(run_dir: str) -> str:

@@ -17,6 +17,7 @@ import os
 import sys
 
 from megatron_redi.cli import HelpFormatter
+from megatron_redi.training.metrics import read_metrics
 
 # metric, panel title, y-axis label
 PANELS = [("eval/pass@1", "in-training accuracy", "pass@1 (fraction correct)"),
@@ -34,12 +35,6 @@ def eval_protocol(run: str) -> str:
         return ""
     how = "greedy" if not e.get("temperature") else f"T {e['temperature']}, {e.get('samples', 1)} samples"
     return f"{how}, {e['max_problems']} problems" if e.get("max_problems") else how
-
-
-def read_metrics(run: str) -> list[dict]:
-    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> list[str]:

@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 from megatron_redi.atomic import atomic_file  # noqa: E402
 from megatron_redi.cli import HelpFormatter  # noqa: E402
 from megatron_redi.data import synthetic  # noqa: E402
+from megatron_redi.training.metrics import read_metrics  # noqa: E402
 
 KINDS = ("planted", "sibling", "own_t0.6", "own_greedy")
 ALPHAS = (0.0, 0.8, 1.0)
@@ -135,14 +136,11 @@ class Study:
         self.train("stage1", self.path("data", "teacher"), self.path("student"), "--train.stage", "sft", "--loss.type",
                    "sft", "--optim.lr", self.args.stage1_lr, "--train.epochs", self.args.stage1_epochs,
                    "--checkpoint.every", per_epoch, "--checkpoint.keep", self.args.stage1_epochs + 1, *eval_args)
-        evals = {m["step"]: 100 * m["eval/pass@1"] for m in self.metrics("stage1") if "eval/pass@1" in m}
+        evals = {m["step"]: 100 * m["eval/pass@1"] for m in read_metrics(self.path("runs", "stage1"))
+                 if "eval/pass@1" in m}
         curve = [(step // per_epoch, acc) for step, acc in sorted(evals.items())]
         self.stage1_curve, self.plateau_epoch = curve, plateau_epoch(curve, self.args.plateau)
         self.start = self.path("runs", "stage1", "checkpoints", f"step_{self.plateau_epoch * per_epoch:08d}")
-
-    def metrics(self, run):
-        with open(self.path("runs", run, "metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
 
     def sibling(self) -> str:
         """The weaker sibling: the stage-1 student at the first epoch whose validation pass@1

@@ -72,6 +72,13 @@ class MetricsLogger:
             self.tb.close()
 
 
+def read_metrics(run: str) -> list[dict]:
+    """The records of a run directory's ``metrics.jsonl`` (or of that file itself), in order."""
+    path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _step_of(line: str) -> float:
     """The step a metrics line records; a torn line (a kill mid-write) counts as past any step."""
     try:
