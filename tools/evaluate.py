@@ -3,11 +3,11 @@
 and, over a run's checkpoints, the curve and the best checkpoint.
 
     python tools/evaluate.py --checkpoint runs/redi/hf --benchmark math500.jsonl --output eval/redi
-    python tools/evaluate.py --run runs/redi --benchmark math500=b/math500.jsonl aime24=b/aime24.jsonl \
+    python tools/evaluate.py --run-dir runs/redi --benchmark math500=b/math500.jsonl aime24=b/aime24.jsonl \
         --output eval/redi_curve
     torchrun --nproc-per-node 8 tools/evaluate.py --tp 2 ...     (TP x DP: problems split over DP)
 
---run evaluates every checkpoint kept under RUN/checkpoints (weights-only ones included); --checkpoint
+--run-dir (or --run) evaluates every checkpoint kept under RUN/checkpoints (weights-only ones included); --checkpoint
 takes one or more HF or native directories (their tokenizer files beside the weights, or
 --tokenizer). Benchmarks are JSON lines of {"problem", "answer"} (tools/prepare_benchmarks.py writes
 the paper's five), named NAME=FILE or after the file.
@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", nargs="+", help="checkpoint directories")
-    which.add_argument("--run", help="a run directory: every checkpoint under RUN/checkpoints")
+    which.add_argument("--run-dir", "--run", dest="run", metavar="RUN",
+                       help="a run directory: every checkpoint under RUN/checkpoints (under torchrun write --run-dir: "
+                            "torchrun takes --run for an abbreviation of its own --run-path)")
     p.add_argument("--benchmark", nargs="+", required=True, help="[NAME=]FILE.jsonl, one or more")
     p.add_argument("--output", required=True, help="a directory for the results")
     p.add_argument("--select-by", help="select the best checkpoint by this benchmark's pass@1 (default: the mean)")

@@ -7,7 +7,8 @@ checkpoint, with pass@1 ± SEM per benchmark and their mean.
 Each argument is LABEL=DIR, DIR an --output directory of tools/evaluate.py (the last '=' splits).
 With one benchmark the table also gives pass@k and the number of problems; where a directory holds
 several checkpoints, the row names the one selected. Figures in percent; --output also writes the
-table to a file.
+table to a file. --paper NAME ... adds the paper's own rows for comparison (its Tables 1, 2 and 4,
+from megatron_redi/eval/paper_results.py, which names them).
 """
 
 import argparse
@@ -17,6 +18,7 @@ import sys
 
 from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter
+from megatron_redi.eval.paper_results import BENCHMARK_NAMES, PAPER_ROWS
 
 
 def _percent(s: dict) -> str:
@@ -24,7 +26,22 @@ def _percent(s: dict) -> str:
     return f"{100 * s['pass@1']:.1f} ± {sem}"
 
 
-def table(rows: list[tuple[str, dict]]) -> str:
+def _paper_cells(name: str, names: list[str]) -> list[str]:
+    """The paper's row under this table's columns ("-" where it has no figure)."""
+    row = PAPER_ROWS[name]
+
+    def cell(value):
+        return "-" if value is None else f"{value[0]:.1f}" + ("" if value[1] is None else f" ± {value[1]:.1f}")
+
+    cells = [cell(row["benchmarks"].get(n)) for n in names]
+    if len(names) > 1:  # the paper's average is over its five benchmarks
+        cells.append(cell(row["average"] if sorted(names) == sorted(BENCHMARK_NAMES) else None))
+    else:
+        cells += ["-", "-"]
+    return cells
+
+
+def table(rows: list[tuple[str, dict]], paper: tuple[str, ...] = ()) -> str:
     names = list(rows[0][1]["checkpoints"][0]["benchmarks"])
     k = rows[0][1]["protocol"]["samples"]
     several = any(len(summary["checkpoints"]) > 1 for _, summary in rows)
@@ -45,14 +62,23 @@ def table(rows: list[tuple[str, dict]]) -> str:
             s = results[names[0]]
             cells += [f"{100 * s[f'pass@{k}']:.1f}", str(s["problems"])]
         lines.append("| " + " | ".join(cells) + " |")
+    for name in paper:
+        cells = [f"paper: {name}"] + (["best"] if several else []) + _paper_cells(name, names)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("entries", nargs="+", help="LABEL=DIR")
+    p.add_argument("--paper", nargs="+", default=[], metavar="NAME", help="the paper's rows to add, by name")
     p.add_argument("--output")
     args = p.parse_args(argv)
+    unknown = [n for n in args.paper if n not in PAPER_ROWS]
+    if unknown:
+        print(f"error: --paper {', '.join(map(repr, unknown))}: not a row of the paper's; its rows: "
+              f"{', '.join(map(repr, PAPER_ROWS))}", file=sys.stderr)
+        return 2
     rows = []
     try:
         for entry in args.entries:
@@ -65,7 +91,7 @@ def main(argv=None) -> int:
             if not isinstance(summary, dict) or not {"checkpoints", "best", "protocol"} <= summary.keys():
                 raise ValueError(f"{file}: not a summary written by tools/evaluate.py")
             rows.append((label, summary))
-        text = table(rows)
+        text = table(rows, tuple(args.paper))
     except (OSError, ValueError) as e:  # json's errors are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
