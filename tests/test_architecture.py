@@ -20,6 +20,7 @@ LAYERS = [
     {"eval"},
     {"training"},
     {"train"},
+    {"recipe"},  # the paper's recipes: pipelines of the tools above
 ]
 RANK = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

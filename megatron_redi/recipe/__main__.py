@@ -58,7 +58,7 @@ def settings_from(env, recipe: str, root: str) -> Settings:
     return Settings(root=root, out=out, model=model, raw=raw, bench=bench, tokenizer=env.get("TOKENIZER") or model,
                     sft=env.get("SFT") or None, ngpu=ngpu, workers=_positive(env, "WORKERS", min(16, os.cpu_count() or 1)),
                     student=STUDENTS[student_name], toy=toy,
-                    configs=os.path.join(root, "examples", "configs", "toy" if toy else "paper"))
+                    configs=os.path.normpath(os.path.join(root, "examples", "configs", "toy" if toy else "paper")))
 
 
 def selected_stages(pipeline: Pipeline, spec: str | None) -> list[str]:

@@ -238,10 +238,8 @@ class Pipeline:
         lines = [f"== the plan ({self.out})"]
         for stage in self.stages:
             status = self.status(stage) if stage.name in selected else "not selected"
-            if status == "done" and stage.name in selected:
-                status = "done, kept"
-            lines.append(f"   {stage.name:<12} {status:<13} {stage.what}")
-            detail = stage.plan() if stage.plan and stage.name in selected else ""
+            lines.append(f"   {stage.name:<12} {'done, kept' if status == 'done' else status:<13} {stage.what}")
+            detail = stage.plan() if stage.plan and status in ("to run", "started") else ""
             if detail:
                 lines.append(f"   {'':<26} {detail}")
         return "\n".join(lines)

@@ -12,7 +12,8 @@ import yaml
 from megatron_redi.training import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAPER = sorted(glob.glob(os.path.join(ROOT, "examples", "configs", "paper", "*.yaml")))
+PAPER = sorted(p for p in glob.glob(os.path.join(ROOT, "examples", "configs", "paper", "*.yaml"))
+               if not p.endswith("evaluation.yaml"))  # the evaluation protocols, not a training run
 MACHINE_KEYS = {"model.path", "data.path", "train.output_dir", "train.export_hf", "train.export_overwrite",
                 "parallel.tensor_parallel"}
 

@@ -1,0 +1,131 @@
+"""Stages with stamps: a complete stage is skipped, a changed one refused, a started one resumed,
+the run locked, a signal passed on to the running command."""
+
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from megatron_redi.recipe.pipeline import Command, Pipeline, RecipeError, RecipeStopped, Stage
+
+
+def _counting(tmp_path, name, code=0):
+    """A command that appends a line to NAME.count and exits with ``code``."""
+    script = f"open({str(tmp_path / (name + '.count'))!r}, 'a').write('x\\n'); raise SystemExit({code})"
+    return Command([sys.executable, "-c", script])
+
+
+def _runs(tmp_path, name):
+    path = tmp_path / f"{name}.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _pipeline(tmp_path, config_text="lr: 1\n", code=0):
+    config = tmp_path / "config.yaml"
+    if not config.exists() or config.read_text() != config_text:
+        config.write_text(config_text)
+    upstream = Stage("a", "first", lambda: [_counting(tmp_path, "a")], configs=(str(config),))
+    downstream = Stage("b", "second", lambda: [_counting(tmp_path, "b", code)], after=("a",), settings={"k": 16})
+    return Pipeline(str(tmp_path / "out"), [upstream, downstream])
+
+
+def _stamp(tmp_path, name):
+    return json.loads((tmp_path / "out" / name / "stage.json").read_text())
+
+
+def test_a_complete_stage_is_skipped(tmp_path):
+    log = []
+    _pipeline(tmp_path).run(["a", "b"], log=log.append)
+    _pipeline(tmp_path).run(["a", "b"], log=log.append)
+    assert (_runs(tmp_path, "a"), _runs(tmp_path, "b")) == (1, 1)
+    assert _stamp(tmp_path, "b")["state"] == "complete"
+    assert any("a: done before, kept" in line for line in log)
+
+
+def test_a_changed_config_is_refused_with_the_way_out(tmp_path):
+    _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
+    with pytest.raises(RecipeError, match=r"stage a was made from other inputs.*its config file.*move .*out/a aside"):
+        _pipeline(tmp_path, "lr: 2\n").run(["a", "b"], log=lambda line: None)
+    assert (_runs(tmp_path, "a"), _runs(tmp_path, "b")) == (1, 1)  # nothing reused, nothing redone
+
+
+def test_a_redone_stage_makes_the_ones_after_it_stale(tmp_path):
+    _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
+    os.rename(tmp_path / "out" / "a", tmp_path / "a.old")  # the way out the message gives
+    with pytest.raises(RecipeError, match="stage b was made .*a stage it follows"):
+        _pipeline(tmp_path, "lr: 2\n").run(["a", "b"], log=lambda line: None)
+    assert _runs(tmp_path, "a") == 2 and _stamp(tmp_path, "a")["state"] == "complete"
+
+
+def test_a_failed_stage_stays_started_and_resumes(tmp_path):
+    with pytest.raises(RecipeStopped) as failed:
+        _pipeline(tmp_path, code=2).run(["a", "b"], log=lambda line: None)
+    assert failed.value.exit_code == 2 and _stamp(tmp_path, "b")["state"] == "running"
+    log = []
+    _pipeline(tmp_path).run(["a", "b"], log=log.append)
+    assert (_runs(tmp_path, "a"), _runs(tmp_path, "b")) == (1, 2)
+    assert any("b: continuing" in line for line in log) and _stamp(tmp_path, "b")["state"] == "complete"
+
+
+def test_a_started_stage_whose_settings_changed_is_refused(tmp_path):
+    with pytest.raises(RecipeStopped):
+        _pipeline(tmp_path, code=1).run(["a", "b"], log=lambda line: None)
+    p = _pipeline(tmp_path)
+    p.by_name["b"].settings = {"k": 4}
+    with pytest.raises(RecipeError, match="stage b was started from other inputs.*its settings"):
+        p.run(["a", "b"], log=lambda line: None)
+
+
+def test_a_stage_needs_the_stages_it_follows(tmp_path):
+    with pytest.raises(RecipeError, match="stage b needs stage a complete first"):
+        _pipeline(tmp_path).run(["b"], log=lambda line: None)
+    assert _runs(tmp_path, "b") == 0
+
+
+def test_inputs_are_fingerprinted(tmp_path):
+    data = tmp_path / "raw.jsonl"
+    data.write_text("{}\n")
+    stage = Stage("a", "reads raw", lambda: [_counting(tmp_path, "a")], inputs=(str(data),))
+    Pipeline(str(tmp_path / "out"), [stage]).run(["a"], log=lambda line: None)
+    data.write_text("{}\n{}\n")
+    with pytest.raises(RecipeError, match="its input files"):
+        Pipeline(str(tmp_path / "out"), [stage]).run(["a"], log=lambda line: None)
+
+
+def test_a_second_run_stops_at_once(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # another process's pipeline, as far as flock can tell
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(RecipeError, match=r"another run of the recipe \(process 4242\)"):
+            _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
+    assert _runs(tmp_path, "a") == 0
+
+
+def test_a_signal_is_passed_on_and_the_stage_stays_started(tmp_path):
+    started, got = tmp_path / "started", tmp_path / "got"
+    script = (f"import signal, sys, time\n"
+              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(got)!r}, 'w').write('TERM'), sys.exit(3)))\n"
+              f"open({str(started)!r}, 'w').close()\n"
+              f"time.sleep(60)\n")
+    stage = Stage("long", "waits", lambda: [Command([sys.executable, "-c", script])])
+
+    def preempt():
+        while not started.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=preempt, daemon=True).start()
+    with pytest.raises(RecipeStopped, match="stopped \\(SIGTERM\\) in stage long: run the same command") as stopped:
+        Pipeline(str(tmp_path / "out"), [stage]).run(["long"], log=lambda line: None)
+    assert stopped.value.exit_code == 3 and got.read_text() == "TERM"
+    assert _stamp(tmp_path, "long")["state"] == "running"
+    assert signal.getsignal(signal.SIGTERM) == before  # the pipeline's handler is gone
