@@ -115,21 +115,21 @@ def data_stage(s: Settings) -> Stage:
     def commands() -> list[Command]:
         pattern = raw_files(s.raw) or os.path.join(s.raw, "data", "*.parquet")
         return [Command([sys.executable, s.tool("preprocess_data.py"), "--input", pattern, "--tokenizer", s.tokenizer,
-                         "--output-dir", tokenized, "--workers", str(s.workers)], s.env)]
+                         "--output-dir", tokenized, "--workers", str(s.workers), "--overwrite"], s.env)]
 
     return Stage("data", "D_SFT and D_Pref, tokenised (tools/preprocess_data.py)", commands,
                  inputs=(os.path.join(s.raw, "data"), s.tokenizer), result=result)
 
 
-def training_stage(s: Settings, name: str, config: str, start: str, after: tuple[str, ...], what: str) -> Stage:
-    """``start``: the model it starts from, an input of the run or an earlier stage's HF export."""
+def training_stage(s: Settings, name: str, config: str, start: str, what: str, start_stage: str | None = None) -> Stage:
+    """``start``: the model it starts from, an input of the run, or the HF export of ``start_stage``."""
     run = os.path.join(s.out, name)
     command = Command(["bash", os.path.normpath(os.path.join(s.root, "examples", "launch.sh"))],
                       {**s.env, "CONFIG": s.config(config), "MODEL": start, "DATA": _tokenized(s), "OUT": run,
                        "NGPU": str(s.ngpu)})
-    outside = () if os.path.abspath(start).startswith(os.path.abspath(s.out) + os.sep) else (start,)
-    return Stage(name, f"{what} ({config})", lambda: [command], inputs=outside, configs=(s.config(config),),
-                 after=("data",) + after, plan=lambda: training_plan(s, s.config(config), run),
+    return Stage(name, f"{what} ({config})", lambda: [command], inputs=() if start_stage else (start,),
+                 configs=(s.config(config),), after=("data",) + ((start_stage,) if start_stage else ()),
+                 plan=lambda: training_plan(s, s.config(config), run),
                  result=lambda: f"{run}/hf (HF export); checkpoints {run}/checkpoints, metrics {run}/metrics.jsonl")
 
 
@@ -152,7 +152,8 @@ def select_stage(s: Settings, run_stage: str) -> Stage:
 def final_stage(s: Settings, name: str, checkpoint, after: tuple[str, ...], run: str | None = None,
                 inputs: tuple[str, ...] = ()) -> Stage:
     """The final protocol on ``checkpoint()`` (a function: the best checkpoint is known only once
-    its select stage is done); for a trained run also its HF export and Figure 6 panels."""
+    its select stage is done), made by the stages ``after`` or an input; for a trained ``run`` also
+    its HF export and Figure 6 panels."""
     p = s.protocols()["final"]
     out = os.path.join(s.out, name)
 
@@ -207,12 +208,11 @@ def best_of(s: Settings, select: str):
 def table1(s: Settings) -> list[Stage]:
     st = s.student
     stages = [data_stage(s)]
-    if s.sft:
-        start, after = s.sft, ()
-    else:
-        stages.append(training_stage(s, "sft", st.sft, s.model, (), "stage 1: SFT on D_SFT"))
-        start, after = os.path.join(s.out, "sft", "hf"), ("sft",)
-    stages += [training_stage(s, "redi", st.redi, start, after, "stage 2: REDI on D_Pref from the SFT model"),
+    start, start_stage = s.sft, None
+    if not s.sft:
+        stages.append(training_stage(s, "sft", st.sft, s.model, "stage 1: SFT on D_SFT"))
+        start, start_stage = os.path.join(s.out, "sft", "hf"), "sft"
+    stages += [training_stage(s, "redi", st.redi, start, "stage 2: REDI on D_Pref from the SFT model", start_stage),
                select_stage(s, "redi"),
                final_stage(s, "redi_final", best_of(s, "redi_select"), ("redi_select",), os.path.join(s.out, "redi")),
                table_stage(s, {f"{'toy ' if s.toy else ''}{st.paper} (this run)": "redi_final"}, [st.paper],
@@ -223,17 +223,16 @@ def table1(s: Settings) -> list[Stage]:
 def table2(s: Settings) -> list[Stage]:
     sft_config, start_row = ABLATION_START
     stages = [data_stage(s)]
-    if s.sft:
-        start, after = s.sft, ()
-    else:
-        stages.append(training_stage(s, "sft_3ep", sft_config, s.model, (), "stage 1: SFT on D_SFT, 3 epochs"))
-        start, after = os.path.join(s.out, "sft_3ep", "hf"), ("sft_3ep",)
-    outside = () if after else (start,)
-    stages.append(final_stage(s, "start_final", lambda: start, after, inputs=outside))
+    start, start_stage = s.sft, None
+    if not s.sft:
+        stages.append(training_stage(s, "sft_3ep", sft_config, s.model, "stage 1: SFT on D_SFT, 3 epochs"))
+        start, start_stage = os.path.join(s.out, "sft_3ep", "hf"), "sft_3ep"
+    stages.append(final_stage(s, "start_final", lambda: start, (start_stage,) if start_stage else (),
+                              inputs=() if start_stage else (start,)))
     rows = {f"{start_row} (start, this run)": "start_final"}
     for loss, paper_row in ABLATIONS.items():
         config = sft_config.replace("sft_3ep", loss)
-        stages += [training_stage(s, loss, config, start, after, f"stage 2: {loss} from the 3-epoch model"),
+        stages += [training_stage(s, loss, config, start, f"stage 2: {loss} from the 3-epoch model", start_stage),
                    select_stage(s, loss),
                    final_stage(s, f"{loss}_final", best_of(s, f"{loss}_select"), (f"{loss}_select",),
                                os.path.join(s.out, loss))]
@@ -319,7 +318,7 @@ def _evaluate(s: Settings, which: list[str], p: dict, out: str) -> Command:
             flags += [] if value else ["--no-force-think"]
         elif key != "benchmarks":
             flags += [f"--{key.replace('_', '-')}", str(value)]
-    return Command(["torchrun", "--nproc-per-node", str(s.ngpu), s.tool("evaluate.py"), *which,
+    return Command(["torchrun", "--standalone", "--nproc-per-node", str(s.ngpu), s.tool("evaluate.py"), *which,
                     "--tokenizer", os.path.join(_tokenized(s), "tokenizer"), "--output", out, *flags], s.env)
 
 

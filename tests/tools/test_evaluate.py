@@ -39,6 +39,8 @@ def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(tiny_run, tiny_run_i
     text = run("tools/summary_table.py", f"toy run={out}", f"again={out}").stdout
     assert f"| toy run | {summary['best']['label']} (step {summary['best']['step']}) |" in text and "| Avg. |" in text
     assert f"{100 * summary['best']['score']:.1f} |" in text
+    beside = run("tools/summary_table.py", f"toy run={out}", "--paper", "Qwen-REDI-1.5B").stdout.splitlines()
+    assert beside[-1] == "| paper: Qwen-REDI-1.5B | best | - | - | - |"  # the paper has no benchmark a or b
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
     again = run(*command)  # as after an interruption: what is written is kept
@@ -72,3 +74,5 @@ def test_summary_table_errors_exit_2(tmp_path):
                            (f"x={tmp_path / 'none'}", "No such file")]:
         proc = run("tools/summary_table.py", entry, check=False)
         assert proc.returncode == 2 and message in proc.stderr
+    proc = run("tools/summary_table.py", f"x={tmp_path}", "--paper", "Qwen-REDI-7B", check=False)
+    assert proc.returncode == 2 and "'Qwen-REDI-7B': not a row of the paper's; its rows: 'Qwen-SFT-1.5B-5ep'" in proc.stderr
