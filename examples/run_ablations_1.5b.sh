@@ -11,4 +11,4 @@
 # runs/ablations_1.5b; SFT=DIR starts from an existing 3-epoch model), and so are resuming, DRY_RUN=1
 # and TOY=1.
 set -euo pipefail
-exec python -m megatron_redi.recipe table2 --root "$(cd "$(dirname "$0")/.." && pwd)"
+exec python -m megatron_redi.recipe table2 --root "$(cd "$(dirname "$0")/.." && pwd)" "$@"

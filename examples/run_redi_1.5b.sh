@@ -22,4 +22,4 @@
 #                            benchmarks, 2 processes, configs/toy/): a few minutes, what CI runs
 # Hyperparameters live in the YAML files of examples/configs/paper/ (evaluation.yaml: the protocols).
 set -euo pipefail
-exec python -m megatron_redi.recipe table1 --root "$(cd "$(dirname "$0")/.." && pwd)"
+exec python -m megatron_redi.recipe table1 --root "$(cd "$(dirname "$0")/.." && pwd)" "$@"

@@ -27,7 +27,7 @@ import yaml
 from ..eval.protocol import Protocol
 from ..training.checkpointing import checkpoint_dirs
 from ..training.metrics import read_metrics
-from .pipeline import Command, Stage, duration
+from .pipeline import Command, RecipeError, Stage, duration
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Settings:
             settings = dict(protocols.get(name) or {})
             unknown = set(settings) - {"benchmarks", "select_by", "batch_size"} - set(Protocol.__dataclass_fields__)
             if unknown or not settings.get("benchmarks"):
-                raise ValueError(f"{path}: {name}: unknown keys {sorted(unknown)} or no benchmarks")
+                raise RecipeError(f"{path}: {name}: unknown keys {sorted(unknown)} or no benchmarks")
         return protocols
 
 
@@ -113,7 +113,7 @@ def data_stage(s: Settings) -> Stage:
                 f"({paper}); {tokenized}, counts by reason in report.json")
 
     def commands() -> list[Command]:
-        pattern = raw_files(s.raw) or os.path.join(s.raw, "data", "*.parquet")
+        pattern = raw_files(s.raw) or os.path.join(s.raw, "data", "*.jsonl" if s.toy else "*.parquet")
         return [Command([sys.executable, s.tool("preprocess_data.py"), "--input", pattern, "--tokenizer", s.tokenizer,
                          "--output-dir", tokenized, "--workers", str(s.workers), "--overwrite"], s.env)]
 
@@ -175,7 +175,7 @@ def final_stage(s: Settings, name: str, checkpoint, after: tuple[str, ...], run:
         return f"{entry['checkpoint']}: pass@1 {scores}; {out}/summary.json{extra}"
 
     return Stage(name, f"{'the best checkpoint' if run else 'the start'} on the five benchmarks by the final protocol",
-                 commands, inputs=inputs + _benchmark_files(s, p), after=after,
+                 commands, inputs=inputs + _benchmark_files(s, p), after=("data",) + after,
                  settings={"protocol": _protocol_settings(p)}, plan=lambda: evaluation_plan(s, p), result=result)
 
 
@@ -250,13 +250,16 @@ RECIPES = {"table1": table1, "table2": table2}
 def training_plan(s: Settings, config: str, run: str) -> str:
     """Steps and tokens of a training stage, how far it got, and the time left where a throughput
     has been measured (its own, or another training stage's of this run)."""
-    from ..data import TokenizedData
-    from ..training import load_config
+    from ..data import DatasetError, TokenizedData
+    from ..training import TrainConfigError, load_config
 
     if not os.path.exists(os.path.join(_tokenized(s), "meta.json")):
         return "steps and tokens: known once the data stage is done"
-    cfg = load_config(config, ["--model.path", "-", "--data.path", _tokenized(s)])
-    data = TokenizedData(_tokenized(s))
+    try:
+        cfg = load_config(config, ["--model.path", "-", "--data.path", _tokenized(s)])
+        data = TokenizedData(_tokenized(s))
+    except (TrainConfigError, DatasetError) as e:  # the stage itself will stop on it, naming the field
+        return f"no plan: {e}"
     part = data.sft if cfg.train.stage == "sft" else data.pairs
     steps = len(part) // cfg.data.global_batch * cfg.train.epochs
     tokens = int(part.total_lengths().sum()) * cfg.train.epochs
