@@ -8,6 +8,9 @@ import torch
 # 2 cores: keep each process (and each spawned rank) on one intra-op thread.
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every collective checks that its tensors are on the process group's device (NCCL's rule), in this
+# process and in every rank or tool it starts.
+os.environ["MEGATRON_REDI_CHECK_COLLECTIVES"] = "1"
 
 
 @pytest.fixture(scope="session")

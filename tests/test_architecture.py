@@ -98,6 +98,24 @@ def test_no_import_cycles():
         visit(m)
 
 
+def test_only_parallel_talks_to_torch_distributed():
+    """Every collective goes through parallel/ (collectives.py, mappings.py), which put tensors on
+    the group's device; the rest of the package does not import torch.distributed at all."""
+    offenders = []
+    for dirpath, _, files in os.walk(ROOT):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not name.endswith(".py") or os.path.relpath(path, ROOT).startswith("parallel" + os.sep):
+                continue
+            for node in ast.walk(ast.parse(open(path).read())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and
+                         node.module else [])
+                if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not offenders, f"torch.distributed used outside parallel/: {offenders}"
+
+
 def test_ops_do_not_communicate():
     for dirpath, _, files in os.walk(os.path.join(ROOT, "ops")):
         for name in files:

@@ -10,9 +10,9 @@ a seeded generator.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from ..model.kv_cache import KVCache, last_token_logits
+from ..parallel.collectives import broadcast
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
@@ -29,9 +29,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) ->
 
 
 def _broadcast_tp(tokens, parallel):
-    if parallel.tp_size > 1:
-        dist.broadcast(tokens, src=parallel.rank - parallel.tp_rank, group=parallel.tp_group)
-    return tokens
+    return broadcast(parallel, tokens, parallel.rank - parallel.tp_rank, parallel.tp_group)
 
 
 @torch.no_grad()

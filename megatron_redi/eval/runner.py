@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-import torch.distributed as dist
 from tqdm import tqdm
 
+from ..parallel.collectives import all_gather_objects
 from .answers import is_correct, last_boxed
 from .generate import generate
 from .metrics import summarize
@@ -118,8 +118,7 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
                 lengths[i].append(len(ids))
     results = result_rows(problems, mine, texts, lengths, protocol.checker)
     if parallel.dp_size > 1:
-        gathered = [None] * parallel.dp_size
-        dist.all_gather_object(gathered, results, group=parallel.dp_group)
+        gathered = all_gather_objects(parallel, results, parallel.dp_group)
         results = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     return results, summary_of(results, protocol)
 

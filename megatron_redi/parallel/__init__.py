@@ -3,7 +3,7 @@
 from .layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                      mark_replicated, sync_replicated_grads)
 from .layout import LayoutError, TPLayout, divide
-from .state import ParallelState, initialize
+from .state import ParallelState, initialize, shutdown
 
 __all__ = ["ColumnParallelLinear", "LayoutError", "ParallelState", "RowParallelLinear", "TPLayout",
-           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "sync_replicated_grads"]
+           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "shutdown", "sync_replicated_grads"]

@@ -21,9 +21,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-# torch 2.13 renamed the tensor-in/tensor-out collectives; 2.11 (the GPU machine) has only the old names.
-all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+from .collectives import all_gather_single as all_gather_into
+from .collectives import reduce_scatter_single as reduce_scatter_into
 
 
 def _size(group) -> int:

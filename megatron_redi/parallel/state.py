@@ -69,14 +69,11 @@ class ParallelState:
         return self._subgroups[size]
 
 
-def every_rank(parallel: ParallelState, flag: bool, any_rank: bool = False) -> bool:
-    """Whether ``flag`` holds on every rank (or, with ``any_rank``, on any): one all-reduce over the
-    world, so that every rank takes the same branch after it."""
-    if parallel.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=parallel.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if any_rank else dist.ReduceOp.MIN)
-    return bool(t.item())
+def shutdown() -> None:
+    """Leave the process group, on every exit path of a run (torchrun's ranks exit one by one: a
+    rank whose peers have gone while its group still lives can abort at exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,

@@ -25,7 +25,6 @@ import shutil
 import warnings
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..atomic import OutputExistsError, check_output, publish
@@ -35,7 +34,7 @@ from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, Nat
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
 from ..config import ConfigError, ModelConfig, load_json, local_directory
 from ..parallel import ParallelState
-from ..parallel.state import every_rank
+from ..parallel.collectives import every_rank
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -264,10 +263,7 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
             raise  # the same on every rank: state.json is one file
         except (CheckpointError, SafetensorsError, OSError, ValueError, KeyError) as e:
             ok, state, error = 0, None, e
-        flag = torch.tensor([ok])
-        if parallel.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        if flag.item():
+        if every_rank(parallel, ok):  # on the group's device: NCCL refuses a CPU flag
             return path, state
         if parallel.rank == 0:
             warnings.warn(f"checkpoint {path} is incomplete or damaged ({error if not ok else 'on another rank'}); "

@@ -25,10 +25,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
-from ..parallel import ParallelState
-from ..parallel.mappings import all_gather_into
+from ..parallel import ParallelState, collectives
 from ..ops.adamw import adamw_update
 
 
@@ -142,7 +140,8 @@ class MasterParams:
             self._launched[i] = True
             return
         g, start, end, _ = self.buckets[i]
-        self._handles.append(dist.all_reduce(g.grad[start:end], group=self.parallel.dp_group, async_op=True))
+        self._handles.append(collectives.all_reduce(self.parallel, g.grad[start:end], self.parallel.dp_group,
+                                                    async_op=True))
         self._launched[i] = True
 
     def finish_reduction(self):
@@ -168,8 +167,7 @@ class MasterParams:
         total = sum(torch.linalg.vector_norm(g.grad).square() for g in self.groups)
         for view, share in self._replicated_views("grad"):
             total = total - (1 - 1 / share) * view.square().sum()
-        if self.parallel.tp_size > 1:
-            dist.all_reduce(total, group=self.parallel.tp_group)
+        collectives.all_reduce(self.parallel, total, self.parallel.tp_group)
         return total.sqrt()
 
     # ---- update ---------------------------------------------------------------------------------
@@ -191,7 +189,7 @@ class MasterParams:
                                weight_decay if decay else 0.0, self.step_count, grad_scale, out)
         if sharded:
             for g, sl in zip(self.groups, self.slices):
-                all_gather_into(g.master, g.master[sl].clone(), group=self.parallel.dp_group)
+                collectives.all_gather(self.parallel, g.master, g.master[sl].clone(), self.parallel.dp_group)
             self.copy_to_model()
         # After ZeRO-1's gather every DP rank sees the whole replicated update: let one count it.
         if not (self.zero1 and self.parallel.dp_rank > 0):
@@ -201,10 +199,9 @@ class MasterParams:
 
     def update_norm(self, sq: torch.Tensor) -> torch.Tensor:
         """The global norm of the step, from every rank's ``adamw_step`` share."""
-        if self.zero1 and self.parallel.dp_size > 1:
-            dist.all_reduce(sq, group=self.parallel.dp_group)
-        if self.parallel.tp_size > 1:
-            dist.all_reduce(sq, group=self.parallel.tp_group)
+        if self.zero1:
+            collectives.all_reduce(self.parallel, sq, self.parallel.dp_group)
+        collectives.all_reduce(self.parallel, sq, self.parallel.tp_group)
         return sq.clamp_min(0).sqrt()
 
     def _group_of(self, name):
@@ -257,7 +254,7 @@ def _replicated_regions(model) -> dict[str, list[tuple[slice, int]]]:
     for mod_name, module in model.named_modules():
         for param_name, rows, group in module.__dict__.get("replicated_params", ()):
             full = f"{mod_name}.{param_name}" if mod_name else param_name
-            out.setdefault(full, []).append((rows, dist.get_world_size(group)))
+            out.setdefault(full, []).append((rows, collectives.group_size(group)))
     return out
 
 

@@ -9,11 +9,10 @@ same reference find them, and the reference model then leaves memory.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data import PairData, Unit, pack
-from ..parallel import ParallelState
+from ..parallel import ParallelState, collectives
 from .step import sequence_logps
 
 
@@ -37,6 +36,5 @@ def reference_logps(reference, pairs: PairData, parallel: ParallelState, micro_b
                 out[items, 0] = logps[mb.pairs.chosen]
                 out[items, 1] = logps[mb.pairs.rejected]
             bar.update(len(units))
-    if p.dp_size > 1:
-        dist.all_reduce(out, group=p.dp_group)  # each pair was computed by exactly one DP rank
+    collectives.all_reduce(p, out, p.dp_group)  # each pair was computed by exactly one DP rank
     return out

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint.hf_mapping import CheckpointError
@@ -28,8 +27,7 @@ from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory
 from ..config import DTYPES
 from ..model import from_pretrained
-from ..parallel import initialize
-from ..parallel.state import every_rank
+from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
 from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, step_flops
@@ -154,8 +152,7 @@ class Trainer:
                                  self.pad_token, d.global_batch, self.is_main and self.cfg.train.progress)
         if self.is_main:
             pairs.store_reference_logps(values.cpu().numpy(), reference)
-        if p.world_size > 1:
-            dist.barrier()
+        collectives.barrier(p)
         self.data = TokenizedData(d.path)
 
     # ---- one step ---------------------------------------------------------------------------------
@@ -188,8 +185,7 @@ class Trainer:
         flops = step_flops(self.model.cfg, work.seq_lengths, work.response_tokens)
         done = torch.tensor([sum(work.seq_lengths), flops], dtype=torch.float64, device=device).float()
         packed = torch.cat([work.loss.reshape(1), torch.stack([work.metric_sums[n].float() for n in names]), done])
-        if self.parallel.dp_size > 1:
-            dist.all_reduce(packed, group=self.parallel.dp_group)
+        collectives.all_reduce(self.parallel, packed, self.parallel.dp_group)
         # the grad norm is already global (identical on DP ranks): appended after the DP sum
         values = torch.cat([packed, grad_norm.reshape(1)]).tolist()
         loss_value, grad_norm = values[0], values.pop()
@@ -280,7 +276,7 @@ class Trainer:
                 if self.alarm.fired and cfg.collapse.stop:
                     self.save_checkpoint()
                     raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
-                if every_rank(self.parallel, signals.received is not None, any_rank=True) and self.step < last:
+                if collectives.every_rank(self.parallel, signals.received is not None, any_rank=True) and self.step < last:
                     path = self.save_checkpoint()
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
                                           f"checkpoint {path} written; run the same command again to resume")
@@ -300,15 +296,12 @@ class Trainer:
             with atomic_directory(out_dir, overwrite=t.export_overwrite) as tmp:
                 copy_side_files(checkpoint, tmp)
                 write_hf(reader, reader.cfg, tmp, self.dtype, 5 * 10**9, progress=False)
-        if self.parallel.world_size > 1:
-            dist.barrier()
+        collectives.barrier(self.parallel)
 
 
 def train(cfg: TrainConfig) -> str:
-    """Train, and leave the process group (torchrun's ranks exit one by one: a rank whose peers
-    have gone while its group still lives can abort at exit)."""
+    """Train, and leave the process group however the run ends."""
     try:
         return Trainer(cfg).run()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()

@@ -1,0 +1,69 @@
+"""The collectives' helpers: tensors on the group's device (checked, the caller named), a group of
+one rank a no-op, and every helper on 2 gloo ranks."""
+
+import os
+
+import pytest
+import torch
+
+from megatron_redi.parallel import ParallelState, collectives
+from megatron_redi.parallel.collectives import CHECK_ENV, CollectiveDeviceError
+from multirank import run_ranks
+
+
+def test_the_check_is_on_in_the_test_suite():
+    assert os.environ.get(CHECK_ENV) == "1"
+
+
+def test_a_tensor_off_the_group_s_device_names_the_caller():
+    cpu = ParallelState()
+    elsewhere = torch.empty(2, device="meta")  # any device that is not the group's, as a CPU tensor under NCCL
+    with pytest.raises(CollectiveDeviceError, match=r"all_reduce from .*test_collectives.py:\d+ in test_a_tensor.*"
+                                                    r"on meta, but the process group's device is cpu"):
+        collectives.all_reduce(cpu, elsewhere, None)
+    with pytest.raises(CollectiveDeviceError, match="broadcast"):
+        collectives.broadcast(cpu, elsewhere, 0, None)
+
+
+def test_the_check_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv(CHECK_ENV)
+    collectives.all_reduce(ParallelState(), torch.empty(2, device="meta"), None)  # a group of one: nothing to do
+
+
+def test_a_group_of_one_rank_changes_nothing():
+    p, t = ParallelState(), torch.arange(3.0)
+    assert collectives.all_reduce(p, t, None) is None and t.tolist() == [0, 1, 2]
+    out = torch.empty(3)
+    assert collectives.all_gather(p, out, t, None).tolist() == [0, 1, 2]
+    assert collectives.all_gather_objects(p, {"a": 1}, None) == [{"a": 1}]
+    assert collectives.every_rank(p, True) and not collectives.every_rank(p, False, any_rank=True)
+    collectives.barrier(p)
+
+
+def _helpers_on_two_ranks():
+    from megatron_redi.parallel import initialize
+
+    p = initialize(tensor_parallel_size=1)  # DP=2: the world is the DP group
+    t = torch.tensor([float(p.rank + 1)])
+    collectives.all_reduce(p, t, p.dp_group)
+    assert t.item() == 3.0
+    m = torch.tensor([float(p.rank)])
+    collectives.all_reduce(p, m, p.dp_group, op="max")
+    assert m.item() == 1.0
+    out = torch.empty(2)
+    assert collectives.all_gather(p, out, torch.tensor([float(p.rank)]), p.dp_group).tolist() == [0.0, 1.0]
+    b = torch.tensor([float(p.rank + 10)])
+    assert collectives.broadcast(p, b, 1, p.dp_group).item() == 11.0
+    assert collectives.all_gather_objects(p, {"rank": p.rank}, p.dp_group) == [{"rank": 0}, {"rank": 1}]
+    assert collectives.every_rank(p, p.rank == 0, any_rank=True) and not collectives.every_rank(p, p.rank == 0)
+    collectives.barrier(p)
+    try:
+        collectives.all_reduce(p, torch.empty(1, device="meta"), p.dp_group)
+    except CollectiveDeviceError as e:
+        assert "_helpers_on_two_ranks" in str(e)
+    else:
+        raise AssertionError("a tensor off the group's device went through")
+
+
+def test_every_helper_on_two_gloo_ranks():
+    run_ranks(2, _helpers_on_two_ranks)
