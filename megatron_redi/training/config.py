@@ -122,12 +122,18 @@ class ReferenceSection:
 
 @dataclass
 class EvalSection(Protocol):
-    """In-training evaluation on a benchmark; the protocol's keys (samples, temperature, top_p,
-    max_new_tokens, prompt, force_think, sem_ddof) default to the paper's, as in tools/evaluate.py."""
+    """In-training evaluation on a benchmark, for the accuracy curve of the paper's Figure 6. Its
+    defaults are a quick look, not the paper's protocol: one sample of up to 4,096 tokens on the
+    first 100 problems, at the paper's temperature, top-p and prompt (16 samples of up to 32,768
+    tokens would take hours per evaluation, with a KV cache beside the training's memory). The
+    paper's protocols run on the saved checkpoints: tools/evaluate.py. The first evaluation of a
+    run says what each costs."""
 
+    samples: int = 1  # generations per problem
+    max_new_tokens: int = 4096  # per generation
     every: int = 0  # steps between evaluations on the benchmark (0: never)
     benchmark: str | None = None  # JSONL of {"problem", "answer"}
-    max_problems: int | None = None  # the benchmark's first N problems only
+    max_problems: int | None = 100  # the benchmark's first N problems only (None: all)
 
 
 @dataclass

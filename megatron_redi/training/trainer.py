@@ -238,8 +238,22 @@ class Trainer:
             tokenizer_dir = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
             self._eval_inputs = (AutoTokenizer.from_pretrained(tokenizer_dir), load_benchmark(e.benchmark, e.max_problems))
         tokenizer, problems = self._eval_inputs
+        start = time.perf_counter()
         _, summary = evaluate(self.model, tokenizer, problems, e, seed=self.cfg.train.seed)  # e is a Protocol
-        return {"eval/pass@1": summary["pass@1"], "eval/sem": summary["sem"]}
+        seconds = time.perf_counter() - start
+        if self.is_main and not hasattr(self, "_eval_told"):
+            self._eval_told = True
+            more = self._evaluations_left()
+            tqdm.write(f"in-training evaluation: {len(problems)} problems x {e.samples} samples of up to "
+                       f"{e.max_new_tokens:,} tokens took {seconds:.0f} s; {more} more in this run: about "
+                       f"{more * seconds / 60:.0f} min (eval.every, eval.max_problems, eval.samples set it)")
+        return {"eval/pass@1": summary["pass@1"], "eval/sem": summary["sem"], "eval/seconds": seconds}
+
+    def _evaluations_left(self) -> int:
+        """Evaluations still to come after this step: every eval.every steps, and at the last step."""
+        every, last = self.cfg.eval.every, min(self.total_steps, self.cfg.train.max_steps or self.total_steps)
+        due = set(range((self.step // every + 1) * every, last + 1, every)) | {last}
+        return len(due - {self.step})
 
     def _eval_due(self) -> bool:
         e = self.cfg.eval

@@ -230,3 +230,19 @@ def test_schedule_over_max_steps_is_hf_s_behaviour(tiny_run_inputs, tmp_path):
     by_epochs, by_steps = metrics(tmp_path / "epochs"), metrics(tmp_path / "steps")
     assert [r["lr"] for r in by_steps] == pytest.approx([0.0, 1e-3, 2e-3 / 3, 1e-3 / 3], rel=1e-4)  # warmup, decay to 0
     assert by_epochs[-1]["lr"] > by_steps[-1]["lr"]
+
+
+def test_in_training_evaluation_is_cheap_by_default_and_says_its_cost(tiny_run_inputs, tmp_path, capsys):
+    cfg = load_config(None, ["--model.path", "m", "--data.path", "d"]).eval
+    assert (cfg.samples, cfg.max_new_tokens, cfg.max_problems, cfg.temperature, cfg.top_p) == (1, 4096, 100, 0.6, 0.95)
+    data, model = tiny_run_inputs
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(3)))
+    Trainer(config(data, model, tmp_path / "run", "--eval.benchmark", bench, "--eval.every", "2",
+                   "--eval.max_new_tokens", "4")).run()
+    evaluated = [r["step"] for r in metrics(tmp_path / "run") if "eval/pass@1" in r]
+    assert evaluated == [0, 2, 4]  # the start, every 2 steps, the last
+    assert all(r["eval/seconds"] > 0 for r in metrics(tmp_path / "run") if "eval/seconds" in r)
+    told = capsys.readouterr().out
+    assert "in-training evaluation: 3 problems x 1 samples of up to 4 tokens took" in told
+    assert "2 more in this run: about" in told and told.count("in-training evaluation") == 1
