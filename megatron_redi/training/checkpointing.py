@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import warnings
 
 import torch
@@ -137,12 +138,11 @@ def check_export_target(target: str, run_dir: str, overwrite: bool) -> None:
 
 
 def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master: dict[str, torch.Tensor],
-         optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None, keep: int,
-         keep_weights: bool = True) -> str:
+         optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None) -> str:
     """Write ``step_N`` whole or not at all: every rank writes its files into ``.step_N.tmp``, rank 0
-    publishes it with a rename once all succeeded. Beyond the newest ``keep``, checkpoints keep only
-    their weights (``keep_weights``) or are removed. A failure on any rank (a full disk) removes the
-    temporary directory and leaves older checkpoints as they were."""
+    publishes it with a rename once all succeeded. A failure on any rank (a full disk) removes the
+    temporary directory and leaves older checkpoints as they were. (Older checkpoints are thinned
+    afterwards, outside every collective: Thinning.)"""
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".step_{step:08d}.tmp")
     error = None
@@ -173,18 +173,48 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             publish(tmp, final)
         except OSError as e:
             error = e
-        if error is None:
-            for _, old in checkpoint_dirs(root)[keep:]:
-                if keep_weights:
-                    keep_weights_only(old)
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
     if not every_rank(parallel, error is None):
         if parallel.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "
                               "nothing of it was kept, and the older checkpoints are intact")
     return final
+
+
+class Thinning:
+    """Rank 0 thins the checkpoints older than the newest ``keep``, each to its weights in bf16 (or
+    removed), in a thread while training goes on. The rewrite reads and writes the whole model
+    (minutes for a 7B one); done inside save() it held every other rank in a collective meanwhile,
+    and an error there left them waiting. One thinning at a time: the next one, and the end of the
+    run, wait for it; a failure leaves the old checkpoint whole and warns."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._thread = enabled, None
+
+    def start(self, root: str, keep: int, keep_weights: bool) -> None:
+        if not self.enabled:
+            return
+        self.wait()
+        old = [path for _, path in checkpoint_dirs(root)[keep:] if is_resumable(path) or not keep_weights]
+        if old:
+            self._thread = threading.Thread(target=self._thin, args=(old, keep_weights), name="checkpoint-thinning")
+            self._thread.start()
+
+    @staticmethod
+    def _thin(paths: list[str], keep_weights: bool) -> None:
+        for path in paths:
+            try:
+                if keep_weights:
+                    keep_weights_only(path)
+                else:
+                    shutil.rmtree(path)
+            except (OSError, CheckpointError, SafetensorsError) as e:
+                warnings.warn(f"{path}: not thinned ({e}); it stays whole")
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def is_resumable(path: str) -> bool:

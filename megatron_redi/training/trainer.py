@@ -98,6 +98,7 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.alarm = CollapseAlarm(cfg.collapse.window, cfg.collapse.drop)
         self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
+        self.thinning = checkpointing.Thinning(enabled=self.is_main)
         self._resume()
         self.reference = None
         if cfg.loss.needs_reference:
@@ -223,9 +224,11 @@ class Trainer:
         if not self.master.all_finite():  # never persist broken weights
             raise TrainingStopped("the master weights hold NaN or inf; no checkpoint written")
         side = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
-        return checkpointing.save(self.ckpt_root, self.step, self.model.cfg, self.parallel,
+        path = checkpointing.save(self.ckpt_root, self.step, self.model.cfg, self.parallel,
                                   self.master.master_tensors(), self.master.state_tensors(), self.cfg.parallel.zero1,
-                                  self._state(), side, self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_weights)
+                                  self._state(), side)
+        self.thinning.start(self.ckpt_root, self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_weights)
+        return path
 
     def evaluate(self) -> dict:
         """pass@1 (and its SEM) on the held-out benchmark, with the model as it is now."""
@@ -260,6 +263,12 @@ class Trainer:
         return bool(e.every and e.benchmark and self.step % e.every == 0)
 
     def run(self) -> str:
+        try:
+            return self._run()
+        finally:
+            self.thinning.wait()  # however the run ends, no checkpoint is left half thinned by this process
+
+    def _run(self) -> str:
         cfg = self.cfg
         last = min(self.total_steps, cfg.train.max_steps or self.total_steps)
         if self.step == 0 and self._eval_due():  # the starting point of Figure 6's accuracy curve
