@@ -38,7 +38,7 @@ from megatron_redi.eval.analysis import (REFLECTION_WORDS, generation_statistics
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.runner import stop_tokens
 from megatron_redi.model import from_pretrained
-from megatron_redi.parallel import initialize
+from megatron_redi.parallel import initialize, shutdown
 from megatron_redi.training.checkpointing import list_checkpoints
 
 DTYPE = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -211,4 +211,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        shutdown()

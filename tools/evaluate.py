@@ -42,7 +42,7 @@ from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
-from megatron_redi.parallel import initialize
+from megatron_redi.parallel import initialize, shutdown
 from megatron_redi.training.checkpointing import list_checkpoints
 
 
@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-problems", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout-minutes", type=float, default=240.0,
+                   help="under torchrun: how long a rank may wait for the slowest one's share of a benchmark "
+                        "before the run ends (long generations make the shares uneven)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (generations, tokens/s, ETA)")
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
                 old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"])
                 if old:
                     e["benchmarks"][name] = old
-        parallel = initialize(tensor_parallel_size=args.tp)
+        parallel = initialize(tensor_parallel_size=args.tp, timeout_minutes=args.timeout_minutes)
     except (BenchmarkError, ConfigError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -167,4 +170,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        shutdown()  # on every exit path: torchrun's ranks leave the process group before they end

@@ -10,6 +10,7 @@ Nothing here lives in a module global: every layer receives the ``ParallelState`
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 
@@ -77,11 +78,15 @@ def shutdown() -> None:
 
 
 def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
-               backend: str | None = None) -> ParallelState:
+               backend: str | None = None, timeout_minutes: float = 60.0) -> ParallelState:
     """Build the TP and DP groups from the torchrun environment.
 
     Without torchrun (no ``WORLD_SIZE``) and without an initialised process group this returns a
     single-process state. The backend is NCCL when CUDA is available, gloo otherwise.
+    ``timeout_minutes``: how long a collective may wait for its peers before the run ends (NCCL's
+    watchdog then tears the process down rather than leaving the job hung on a dead rank); it must
+    exceed the longest stretch one rank works while the others wait (an HF export, an evaluation's
+    slowest share).
     """
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized() and env_world == 1:
@@ -100,7 +105,9 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # a failed or timed-out NCCL collective ends the process instead of hanging the job
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     world, rank = dist.get_world_size(), dist.get_rank()
     tp = tensor_parallel_size
     if tp < 1 or world % tp:

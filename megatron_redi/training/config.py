@@ -50,6 +50,9 @@ class ParallelSection:
     sequence_parallel: bool = True  # with tensor_parallel > 1
     zero1: bool = False  # shard the optimizer state (and the update) over data-parallel ranks
     bucket_mb: float = 100.0  # data-parallel gradient all-reduce bucket, MB of fp32
+    # A dead rank ends the job instead of hanging it: the timeout must exceed one rank's longest work
+    # alone (an HF export of the model, the slowest share of an evaluation or of DPO's pre-pass).
+    timeout_minutes: float = 60.0  # how long a collective may wait for the other ranks before the run ends
 
 
 @dataclass
@@ -177,6 +180,8 @@ class TrainConfig:
         for name, value in (("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay), ("optim.clip_grad", o.clip_grad)):
             if not (math.isfinite(value) and value >= 0):
                 raise TrainConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.parallel.timeout_minutes) and self.parallel.timeout_minutes > 0):
+            raise TrainConfigError(f"parallel.timeout_minutes must be a positive number, got {self.parallel.timeout_minutes}")
         return self
 
 

@@ -71,7 +71,8 @@ class Trainer:
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)
         self.parallel = p = initialize(tensor_parallel_size=cfg.parallel.tensor_parallel,
-                                       sequence_parallel=cfg.parallel.sequence_parallel)
+                                       sequence_parallel=cfg.parallel.sequence_parallel,
+                                       timeout_minutes=cfg.parallel.timeout_minutes)
         self.is_main = p.rank == 0
         if cfg.train.export_hf:  # refused now rather than after the training
             checkpointing.check_export_target(cfg.train.export_hf, cfg.train.output_dir, cfg.train.export_overwrite)

@@ -67,3 +67,37 @@ def _helpers_on_two_ranks():
 
 def test_every_helper_on_two_gloo_ranks():
     run_ranks(2, _helpers_on_two_ranks)
+
+
+def test_the_process_group_gets_the_timeout_and_fails_fast(monkeypatch):
+    """initialize() hands its timeout to the process group and asks NCCL to end a process whose
+    collective failed or timed out, rather than leave the job hung (checked without starting one)."""
+    import datetime
+
+    from megatron_redi.parallel import state
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def init_process_group(backend, timeout):
+        seen.update(backend=backend, timeout=timeout, fail_fast=os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING"))
+        raise Started
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    monkeypatch.setattr(state.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(state.dist, "init_process_group", init_process_group)
+    with pytest.raises(Started):
+        state.initialize(timeout_minutes=90)
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(minutes=90), "fail_fast": "1"}
+
+
+def test_the_trainer_s_timeout_is_a_config_key():
+    from megatron_redi.training import TrainConfigError, load_config
+
+    base = ["--model.path", "m", "--data.path", "d"]
+    assert load_config(None, base).parallel.timeout_minutes == 60.0
+    with pytest.raises(TrainConfigError, match="parallel.timeout_minutes must be a positive number"):
+        load_config(None, base + ["--parallel.timeout_minutes", "0"])
