@@ -1,0 +1,29 @@
+"""tools/gpu_check.sh --dry-run: every step of the GPU check, with the same tools and flags at toy
+sizes on CPU, succeeds; so the script cannot drift from the tools it calls."""
+
+import os
+import re
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throughput_4096", "throughput_16384",
+         "throughput_19000", "attention_pair", "attention_uneven", "logprob_16k", "toy_data", "toy_redi",
+         "toy_symmetric", "toy_dpo", "toy_simpo", "toy_sft", "toy_eval", "generation_1.5b", "logprob_65k"]
+
+
+def test_every_step_runs_at_toy_sizes(tmp_path):
+    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--dry-run"], capture_output=True,
+                          text=True, env={**os.environ, "OUT": str(tmp_path)}, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "summary.txt").read_text()
+    outcomes = re.findall(r"^== (\S+): rc=(\d+)", summary, flags=re.M)
+    assert [name for name, _ in outcomes] == STEPS
+    failed = [name for name, rc in outcomes if rc != "0"]
+    assert not failed, (tmp_path / "logs.txt").read_text()[-5000:]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 9  # one per benchmark step
+
+
+def test_an_unknown_option_is_refused(tmp_path):
+    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--fast"], capture_output=True,
+                          text=True, env={**os.environ, "OUT": str(tmp_path)})
+    assert done.returncode == 2 and "usage: bash tools/gpu_check.sh [--quick] [--dry-run]" in done.stderr
