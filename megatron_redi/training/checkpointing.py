@@ -36,12 +36,9 @@ from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, Strea
 from ..config import ConfigError, ModelConfig, load_json, local_directory
 from ..parallel import ParallelState
 from ..parallel.collectives import every_rank
+from . import reshard
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class ResumeMismatch(CheckpointError):
-    """A good checkpoint written by a run of another layout: never skipped, never written over."""
 
 
 def checkpoint_dirs(root: str) -> list[tuple[int, str]]:
@@ -257,26 +254,15 @@ def _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1):
 
 
 def validate(path: str, parallel: ParallelState) -> dict:
-    """The checkpoint's state.json if every file this rank needs is whole; raises otherwise."""
+    """The checkpoint's state.json if every file this rank may read is whole; raises otherwise. Its
+    TP and DP sizes may differ from this run's: the state is resharded (reshard.py)."""
     reader = NativeCheckpointReader(path)  # checks format, version, every tensor of every rank file
     with open(os.path.join(path, "training", "state.json")) as f:
         state = json.load(f)
-    new_run = (f"or start a new run in another train.output_dir from its weights (--model.path {path}; "
-               "the AdamW state and the data position are not carried over)")
-    if state["tp_size"] != parallel.tp_size:
-        raise ResumeMismatch(f"{path}: saved with TP {state['tp_size']}, this run has TP {parallel.tp_size}; "
-                             f"resume with parallel.tensor_parallel {state['tp_size']}, {new_run}")
-    if state["zero1"] and state["dp_size"] != parallel.dp_size:
-        raise ResumeMismatch(f"{path}: ZeRO-1 state saved over {state['dp_size']} DP ranks, this run has "
-                             f"{parallel.dp_size}; resume on {state['dp_size'] * parallel.tp_size} processes, {new_run}")
-    SafetensorsFile(_optim_file(path, parallel, state)).close()
+    for file in reshard.optimizer_files(path, state).values():
+        SafetensorsFile(file).close()
     del reader
     return state
-
-
-def _optim_file(path, parallel, state):
-    dp = parallel.dp_rank if state["zero1"] else 0
-    return os.path.join(path, "training", f"optim_tp{parallel.tp_rank:02d}_dp{dp:02d}.safetensors")
 
 
 def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | None:
@@ -289,8 +275,6 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
         try:
             state = validate(path, parallel)
             ok = 1
-        except ResumeMismatch:
-            raise  # the same on every rank: state.json is one file
         except (CheckpointError, SafetensorsError, OSError, ValueError, KeyError) as e:
             ok, state, error = 0, None, e
         if every_rank(parallel, ok):  # on the group's device: NCCL refuses a CPU flag
@@ -304,11 +288,17 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
     return None
 
 
-def load(path: str, state: dict, parallel: ParallelState) -> tuple[dict, dict]:
-    """(master weights of this TP rank, optimizer tensors of this rank); restores the RNG."""
+def load(path: str, state: dict, parallel: ParallelState, optimizer) -> tuple[dict, dict]:
+    """(master weights of this TP rank, AdamW moments of this rank) in the layout of this run's
+    ``optimizer`` (a MasterParams), whatever the checkpoint's; restores the RNG."""
     reader = NativeCheckpointReader(path)
-    master = {e.native: reader.read_shard(e.native, parallel.tp_rank) for e in name_table(reader.cfg)}
-    optim = load_file(_optim_file(path, parallel, state))
+    if reshard.same_layout(state, parallel, optimizer.zero1):
+        master = {e.native: reader.read_shard(e.native, parallel.tp_rank) for e in name_table(reader.cfg)}
+        optim = load_file(reshard.optimizer_files(path, state)[(parallel.tp_rank, parallel.dp_rank if state["zero1"] else 0)])
+    else:
+        master = reshard.master_weights(reader, parallel)
+        optim = reshard.moments(path, state, reader.cfg, parallel, [[n for n, _ in g.params] for g in optimizer.groups],
+                                [g.numel for g in optimizer.groups], optimizer.slices)
     rng_file = os.path.join(path, "training", f"rng_rank{parallel.rank:05d}.safetensors")
     if os.path.exists(rng_file):
         rng = load_file(rng_file)

@@ -33,6 +33,7 @@ from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, step_flops
 from .optimizer import MasterParams, lr_at
 from .reference import reference_logps
+from .reshard import same_layout
 from .step import forward_backward, optimizer_step
 
 
@@ -132,14 +133,17 @@ class Trainer:
         if found is None:
             return
         path, state = found
-        master, optim = checkpointing.load(path, state, self.parallel)
+        master, optim = checkpointing.load(path, state, self.parallel, self.master)
         self.master.load_master(master)
         self.master.load_state_tensors(optim, state["optimizer_steps"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.alarm.chosen, self.alarm.rejected = state["alarm"]["chosen"], state["alarm"]["rejected"]
         if self.is_main:
-            print(f"resumed from {path} (step {self.step})", flush=True)
+            moved = ("" if same_layout(state, self.parallel, self.master.zero1)
+                     else f", resharded from TP {state['tp_size']} x DP {state['dp_size']}"
+                          f"{' with ZeRO-1' if state['zero1'] else ''}")
+            print(f"resumed from {path} (step {self.step}{moved})", flush=True)
 
     def _setup_reference(self):
         ref_path = self.cfg.reference.path or self.cfg.model.path

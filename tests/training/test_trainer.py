@@ -188,6 +188,52 @@ def test_zero1_run_killed_and_resumed_on_two_dp_ranks_reproduces_bit_for_bit(tin
     assert_resumed_run_equals_full_run(tmp_path, ("loss", "grad_norm", "update_norm", "logps/chosen"))
 
 
+def _resumed_at_another_layout(tmp_path, exact):
+    """``cut`` (3 steps at one layout, 3 more at another) against ``full`` (6 steps, never changed):
+    equal bit for bit where the arithmetic is the same, else to fp32 rounding."""
+    full, cut = metrics(tmp_path / "full"), metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(full[3:], cut[3:]):
+        for key in ("loss", "grad_norm", "update_norm", "logps/chosen_mean", "lr"):
+            assert x[key] == y[key] if exact else x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_a_run_resumes_at_another_tp_size(tiny_run_inputs, tmp_path, before, after):
+    data, model = tiny_run_inputs
+
+    def run(out, tp, *extra):
+        args = (data, model, tmp_path / out, "--parallel.tensor_parallel", str(tp), *extra)
+        run_ranks(tp, _run, *args) if tp > 1 else _run(*args)
+
+    run("full", after, "--train.max_steps", "6")
+    run("cut", before, "--train.max_steps", "3", "--checkpoint.every", "3")
+    run("cut", after, "--train.max_steps", "6")  # the fp32 weights and AdamW moments resharded to TP `after`
+    _resumed_at_another_layout(tmp_path, exact=False)
+
+
+def test_a_zero1_run_resumes_on_fewer_data_parallel_ranks(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    _run(data, model, tmp_path / "full", "--train.max_steps", "6")
+    run_ranks(2, _run, data, model, tmp_path / "cut", "--parallel.zero1", "true", "--train.max_steps", "3",
+              "--checkpoint.every", "3")
+    # both DP ranks' slices of the moments, gathered for the one rank left; no arithmetic changes
+    # except the data-parallel sum of the first three steps' gradients
+    _run(data, model, tmp_path / "cut", "--train.max_steps", "6")
+    _resumed_at_another_layout(tmp_path, exact=False)
+
+
+def test_zero1_slices_gathered_on_resume_are_bit_exact(tiny_run_inputs, tmp_path):
+    """ZeRO-1 on 2 DP ranks, resumed on the same 2 ranks without it: the same arithmetic, so the
+    moments gathered from both slices must give exactly the never-sharded run's steps."""
+    data, model = tiny_run_inputs
+    run_ranks(2, _run, data, model, tmp_path / "full", "--train.max_steps", "6")
+    run_ranks(2, _run, data, model, tmp_path / "cut", "--parallel.zero1", "true", "--train.max_steps", "3",
+              "--checkpoint.every", "3")
+    run_ranks(2, _run, data, model, tmp_path / "cut", "--train.max_steps", "6")
+    _resumed_at_another_layout(tmp_path, exact=True)
+
+
 def test_older_checkpoints_keep_their_weights_for_picking_the_best_step(tiny_run_inputs, tmp_path):
     from megatron_redi.checkpoint.native import NativeCheckpointReader
     from megatron_redi.model import from_pretrained
