@@ -2,7 +2,7 @@
 
 At toy scale (TOY=1) the whole recipe runs end to end on the CPU: preempted inside stage 2, run
 again (the stages done are kept, stage 2 resumes from its checkpoint), through the evaluations to
-the printed table. Without inputs it stops at once with the download commands; DRY_RUN=1 prints
+the printed table; an invocation while another holds the run stops at once. Without inputs it stops at once with the download commands; DRY_RUN=1 prints
 commands that torchrun and the tools accept."""
 
 import glob
@@ -150,8 +150,8 @@ def test_every_toy_config_is_its_paper_twin_at_toy_scale():
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    """The toy recipe preempted in stage 2, a second invocation meanwhile, then the same command
-    again to the end: (the first run's output, the second's, the concurrent one's, OUT)."""
+    """The toy recipe preempted in stage 2, then the same command again to the end: (the first
+    run's output, the second's, OUT)."""
     out = tmp_path_factory.mktemp("toy") / "run"
     env = _env(TOY=1, OUT=out)
     script = os.path.join(ROOT, "examples", "run_redi_1.5b.sh")
@@ -160,28 +160,35 @@ def toy_run(tmp_path_factory):
     while not glob.glob(str(out / "redi" / "checkpoints" / "step_*")) and first.poll() is None:
         assert time.time() < deadline, "no stage-2 checkpoint in time"
         time.sleep(0.1)
-    concurrent = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=120)
     first.send_signal(signal.SIGTERM)  # a preemption, as a scheduler sends it
     first_output = first.communicate(timeout=300)[0]
     first_output += f"\nexit {first.returncode}"
     second = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
-    return first_output, second, concurrent, out
+    return first_output, second, out
 
 
 def test_toy_preempted_stops_with_a_checkpoint(toy_run):
-    first, _, _, out = toy_run
+    first, _, out = toy_run
     assert first.endswith("exit 3"), first[-3000:]
     assert "stopped (SIGTERM) in stage redi: run the same command to continue" in first
     assert "checkpoint" in first and "written; run the same command again to resume" in first
 
 
-def test_a_second_invocation_stops_at_once(toy_run):
-    _, _, concurrent, out = toy_run
-    assert concurrent.returncode == 2 and "another run of the recipe" in concurrent.stderr
+def test_a_second_invocation_stops_at_once(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # the first invocation, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        start = time.time()
+        second = _run(TOY=1, OUT=out, timeout=120)
+    assert second.returncode == 2 and "another run of the recipe" in second.stderr and time.time() - start < 60
+    assert os.listdir(out) == [".lock"]  # it made nothing, not even the toy's inputs
 
 
 def test_toy_rerun_resumes_and_keeps_the_stages_done(toy_run):
-    _, second, _, out = toy_run
+    _, second, out = toy_run
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     text = second.stdout
     assert "[1/6] data: done before, kept" in text and "[2/6] sft: done before, kept" in text
@@ -191,7 +198,7 @@ def test_toy_rerun_resumes_and_keeps_the_stages_done(toy_run):
 
 
 def test_toy_runs_every_stage_to_the_table(toy_run):
-    _, second, _, out = toy_run
+    _, second, out = toy_run
     table = (out / "table" / "table.md").read_text().splitlines()
     assert table[0].startswith("| model | math500 pass@1 (%) ± SEM, k=16 |") and table[0].endswith("| Avg. |")
     ours, paper = table[2], table[3]
@@ -208,7 +215,7 @@ def test_toy_runs_every_stage_to_the_table(toy_run):
 
 
 def test_toy_third_run_does_nothing_and_a_changed_input_is_refused(toy_run):
-    _, _, _, out = toy_run
+    _, _, out = toy_run
     again = _run(TOY=1, OUT=out, timeout=120)
     assert again.returncode == 0 and again.stdout.count("done before, kept") == 6
     raw = out / "inputs" / "raw" / "data" / "train.jsonl"
