@@ -22,11 +22,8 @@ import torch
 import torch.distributed as dist
 
 from .collectives import all_gather_single as all_gather_into
+from .collectives import group_size as _size
 from .collectives import reduce_scatter_single as reduce_scatter_into
-
-
-def _size(group) -> int:
-    return 1 if group is None else dist.get_world_size(group)
 
 
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:

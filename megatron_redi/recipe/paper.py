@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 import yaml
 
@@ -80,7 +81,9 @@ class Settings:
         """What every command of the run gets on top of the caller's environment."""
         return {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"} if self.toy else {}
 
+    @cached_property
     def protocols(self) -> dict[str, dict]:
+        """The two evaluation protocols of CONFIGS/evaluation.yaml, read once."""
         path = os.path.join(self.configs, "evaluation.yaml")
         with open(path) as f:
             protocols = yaml.safe_load(f)
@@ -134,7 +137,7 @@ def training_stage(s: Settings, name: str, config: str, start: str, what: str, s
 
 
 def select_stage(s: Settings, run_stage: str) -> Stage:
-    p = s.protocols()["intermediate"]
+    p = s.protocols["intermediate"]
     out = os.path.join(s.out, f"{run_stage}_select")
     command = _evaluate(s, ["--run-dir", os.path.join(s.out, run_stage)], p, out)
 
@@ -154,7 +157,7 @@ def final_stage(s: Settings, name: str, checkpoint, after: tuple[str, ...], run:
     """The final protocol on ``checkpoint()`` (a function: the best checkpoint is known only once
     its select stage is done), made by the stages ``after`` or an input; for a trained ``run`` also
     its HF export and Figure 6 panels."""
-    p = s.protocols()["final"]
+    p = s.protocols["final"]
     out = os.path.join(s.out, name)
 
     def commands() -> list[Command]:
@@ -250,7 +253,7 @@ RECIPES = {"table1": table1, "table2": table2}
 def training_plan(s: Settings, config: str, run: str) -> str:
     """Steps and tokens of a training stage, how far it got, and the time left where a throughput
     has been measured (its own, or another training stage's of this run)."""
-    from ..data import DatasetError, TokenizedData
+    from ..data import DatasetError, GlobalBatchSampler, TokenizedData
     from ..training import TrainConfigError, load_config
 
     if not os.path.exists(os.path.join(_tokenized(s), "meta.json")):
@@ -261,8 +264,12 @@ def training_plan(s: Settings, config: str, run: str) -> str:
     except (TrainConfigError, DatasetError) as e:  # the stage itself will stop on it, naming the field
         return f"no plan: {e}"
     part = data.sft if cfg.train.stage == "sft" else data.pairs
-    steps = len(part) // cfg.data.global_batch * cfg.train.epochs
-    tokens = int(part.total_lengths().sum()) * cfg.train.epochs
+    lengths = part.total_lengths()
+    try:  # the trainer's own count of steps
+        steps = GlobalBatchSampler(lengths, lengths, cfg.data.global_batch).steps_per_epoch * cfg.train.epochs
+    except ValueError as e:  # fewer items than one global batch: the stage will say so
+        return f"no plan: {e}"
+    tokens = int(lengths.sum()) * cfg.train.epochs
     done = checkpoint_dirs(os.path.join(run, "checkpoints"))
     step = done[0][0] if done else 0
     text = f"{steps:,} steps, {tokens / 1e6:,.1f} M tokens" + (f"; checkpoint at step {step:,}" if step else "")

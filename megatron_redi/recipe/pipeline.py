@@ -121,8 +121,7 @@ class Pipeline:
                               "the stage") from None
 
     def complete(self, name: str) -> bool:
-        stamp = self.stamp(name)
-        return stamp is not None and stamp.get("state") == "complete"
+        return self.status(name) == "done"
 
     def identity(self, stage: Stage) -> dict:
         missing = [p for p in stage.inputs if not os.path.exists(p)]
@@ -133,8 +132,8 @@ class Pipeline:
                 "after": {name: self.stamp(name)["identity"] for name in stage.after},
                 "settings": stage.settings}
 
-    def status(self, stage: Stage) -> str:
-        stamp = self.stamp(stage.name)
+    def status(self, name: str) -> str:
+        stamp = self.stamp(name)
         return "to run" if stamp is None else "done" if stamp.get("state") == "complete" else "started"
 
     # ---- running --------------------------------------------------------------------------------
@@ -237,7 +236,7 @@ class Pipeline:
     def plan_text(self, selected: list[str]) -> str:
         lines = [f"== the plan ({self.out})"]
         for stage in self.stages:
-            status = self.status(stage) if stage.name in selected else "not selected"
+            status = self.status(stage.name) if stage.name in selected else "not selected"
             lines.append(f"   {stage.name:<12} {'done, kept' if status == 'done' else status:<13} {stage.what}")
             detail = stage.plan() if stage.plan and status in ("to run", "started") else ""
             if detail:
