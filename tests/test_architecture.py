@@ -116,6 +116,23 @@ def test_only_parallel_talks_to_torch_distributed():
     assert not offenders, f"torch.distributed used outside parallel/: {offenders}"
 
 
+def test_every_collective_is_called_in_collectives_py():
+    """Inside parallel/ too, the collectives themselves are called in one file, which places their
+    tensors (and takes CUDA tensors through host memory when ranks share a GPU over gloo)."""
+    calls = {"all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_object",
+             "broadcast", "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor",
+             "reduce_scatter_single", "all_to_all", "all_to_all_single", "gather", "scatter", "send", "recv", "barrier"}
+    offenders = []
+    for name in os.listdir(os.path.join(ROOT, "parallel")):
+        if not name.endswith(".py") or name == "collectives.py":
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, "parallel", name)).read())):
+            if (isinstance(node, ast.Attribute) and node.attr in calls and isinstance(node.value, ast.Name)
+                    and node.value.id == "dist"):
+                offenders.append(f"parallel/{name}:{node.lineno} dist.{node.attr}")
+    assert not offenders, f"collectives called outside parallel/collectives.py: {offenders}"
+
+
 def test_ops_do_not_communicate():
     for dirpath, _, files in os.walk(os.path.join(ROOT, "ops")):
         for name in files:

@@ -6,14 +6,15 @@
 #
 #   bash tools/gpu_check.sh              every step, on a machine with one NVIDIA GPU (H100 / H200)
 #   bash tools/gpu_check.sh --quick      the steps a lent GPU's minutes allow (CUDA tests, 2 x 8192
-#                                        throughput, the head at 16k tokens, the toy losses): under 7 min
+#                                        throughput, the head at 16k tokens, the toy losses, 4 ranks
+#                                        on the one GPU): under 7 min
 #   bash tools/gpu_check.sh --dry-run    the same steps with the same tools and flags at toy sizes on
 #                                        CPU (tests/tools/test_gpu_check.py runs --quick --dry-run, so
 #                                        the script cannot drift from the tools' flags); nothing installed
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_redi / symmetric / dpo / simpo /
-#       sft, toy_eval, generation_1.5b, logprob_65k; install always runs)
+#       sft, toy_eval, multirank_shared_gpu, generation_1.5b, logprob_65k; install always runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -131,6 +132,10 @@ done
 # generation on the GPU (KV cache, the fused QKV + RoPE kernel while decoding) from the REDI run
 step toy_eval 90 python tools/evaluate.py --run-dir "$toy/run_redi" --tokenizer "$toy/data/tokenizer" \
     --benchmark "$toy/benchmark.jsonl" --samples 2 --max-problems 50 --max-new-tokens 48 --output "$WORK/toy_eval"
+# the CUDA code of a multi-rank run, 4 ranks sharing the GPU over gloo, every collective's device
+# checked: TP=2 + SP, DP=2 + ZeRO-1, DPO's pre-pass, SIGTERM to one rank and the resume, evaluations
+step multirank_shared_gpu 180 python tools/multirank_check.py --shared-gpu --model "$toy/student" --data "$toy/data" \
+    --benchmark "$toy/benchmark.jsonl" --output "$WORK/multirank"
 # the evaluator's generator against transformers' static-cache generate, same model and prompts
 full_only && step generation_1.5b 240 python tools/benchmark_generation.py $GEN_SHAPE --json "$WORK/generation_1.5b.json"
 full_only && step logprob_65k 120 python tools/benchmark_logprob.py --tokens $HEAD_LONG $HEAD_SHAPE --repeats 3 --no-naive \

@@ -26,9 +26,9 @@ trainer can sum their gradients over the ranks that share them (``sync_replicate
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from .collectives import raw_all_reduce
 from .linear import embedding, linear
 from .mappings import reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
@@ -132,5 +132,5 @@ def sync_replicated_grads(model: nn.Module) -> None:
                 continue
             part = grad[rows]
             buf = part.contiguous()
-            dist.all_reduce(buf, group=group)
+            raw_all_reduce(buf, group)
             part.copy_(buf)

@@ -19,11 +19,11 @@ CUDA_DEVICE_MAX_CONNECTIONS=1 so that the collective's kernel is queued ahead of
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..ops.wgrad import weight_grad
-from .mappings import all_gather_tokens, reduce_scatter_into
+from .collectives import group_size, raw_all_reduce, raw_reduce_scatter
+from .mappings import all_gather_tokens
 
 
 class _Linear(torch.autograd.Function):
@@ -42,10 +42,10 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = dy @ weight  # this rank's partial sum when a group is given
             if ctx.sequence_parallel:
-                partial, dx = dx, dx.new_empty((dx.shape[0] // dist.get_world_size(ctx.group), *dx.shape[1:]))
-                pending = reduce_scatter_into(dx, partial, group=ctx.group, async_op=True)
+                partial, dx = dx, dx.new_empty((dx.shape[0] // group_size(ctx.group), *dx.shape[1:]))
+                pending = raw_reduce_scatter(dx, partial, ctx.group, async_op=True)
             elif ctx.group is not None:
-                pending = dist.all_reduce(dx, group=ctx.group, async_op=True)
+                pending = raw_all_reduce(dx, ctx.group, async_op=True)
         dw = weight_grad(weight, dy, x) if ctx.needs_input_grad[1] else None  # overlaps the collective
         db = dy.reshape(-1, dy.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         if pending is not None:
@@ -81,6 +81,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``x W^T + b``. With ``group`` (a TP group of more than one rank) it is a column-parallel
     layer's GEMM with its input mapping: the input replicated (all-gathered from token shards when
     ``sequence_parallel``) and its gradient summed over the group."""
-    if group is not None and dist.get_world_size(group) == 1:
+    if group is not None and group_size(group) == 1:
         group = None
     return _Linear.apply(x, weight, bias, group, sequence_parallel and group is not None)

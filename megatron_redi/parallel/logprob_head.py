@@ -29,9 +29,9 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.distributed as dist
 
 from ..ops.logprob_kernels import KERNELS
+from .collectives import group_rank, group_size, raw_all_reduce
 from .mappings import copy_to_tp, gather_tokens
 
 DEBUG_CHECKS = os.environ.get("MEGATRON_REDI_DEBUG", "0") == "1"
@@ -77,11 +77,11 @@ def _dlogits_dtype(hidden):
 
 def _lse_and_target(logits, local, tp_group, kernels):
     row_max, sum_exp, target = kernels.row_stats(logits, local)
-    if tp_group is not None and dist.get_world_size(tp_group) > 1:
+    if group_size(tp_group) > 1:
         global_max = row_max.clone()
-        dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=tp_group)
+        raw_all_reduce(global_max, tp_group, "max")
         both = torch.stack((sum_exp * torch.exp(row_max - global_max), target))
-        dist.all_reduce(both, group=tp_group)
+        raw_all_reduce(both, tp_group)
         row_max, (sum_exp, target) = global_max, both
     return row_max + torch.log(sum_exp), target
 
@@ -97,7 +97,7 @@ class _SequenceLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, seq_index, num_seqs, tp_group, token_coeff, kernels, chunk):
         t, vocab_local = hidden.shape[0], weight.shape[0]
-        rank = dist.get_rank(tp_group) if tp_group is not None else 0
+        rank = group_rank(tp_group)
         local = targets - rank * vocab_local  # outside [0, V/tp): another rank's token
         lse = torch.empty(t, dtype=torch.float32, device=hidden.device)
         logp = torch.empty(t, dtype=torch.float32, device=hidden.device)
@@ -175,7 +175,7 @@ def _validate(hidden, weight, targets, seq_index, num_seqs, token_coeff, tp_size
 
 
 def _logprobs(hidden, weight, targets, seq_index, num_seqs, tp_group, token_coeff, chunk_tokens, kernels):
-    tp = dist.get_world_size(tp_group) if tp_group is not None else 1
+    tp = group_size(tp_group)
     _validate(hidden, weight, targets, seq_index, num_seqs, token_coeff, tp)
     kernels = KERNELS.for_device(hidden.device, kernels)
     chunk = chunk_tokens or default_chunk_tokens(weight.shape[0], hidden.device)

@@ -19,16 +19,14 @@ which in the model is always a fresh GEMM output that nothing else holds.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
-from .collectives import all_gather_single as all_gather_into
+from .collectives import group_rank, raw_all_gather, raw_all_reduce, raw_reduce_scatter
 from .collectives import group_size as _size
-from .collectives import reduce_scatter_single as reduce_scatter_into
 
 
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     if _size(group) > 1:
-        dist.all_reduce(x, group=group)
+        raw_all_reduce(x, group)
     return x
 
 
@@ -38,7 +36,7 @@ def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
         return x
     x = x.movedim(dim, 0).contiguous()
     out = x.new_empty((n * x.shape[0], *x.shape[1:]))
-    all_gather_into(out, x, group=group)
+    raw_all_gather(out, x, group)
     return out.movedim(0, dim)
 
 
@@ -50,7 +48,7 @@ def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     if x.shape[0] % n:
         raise ValueError(f"reduce-scatter: dim {dim} of size {x.shape[0]} is not divisible by {n}")
     out = x.new_empty((x.shape[0] // n, *x.shape[1:]))
-    reduce_scatter_into(out, x, group=group)
+    raw_reduce_scatter(out, x, group)
     return out.movedim(0, dim)
 
 
@@ -60,7 +58,7 @@ def _split(x: torch.Tensor, group, dim: int) -> torch.Tensor:
         return x
     if x.shape[dim] % n:
         raise ValueError(f"split: dim {dim} of size {x.shape[dim]} is not divisible by {n}")
-    return x.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
+    return x.chunk(n, dim=dim)[group_rank(group)].contiguous()
 
 
 def _conjugate(name: str, forward, backward):

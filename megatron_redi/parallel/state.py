@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from .layout import divide
 
+SHARED_GPU_ENV = "MEGATRON_REDI_SHARED_GPU"
+
 
 @dataclass(eq=False)
 class ParallelState:
@@ -82,7 +84,9 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
     """Build the TP and DP groups from the torchrun environment.
 
     Without torchrun (no ``WORLD_SIZE``) and without an initialised process group this returns a
-    single-process state. The backend is NCCL when CUDA is available, gloo otherwise.
+    single-process state. The backend is NCCL when CUDA is available, one GPU per rank, gloo on CPU
+    otherwise. With MEGATRON_REDI_SHARED_GPU=1 the ranks share the GPUs round robin over gloo (NCCL
+    refuses two ranks on one device): the CUDA code of a multi-rank run, on a one-GPU machine.
     ``timeout_minutes``: how long a collective may wait for its peers before the run ends (NCCL's
     watchdog then tears the process down rather than leaving the job hung on a dead rank); it must
     exceed the longest stretch one rank works while the others wait (an HF export, an evaluation's
@@ -96,14 +100,20 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         return ParallelState(device=device)
 
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available() and backend == "nccl":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
+    shared = os.environ.get(SHARED_GPU_ENV) == "1" and torch.cuda.is_available()
+    if dist.is_initialized():
+        backend = dist.get_backend()
+    elif backend is None:
+        backend = "nccl" if torch.cuda.is_available() and not shared else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
         device = torch.device("cuda", local_rank)
+    elif shared:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     else:
         device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         # a failed or timed-out NCCL collective ends the process instead of hanging the job
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")

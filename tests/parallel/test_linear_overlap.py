@@ -31,8 +31,8 @@ def _record(events, name, fn):
 def _check_overlap():
     group, rank = dist.group.WORLD, dist.get_rank()
     events = []
-    L.dist.all_reduce = _record(events, "all_reduce", dist.all_reduce)
-    L.reduce_scatter_into = _record(events, "reduce_scatter", L.reduce_scatter_into)
+    L.raw_all_reduce = _record(events, "all_reduce", L.raw_all_reduce)
+    L.raw_reduce_scatter = _record(events, "reduce_scatter", L.raw_reduce_scatter)
     weight_grad = L.weight_grad
     L.weight_grad = lambda *a: (events.append("wgrad"), weight_grad(*a))[1]
     g = torch.Generator().manual_seed(rank)

@@ -8,7 +8,8 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throughput_4096", "throughput_16384",
          "throughput_19000", "attention_pair", "attention_uneven", "logprob_16k", "toy_data", "toy_redi",
-         "toy_symmetric", "toy_dpo", "toy_simpo", "toy_sft", "toy_eval", "generation_1.5b", "logprob_65k"]
+         "toy_symmetric", "toy_dpo", "toy_simpo", "toy_sft", "toy_eval", "multirank_shared_gpu",
+         "generation_1.5b", "logprob_65k"]
 
 
 def test_every_step_runs_at_toy_sizes(tmp_path):
