@@ -16,8 +16,10 @@ import glob
 import os
 import shutil
 
+from .cli import UserError
 
-class OutputExistsError(ValueError):
+
+class OutputExistsError(UserError):
     pass
 
 

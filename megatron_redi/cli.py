@@ -1,10 +1,41 @@
-"""What every command line of the project shares: help that shows the description as written and
-each option's default."""
+"""What every command line of the project shares: one rule for bad input (``UserError``: exit 2
+with one line, by ``command``) and help that shows the description as written and each option's
+default."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import sys
+
+USER_ERROR_EXIT = 2
+
+
+class UserError(ValueError):
+    """Bad input, named: a file, a field, a row or a tensor that the user can fix. Every "bad
+    input" error of the package derives from it; a command exits 2 with its message on one line.
+    Anything else is a bug and keeps its traceback."""
+
+
+def command(main):
+    """Decorate a command's ``main``: it returns its exit code, or 2 after one line on stderr for a
+    UserError or an operating-system error about a named path (a read-only directory, a file where
+    a directory belongs, a full disk)."""
+
+    @functools.wraps(main)
+    def entry(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+        except OSError as e:
+            if e.filename is None:
+                raise
+            print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+    return entry
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

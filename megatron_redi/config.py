@@ -14,12 +14,15 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+import yaml
+
+from .cli import UserError
 
 # architectures (HF ``architectures[0]``) -> whether q/k/v carry biases by default
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": True, "LlamaForCausalLM": False}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that names an unsupported model or contradicts itself."""
 
 
@@ -60,6 +63,33 @@ def load_json(file: str, error: type[Exception], missing: str = "no such file"):
         raise error(f"{file}: {missing}") from None
     except json.JSONDecodeError as e:
         raise error(f"{file}: not valid JSON ({e})") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader (no code runs), refusing a key given twice in one mapping: plain YAML
+    keeps the last and silently drops the first, which is how a setting goes missing."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(file: str, error: type[Exception]):
+    """A YAML file's content; a missing or malformed file, or a key given twice, raises ``error``
+    naming the file (and the line)."""
+    try:
+        with open(file) as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise error(f"{file}: no such file") from None
+    except yaml.YAMLError as e:
+        raise error(f"{file}: not valid YAML ({' '.join(str(e).split())})") from None
 
 
 @dataclass(frozen=True)

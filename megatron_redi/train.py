@@ -15,15 +15,12 @@ import sys
 
 import yaml
 
-from .atomic import OutputExistsError
-from .checkpoint.hf_mapping import CheckpointError
-from .config import ConfigError
-from .data import DatasetError
-from .parallel import LayoutError
+from .cli import command
 from .training import TrainConfigError, TrainingStopped, load_config, train
 from .training.config import describe, to_dict
 
 
+@command
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Growable allocator segments: micro-batches of varying length fragment fixed ones (the
@@ -38,8 +35,7 @@ def main(argv=None) -> int:
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            print("error: --config needs a file", file=sys.stderr)
-            return 2
+            raise TrainConfigError("--config needs a file")
         config = argv[i + 1]
         del argv[i:i + 2]
     argv = ["--train.export_hf" if a == "--export-hf" else a for a in argv]  # the short spelling
@@ -49,9 +45,6 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
         checkpoint = train(cfg)
-    except (TrainConfigError, ConfigError, CheckpointError, DatasetError, LayoutError, OutputExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3

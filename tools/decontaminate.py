@@ -22,10 +22,11 @@ import sys
 
 from tqdm import tqdm
 
-from megatron_redi.data.raw import RawDataError, count_rows, expand_inputs, read_rows
-from megatron_redi.eval.runner import BenchmarkError, load_benchmark
-from megatron_redi.atomic import atomic_file
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.config import ConfigError
+from megatron_redi.data.raw import RawDataError, count_rows, expand_inputs, local_inputs, read_rows
+from megatron_redi.eval.runner import load_benchmark
+from megatron_redi.cli import HelpFormatter, command
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -48,10 +49,13 @@ def decontaminate(inputs: list[str], benchmarks: list[str], n: int = 8, progress
                 index.setdefault(gram, []).append((path, line))
     found = {path: [] for path in benchmarks}
     files = expand_inputs(inputs)
-    rows = 0
+    rows = skipped = 0
     for raw in tqdm(read_rows(files), total=count_rows(files), desc="training problems", unit="row",
                     disable=not progress):
+        if raw.row < 0:  # a whole file unread: its problems would silently count as clean
+            raise RawDataError(f"{raw.file}: {raw.error}")
         if raw.record is None or not isinstance(raw.record.get("problem"), str):
+            skipped += 1
             continue
         rows += 1
         seen = set()
@@ -61,12 +65,16 @@ def decontaminate(inputs: list[str], benchmarks: list[str], n: int = 8, progress
                     seen.add((path, line))
                     found[path].append({"file": raw.file, "row": raw.row, "benchmark_line": line,
                                         "shared": " ".join(gram), "problem": raw.record["problem"][:200]})
-    return {"n": n, "training_rows": rows,
+    if not rows:  # an all-clear over nothing read would be false
+        raise RawDataError(f"{', '.join(inputs)}: no training row with a 'problem' string was read "
+                           f"({skipped} unreadable or without one)")
+    return {"n": n, "training_rows": rows, "rows_skipped": skipped,
             "benchmarks": {path: {"problems": sizes[path], "overlapping_pairs": len(hits),
                                   "benchmark_problems_hit": len({h["benchmark_line"] for h in hits}),
                                   "overlaps": hits} for path, hits in found.items()}}
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="training rows: files, globs or saved datasets")
@@ -76,13 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.n < 1:
-        print("error: --n must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        report = decontaminate(args.input, args.benchmark, args.n, progress=not args.no_progress)
-    except (RawDataError, BenchmarkError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError("--n must be at least 1")
+    check_output(args.output, overwrite=True, keep=local_inputs(args.input) + tuple(args.benchmark))
+    report = decontaminate(args.input, args.benchmark, args.n, progress=not args.no_progress)
     with atomic_file(args.output) as f:
         json.dump(report, f, indent=1)
     for path, b in report["benchmarks"].items():

@@ -14,12 +14,11 @@ import argparse
 import json
 import sys
 
-from megatron_redi.atomic import OutputExistsError
-from megatron_redi.data.preprocess import Options, StrictModeError, preprocess
-from megatron_redi.data.raw import RawDataError
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.data.preprocess import Options, preprocess
+from megatron_redi.cli import HelpFormatter, command
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
@@ -49,12 +48,8 @@ def main(argv=None) -> int:
                    exclude_sources=tuple(args.exclude_sources), seed=args.seed, correctness=args.correctness,
                    shuffle_generations=args.shuffle_generations, drop_long_sft=args.drop_long_sft,
                    strict=args.strict)
-    try:
-        report = preprocess(args.input, args.output_dir, opts, workers=args.workers, overwrite=args.overwrite,
-                            progress=not args.no_progress)
-    except (RawDataError, StrictModeError, OutputExistsError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = preprocess(args.input, args.output_dir, opts, workers=args.workers, overwrite=args.overwrite,
+                        progress=not args.no_progress)
     print(json.dumps({k: v for k, v in report.items() if k != "lengths"}))
     return 0
 

@@ -12,12 +12,12 @@ from megatron_redi/eval/paper_results.py, which names them).
 """
 
 import argparse
-import json
 import os
 import sys
 
-from megatron_redi.atomic import atomic_file
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.config import ConfigError, load_json
 from megatron_redi.eval.paper_results import BENCHMARK_NAMES, PAPER_ROWS
 
 
@@ -53,7 +53,7 @@ def table(rows: list[tuple[str, dict]], paper: tuple[str, ...] = ()) -> str:
         results = chosen["benchmarks"]
         missing = set(names) ^ set(results)
         if missing:
-            raise ValueError(f"{label}: benchmarks differ from the first row's ({', '.join(sorted(missing))})")
+            raise ConfigError(f"{label}: benchmarks differ from the first row's ({', '.join(sorted(missing))})")
         cells = [label] + ([f"{chosen['label']} (step {chosen['step']})"] if several else [])
         cells += [_percent(results[n]) for n in names]
         if len(names) > 1:
@@ -68,6 +68,7 @@ def table(rows: list[tuple[str, dict]], paper: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("entries", nargs="+", help="LABEL=DIR")
@@ -76,25 +77,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     unknown = [n for n in args.paper if n not in PAPER_ROWS]
     if unknown:
-        print(f"error: --paper {', '.join(map(repr, unknown))}: not a row of the paper's; its rows: "
-              f"{', '.join(map(repr, PAPER_ROWS))}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--paper {', '.join(map(repr, unknown))}: not a row of the paper's; its rows: "
+                          f"{', '.join(map(repr, PAPER_ROWS))}")
+    entries = [entry.rpartition("=") for entry in args.entries]
+    for entry, (label, _, _) in zip(args.entries, entries):
+        if not label:
+            raise ConfigError(f"{entry!r} is not LABEL=DIR")
+    if args.output:
+        check_output(args.output, overwrite=True, keep=tuple(path for _, _, path in entries))
     rows = []
-    try:
-        for entry in args.entries:
-            label, _, path = entry.rpartition("=")
-            if not label:
-                raise ValueError(f"{entry!r} is not LABEL=DIR")
-            file = os.path.join(path, "summary.json")
-            with open(file) as f:
-                summary = json.load(f)
-            if not isinstance(summary, dict) or not {"checkpoints", "best", "protocol"} <= summary.keys():
-                raise ValueError(f"{file}: not a summary written by tools/evaluate.py")
-            rows.append((label, summary))
-        text = table(rows, tuple(args.paper))
-    except (OSError, ValueError) as e:  # json's errors are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for label, _, path in entries:
+        file = os.path.join(path, "summary.json")
+        summary = load_json(file, ConfigError)
+        if not isinstance(summary, dict) or not {"checkpoints", "best", "protocol"} <= summary.keys():
+            raise ConfigError(f"{file}: not a summary written by tools/evaluate.py")
+        rows.append((label, summary))
+    text = table(rows, tuple(args.paper))
     print(text)
     if args.output:
         with atomic_file(args.output) as f:

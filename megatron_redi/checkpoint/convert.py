@@ -15,14 +15,20 @@ import argparse
 import resource
 import sys
 
-from ..atomic import OutputExistsError, atomic_directory, check_output
-from ..config import DTYPES, ConfigError, local_directory
+from ..atomic import atomic_directory, check_output
+from ..cli import HelpFormatter, command
+from ..config import DTYPES, local_directory
 from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
-from .native import (NativeCheckpointReader, copy_side_files,
-                     is_native, open_checkpoint, parse_size, write_hf, write_native)
-from .safetensors_io import SafetensorsError
-from ..cli import HelpFormatter
+from .native import (
+    NativeCheckpointReader,
+    copy_side_files,
+    is_native,
+    open_checkpoint,
+    parse_size,
+    write_hf,
+    write_native,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,13 +84,11 @@ def convert(args) -> str:
     return f"{args.command}: {stats.summary()}, peak RSS {_peak_rss_gib():.2f} GiB -> {args.output}"
 
 
+@command
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(convert(args))
-    except (CheckpointError, ConfigError, OutputExistsError, SafetensorsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:  # a full disk, a permission: the output was not written, the input is intact
         print(f"error: {e.filename or args.output}: {e.strerror or e}; nothing was written to {args.output}",
               file=sys.stderr)

@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from ..cli import UserError
 from ..config import ModelConfig
 from ..parallel.layout import TPLayout, chunk
 from .safetensors_io import SafetensorsFile
@@ -45,7 +46,7 @@ from .safetensors_io import SafetensorsFile
 REPLICATE, VOCAB_ROWS, COLUMNS, GATE_UP, QKV = "replicate", "vocab_rows", "columns", "gate_up", "qkv"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not match what its config promises."""
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..atomic import atomic_file
+from ..cli import UserError
 from .preprocess import FORMAT_VERSION
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     pass
 
 

@@ -38,8 +38,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_directory
-from ..config import local_directory
-from .raw import RawDataError, RawRow, count_rows, expand_inputs, read_rows
+from ..cli import UserError
+from ..config import ConfigError, local_directory
+from .raw import RawDataError, RawRow, count_rows, expand_inputs, local_inputs, read_rows
 
 FORMAT_VERSION = 1
 REQUIRED = ("problem", "generations", "correctness", "problem_is_valid", "source")
@@ -51,7 +52,7 @@ PAIR_ITEM = np.dtype([("offset", "i8"), ("prompt_len", "i4"), ("chosen_len", "i4
                       ("source", "i4"), ("file", "i4"), ("row", "i8"), ("chosen_gen", "i4"), ("rejected_gen", "i4")])
 
 
-class StrictModeError(ValueError):
+class StrictModeError(UserError):
     """A bad row under --strict: names the file, the row and what is wrong."""
 
 
@@ -146,15 +147,15 @@ class Templater:
 
         self.tok = AutoTokenizer.from_pretrained(local_directory(tokenizer_path, "the tokenizer"))
         if self.tok.eos_token_id is None:
-            raise ValueError(f"{tokenizer_path}: the tokenizer has no EOS token")
+            raise ConfigError(f"{tokenizer_path}: the tokenizer has no EOS token")
         if not self.tok.chat_template:
-            raise ValueError(f"{tokenizer_path}: the tokenizer has no chat template")
+            raise ConfigError(f"{tokenizer_path}: the tokenizer has no chat template")
         # What the template writes after an assistant message: "<|im_end|>\n" for Qwen's.
         probe = "\x00probe\x00"
         opened = self._render([{"role": "user", "content": "q"}], True)
         closed = self._render([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], False)
         if not closed.startswith(opened) or probe not in closed:
-            raise ValueError(f"{tokenizer_path}: the chat template does not render an assistant turn "
+            raise ConfigError(f"{tokenizer_path}: the chat template does not render an assistant turn "
                              "as a continuation of the generation prompt")
         self.end_of_turn = closed[closed.index(probe) + len(probe):]
         # No token covers more characters than its longest vocabulary entry has (byte-level and
@@ -291,7 +292,7 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
     files = expand_inputs(inputs)
     templater = Templater(opts.tokenizer)  # fails early, in this process, on a bad tokenizer
     counts, dropped, sources = Counter(), Counter(), {}
-    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(output_dir, overwrite=overwrite, keep=local_inputs(inputs) + (opts.tokenizer,)) as tmp:
         sft, pairs = _Store(os.path.join(tmp, "sft"), SFT_ITEM), _Store(os.path.join(tmp, "pairs"), PAIR_ITEM)
         bar = tqdm(total=count_rows(files), desc="preprocessing", unit="row", disable=not progress)
 

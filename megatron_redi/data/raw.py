@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..cli import UserError
 
-class RawDataError(ValueError):
+
+class RawDataError(UserError):
     """An input that cannot be read at all (as opposed to a bad row, which is counted)."""
 
 
@@ -73,6 +75,28 @@ def _columnar(path, kind) -> Iterator[RawRow]:
             i += 1
 
 
+def _saved_dataset_files(path: str) -> list[str]:
+    """The arrow files of a directory written by datasets' ``save_to_disk``, from its state.json."""
+    state = os.path.join(path, "state.json")
+    if not os.path.exists(state):
+        raise RawDataError(f"{path}: a directory, but not one saved by datasets (no state.json)")
+    try:
+        with open(state) as f:
+            names = [d["filename"] for d in json.load(f)["_data_files"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise RawDataError(f"{state}: not a datasets state file (expected _data_files: a list of "
+                           f"{{filename}}; {type(e).__name__}: {e})") from None
+    if not all(isinstance(n, str) for n in names):
+        raise RawDataError(f"{state}: _data_files names a file that is not a string")
+    return names
+
+
+def local_inputs(inputs: list[str]) -> tuple[str, ...]:
+    """The local paths among ``inputs`` (globs expanded; Hub datasets left out): what an output
+    may not overwrite."""
+    return tuple(path for spec in inputs if not spec.startswith("hub:") for path in sorted(glob.glob(spec)) or [spec])
+
+
 def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     """(path, kind) for every file named, globbed, or inside a saved datasets directory."""
     files = []
@@ -85,12 +109,7 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str]]:
             if not os.path.exists(path):
                 raise RawDataError(f"{path}: no such file")
             if os.path.isdir(path):
-                state = os.path.join(path, "state.json")
-                if not os.path.exists(state):
-                    raise RawDataError(f"{path}: a directory, but not one saved by datasets (no state.json)")
-                with open(state) as f:
-                    names = [d["filename"] for d in json.load(f)["_data_files"]]
-                files += [(os.path.join(path, n), "arrow") for n in names]
+                files += [(os.path.join(path, n), "arrow") for n in _saved_dataset_files(path)]
             elif path.endswith((".jsonl", ".json")):
                 files.append((path, "jsonl"))
             elif path.endswith(".parquet"):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class StepPlan:
@@ -34,9 +36,9 @@ class GlobalBatchSampler:
         self.response_lengths = np.asarray(response_lengths, dtype=np.int64)
         n = len(self.token_lengths)
         if global_batch < dp_size:
-            raise ValueError(f"global batch ({global_batch}) is smaller than the data-parallel size ({dp_size})")
+            raise ConfigError(f"global batch ({global_batch}) is smaller than the data-parallel size ({dp_size})")
         if n < global_batch:
-            raise ValueError(f"the dataset has {n} items, fewer than one global batch of {global_batch}")
+            raise ConfigError(f"the dataset has {n} items, fewer than one global batch of {global_batch}")
         self.global_batch, self.dp_rank, self.dp_size = global_batch, dp_rank, dp_size
         self.seed, self.shuffle = seed, shuffle
         self.steps_per_epoch = n // global_batch if drop_last else -(-n // global_batch)
@@ -74,11 +76,16 @@ class GlobalBatchSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "global_batch": self.global_batch,
-                "num_items": len(self.token_lengths)}
+                "num_items": len(self.token_lengths), "shuffle": self.shuffle}
+
+    # what a resumed run must share with the saved one, by the trainer's names
+    MUST_MATCH = {"seed": "data.seed", "global_batch": "data.global_batch", "num_items": "items in data.path",
+                  "shuffle": "data.shuffle"}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "global_batch", "num_items"):
-            mine = self.state_dict()[key]
-            if state[key] != mine:
-                raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}")
+        mine = self.state_dict()
+        changed = [f"{name} {state[key]} -> {mine[key]}" for key, name in self.MUST_MATCH.items()
+                   if key in state and state[key] != mine[key]]  # checkpoints before "shuffle" lack it
+        if changed:
+            raise ConfigError(f"the checkpoint's data settings differ from this run's: {', '.join(changed)}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

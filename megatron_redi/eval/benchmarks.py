@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..cli import UserError
 from ..data.raw import RawDataError, expand_inputs, hub_spec, read_rows
 
 
-class BenchmarkSourceError(ValueError):
+class BenchmarkSourceError(UserError):
     pass
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_choices, choice
+from ..config import ConfigError, check_choices, choice
 from .answers import CHECKERS, checker_in_use
 
 PROMPT_STYLES = ("lighteval", "chat", "raw")
@@ -25,7 +25,7 @@ class Protocol:
     def __post_init__(self):
         check_choices(self)
         if self.samples < 1 or self.max_new_tokens < 1 or self.sem_ddof not in (0, 1):
-            raise ValueError(f"samples and max_new_tokens must be positive and sem_ddof 0 or 1: {self}")
+            raise ConfigError(f"samples and max_new_tokens must be positive and sem_ddof 0 or 1: {self}")
 
     @property
     def greedy(self) -> bool:

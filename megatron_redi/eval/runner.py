@@ -11,6 +11,7 @@ import time
 
 from tqdm import tqdm
 
+from ..cli import UserError
 from ..parallel.collectives import all_gather_objects
 from .answers import is_correct, last_boxed
 from .generate import generate
@@ -26,7 +27,7 @@ LIGHTEVAL_TEMPLATE = (
 )
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     pass
 
 

@@ -14,13 +14,14 @@ earlier step: no more training than the score needs.
 from __future__ import annotations
 
 from ..atomic import atomic_file
+from ..config import ConfigError
 
 
 def score(entry: dict, by: str | None = None) -> float:
     results = entry["benchmarks"]
     if by is not None:
         if by not in results:
-            raise ValueError(f"{entry['label']}: no result for benchmark {by!r} (has {', '.join(results)})")
+            raise ConfigError(f"{entry['label']}: no result for benchmark {by!r} (has {', '.join(results)})")
         return results[by]["pass@1"]
     return sum(r["pass@1"] for r in results.values()) / len(results)
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..cli import UserError
 from ..config import ModelConfig
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """A TP size that the model cannot be split over."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
 from .layout import divide
 
 SHARED_GPU_ENV = "MEGATRON_REDI_SHARED_GPU"
@@ -95,7 +96,7 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized() and env_world == 1:
         if tensor_parallel_size != 1:
-            raise ValueError(f"tensor_parallel_size={tensor_parallel_size} needs that many "
+            raise ConfigError(f"tensor_parallel_size={tensor_parallel_size} needs that many "
                              "processes; launch with torchrun")
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         return ParallelState(device=device)
@@ -121,7 +122,7 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
     world, rank = dist.get_world_size(), dist.get_rank()
     tp = tensor_parallel_size
     if tp < 1 or world % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the world size {world}")
+        raise ConfigError(f"tensor_parallel_size={tp} does not divide the world size {world}")
     dp = world // tp
 
     # new_group is collective: every rank creates every group, in the same order.

@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 
+from ..cli import command
 from .paper import RECIPES, STUDENTS, Settings, raw_files
 from .pipeline import Pipeline, RecipeError, main_guard
 from .toy import write_inputs
@@ -97,6 +98,7 @@ def make_toy_inputs(s: Settings) -> None:
         write_inputs(inputs)
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m megatron_redi.recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

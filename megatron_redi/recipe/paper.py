@@ -23,8 +23,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 
-import yaml
-
+from ..config import load_yaml
 from ..eval.protocol import Protocol
 from ..training.checkpointing import checkpoint_dirs
 from ..training.metrics import read_metrics
@@ -85,8 +84,9 @@ class Settings:
     def protocols(self) -> dict[str, dict]:
         """The two evaluation protocols of CONFIGS/evaluation.yaml, read once."""
         path = os.path.join(self.configs, "evaluation.yaml")
-        with open(path) as f:
-            protocols = yaml.safe_load(f)
+        protocols = load_yaml(path, RecipeError)
+        if not isinstance(protocols, dict):
+            raise RecipeError(f"{path}: expected a mapping of protocols (intermediate, final)")
         for name in ("intermediate", "final"):
             settings = dict(protocols.get(name) or {})
             unknown = set(settings) - {"benchmarks", "select_by", "batch_size"} - set(Protocol.__dataclass_fields__)

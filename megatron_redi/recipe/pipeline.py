@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..atomic import atomic_file
+from ..cli import UserError
 
 STAMP = "stage.json"
 EXIT_STOPPED = 3  # as the trainer's: stopped on purpose, the same command continues
 
 
-class RecipeError(Exception):
+class RecipeError(UserError):
     """A mistake in the inputs or the invocation: exit 2, nothing started."""
 
 
@@ -268,12 +269,10 @@ def duration(seconds: float) -> str:
 
 
 def main_guard(body: Callable[[], None]) -> int:
-    """Run ``body`` and map the pipeline's errors to exit codes with one line each."""
+    """Run ``body``; a stop (a signal, a failed stage) becomes its exit code with one line. Bad
+    input (RecipeError) is left to ``cli.run``: exit 2."""
     try:
         body()
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except RecipeStopped as e:
         print(f"{e}", file=sys.stderr)
         return e.exit_code

@@ -2,8 +2,9 @@
 
     python -m megatron_redi.train --config examples/configs/paper/qwen2.5-math-1.5b_redi.yaml --optim.lr 2e-6
 
-A YAML file (read with ``yaml.safe_load``: no code runs) gives the sections below; ``--section.key
-value`` overrides any field (values parsed as YAML scalars). Unknown sections or keys are errors.
+A YAML file (read with yaml's safe loader: no code runs) gives the sections below; ``--section.key
+value`` overrides any field (values parsed as YAML scalars). Unknown sections or keys, a key given
+twice, a value of the wrong type (a list for a path, an infinite number) are errors.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ..config import COMPUTE_DTYPES, check_choices, choice
+from ..cli import UserError
+from ..config import COMPUTE_DTYPES, check_choices, choice, load_yaml
 from ..eval.protocol import Protocol
 from ..losses import LossConfig
 from ..model import RECOMPUTE_MODES
@@ -27,7 +29,7 @@ SCHEDULES = ("epochs", "max_steps")
 REFERENCE_MODES = ("prepass", "model")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError):
     pass
 
 
@@ -171,8 +173,8 @@ class TrainConfig:
             if value < low:
                 raise TrainConfigError(f"{name} must be at least {low}, got {value}")
         o = self.optim
-        if not (math.isfinite(o.lr) and o.lr > 0):
-            raise TrainConfigError(f"optim.lr must be a positive number, got {o.lr}")
+        if not 0 < o.lr <= 1:  # above 1, AdamW moves every weight by more than its own scale per step
+            raise TrainConfigError(f"optim.lr must be in (0, 1], got {o.lr}")
         if not 0 <= o.warmup_ratio < 1:  # NaN fails this too
             raise TrainConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
@@ -195,6 +197,8 @@ def _coerce(value, annotation: str, where: str):
         raise TrainConfigError(f"{where} may not be empty")
     try:
         if base == "float":
+            if isinstance(value, bool) or not math.isfinite(float(value)):  # inf, nan: never a setting
+                raise ValueError
             return float(value)
         if base == "int":
             if isinstance(value, float) and not value.is_integer():
@@ -207,8 +211,12 @@ def _coerce(value, annotation: str, where: str):
                 raise ValueError
             return value
         if base.startswith("tuple"):
+            if isinstance(value, (str, dict)):
+                raise ValueError
             return tuple(float(v) for v in value)
         if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):  # a list is not a path
+                raise ValueError
             return str(value)
     except (TypeError, ValueError):
         raise TrainConfigError(f"{where}: {value!r} is not a valid {base}") from None
@@ -239,13 +247,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     """Read the YAML file (if any) and apply ``--section.key value`` overrides."""
     raw: dict = {}
     if path:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise TrainConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path}: not valid YAML ({e})") from None
+        raw = load_yaml(path, TrainConfigError) or {}
         if not isinstance(raw, dict):
             raise TrainConfigError(f"{path}: the top level must be a mapping of sections")
     overrides = list(overrides)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
-from ..atomic import atomic_directory
-from ..config import DTYPES
+from ..atomic import atomic_directory, atomic_file
+from ..config import DTYPES, ConfigError
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
@@ -107,7 +107,7 @@ class Trainer:
             self._setup_reference()
         self.logger = MetricsLogger(cfg.train.output_dir, self.is_main, cfg.train.tensorboard, self.step)
         if self.is_main:
-            with open(os.path.join(cfg.train.output_dir, "config.json"), "w") as f:
+            with atomic_file(os.path.join(cfg.train.output_dir, "config.json")) as f:
                 json.dump(to_dict(cfg), f, indent=2)
 
     # ---- setup ----------------------------------------------------------------------------------
@@ -133,10 +133,14 @@ class Trainer:
         if found is None:
             return
         path, state = found
+        try:  # first, before the tensors are read: the data and batch settings must be the checkpoint's
+            self.sampler.load_state_dict(state["sampler"])
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}; resume with the settings of the run (its config.json), or choose "
+                              "another train.output_dir") from None
         master, optim = checkpointing.load(path, state, self.parallel, self.master)
         self.master.load_master(master)
         self.master.load_state_tensors(optim, state["optimizer_steps"])
-        self.sampler.load_state_dict(state["sampler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.alarm.chosen, self.alarm.rejected = state["alarm"]["chosen"], state["alarm"]["rejected"]
         if self.is_main:
