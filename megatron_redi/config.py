@@ -54,6 +54,19 @@ def local_directory(path: str, what: str) -> str:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_directory(path: str) -> str:
+    """``path`` when it is a local directory holding a tokenizer's files; else an error at once,
+    before a model is loaded for nothing."""
+    local_directory(path, "the tokenizer")
+    if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise ConfigError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); give the tokenizer's "
+                          "directory (--tokenizer)")
+    return path
+
+
 def load_json(file: str, error: type[Exception], missing: str = "no such file"):
     """A JSON file's content; a missing or malformed file raises ``error`` naming it."""
     try:

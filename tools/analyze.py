@@ -27,12 +27,11 @@ import sys
 import numpy as np
 import torch
 
-from megatron_redi.atomic import atomic_file
-from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.cli import HelpFormatter
-from megatron_redi.config import ConfigError, load_json, local_directory
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.config import ConfigError, load_json, local_directory, tokenizer_directory
 from megatron_redi.data.dataset import DatasetError, TokenizedData
-from megatron_redi.eval import BenchmarkError, build_prompt, generate, load_benchmark
+from megatron_redi.eval import build_prompt, generate, load_benchmark
 from megatron_redi.eval.analysis import (REFLECTION_WORDS, generation_statistics, pearson, token_statistics,
                                          token_type_logprobs)
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
@@ -111,8 +110,10 @@ def entropy(args) -> dict:
 
     rows = []
     for e in entries:
+        tokenizer_directory(args.tokenizer or e["checkpoint"])
+    for e in entries:
         model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPE).eval()
-        tokenizer = AutoTokenizer.from_pretrained(local_directory(args.tokenizer or e["checkpoint"], "the tokenizer"))
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
         prompts = [build_prompt(tokenizer, problems[int(i)]["problem"], protocol.prompt, protocol.force_think)
                    for i in picked]
         outs = generate(model, prompts, protocol.max_new_tokens, stop_tokens(tokenizer), protocol.temperature,
@@ -175,6 +176,7 @@ def logprob_shift(args) -> dict:
     return result
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="analysis", required=True)
@@ -202,11 +204,11 @@ def main(argv=None) -> int:
     for sp in (e, s):
         sp.add_argument("--seed", type=int, default=0, help="which pairs and problems are drawn, and the sampling")
     args = p.parse_args(argv)
-    try:
-        {"generations": generations, "entropy": entropy, "logprob-shift": logprob_shift}[args.analysis](args)
-    except (BenchmarkError, CheckpointError, ConfigError, DatasetError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    inputs = [getattr(args, name, None) for name in ("eval_dir", "run", "data", "before", "after", "benchmark",
+                                                     "tokenizer")] + (getattr(args, "checkpoint", None) or [])
+    for suffix in (".json", ".png"):
+        check_output(args.output + suffix, overwrite=True, keep=tuple(path for path in inputs if path))
+    {"generations": generations, "entropy": entropy, "logprob-shift": logprob_shift}[args.analysis](args)
     return 0
 
 

@@ -34,11 +34,11 @@ import sys
 
 import torch
 
-from megatron_redi.atomic import atomic_file
-from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.cli import HelpFormatter
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, local_directory
-from megatron_redi.eval import BenchmarkError, evaluate, load_benchmark
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
+from megatron_redi.eval import evaluate, load_benchmark
+from megatron_redi.eval.runner import benchmark_digest
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
@@ -66,17 +66,20 @@ def fingerprint(checkpoint: str) -> dict:
 
 def done_before(summary_file: str, identity: dict) -> dict | None:
     """The summary of an earlier run of this evaluation, or None. One made with another protocol or
-    seed, or of a checkpoint that has changed since, is an error: results are never replaced."""
+    seed, of a checkpoint that has changed since, or of other problems (another file under the same
+    name, another --max-problems) is an error: results are never replaced, nor kept for other inputs."""
     if not os.path.exists(summary_file):
         return None
     old = load_json(summary_file, ConfigError)
     changed = [key for key, value in identity.items() if old.get(key) != value]
     if changed:
         raise ConfigError(f"{summary_file}: written with another {' and '.join(changed)} (the checkpoint files "
-                          "change when retrained or kept as weights only); choose another --output")
+                          "change when retrained or kept as weights only; the benchmark's digest covers its "
+                          "problems, answers and --max-problems); choose another --output")
     return old
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
@@ -101,26 +104,26 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
-    try:  # everything that can be wrong in the inputs, before anything slow
-        protocol = protocol_from_arguments(args)
-        entries = list_checkpoints(args.run, args.checkpoint)
-        benchmarks = {name: load_benchmark(path, args.max_problems)
-                      for name, path in named_benchmarks(args.benchmark).items()}
-        if args.select_by and args.select_by not in benchmarks:
-            raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
-        for e in entries:
-            local_directory(args.tokenizer or e["checkpoint"], "the tokenizer")
-            e["benchmarks"] = {}
-            e["identity"] = {"protocol": protocol.record(), "seed": args.seed,
-                             "checkpoint_files": fingerprint(e["checkpoint"])}
-            for name in benchmarks:
-                old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"])
-                if old:
-                    e["benchmarks"][name] = old
-        parallel = initialize(tensor_parallel_size=args.tp, timeout_minutes=args.timeout_minutes)
-    except (BenchmarkError, ConfigError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # everything that can be wrong in the inputs, before anything slow
+    protocol = protocol_from_arguments(args)
+    entries = list_checkpoints(args.run, args.checkpoint)
+    named = named_benchmarks(args.benchmark)
+    check_output(args.output, overwrite=True, keep=tuple(named.values()) + tuple(e["checkpoint"] for e in entries)
+                 + ((args.tokenizer,) if args.tokenizer else ()))
+    benchmarks = {name: load_benchmark(path, args.max_problems) for name, path in named.items()}
+    if args.select_by and args.select_by not in benchmarks:
+        raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
+    for e in entries:
+        tokenizer_directory(args.tokenizer or e["checkpoint"])
+        e["benchmarks"], e["identity"] = {}, {}
+        for name, problems in benchmarks.items():
+            e["identity"][name] = {"protocol": protocol.record(), "seed": args.seed,
+                                   "checkpoint_files": fingerprint(e["checkpoint"]),
+                                   "benchmark_sha256": benchmark_digest(problems)}
+            old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"][name])
+            if old:
+                e["benchmarks"][name] = old
+    parallel = initialize(tensor_parallel_size=args.tp, timeout_minutes=args.timeout_minutes)
 
     def report(message):
         if parallel.rank == 0:
@@ -131,16 +134,12 @@ def main(argv=None) -> int:
         if not todo:
             report(f"{e['label']}: done before, kept")
             continue
-        try:
-            model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval()
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
-        except (CheckpointError, ConfigError, OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
         for name in todo:
             results, summary = evaluate(model, tokenizer, benchmarks[name], protocol, args.seed, args.batch_size,
                                         progress=not args.no_progress)
-            summary.update(checkpoint=e["checkpoint"], step=e["step"], benchmark=name, **e["identity"])
+            summary.update(checkpoint=e["checkpoint"], step=e["step"], benchmark=name, **e["identity"][name])
             if parallel.rank == 0:  # the results first: the summary's presence means both are whole
                 with atomic_file(os.path.join(args.output, e["label"], f"{name}.jsonl")) as f:
                     f.writelines(json.dumps(r) + "\n" for r in results)

@@ -16,7 +16,9 @@ import json
 import os
 import sys
 
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.config import ConfigError
 from megatron_redi.training.metrics import read_metrics
 
 # metric, panel title, y-axis label
@@ -75,10 +77,12 @@ def plot(runs: list[str], labels: list[str], output: str, smooth: int = 1) -> li
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    with atomic_file(output, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(output)[1][1:] or "png", dpi=120)
     return titles
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
@@ -88,13 +92,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
     if len(labels) != len(args.runs):
-        print("error: give one label per run", file=sys.stderr)
-        return 2
-    try:
-        panels = plot(args.runs, labels, args.output, args.smooth)
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"give one label per run ({len(args.runs)} runs, {len(labels)} labels)")
+    check_output(args.output, overwrite=True, keep=tuple(args.runs))
+    panels = plot(args.runs, labels, args.output, args.smooth)
     print(f"{args.output}: {', '.join(panels)}")
     return 0
 

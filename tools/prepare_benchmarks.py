@@ -18,11 +18,12 @@ import argparse
 import json
 import sys
 
-from megatron_redi.atomic import OutputExistsError, atomic_file, check_output
-from megatron_redi.cli import HelpFormatter
-from megatron_redi.eval.benchmarks import BENCHMARKS, BenchmarkSourceError, prepare
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.eval.benchmarks import BENCHMARKS, prepare
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("name", choices=sorted(BENCHMARKS))
@@ -30,12 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--source", help="a local copy of the dataset (default: the Hub)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = p.parse_args(argv)
-    try:
-        check_output(args.output, args.overwrite, keep=(args.source,) if args.source else ())
-        rows = prepare(args.name, args.source)
-    except (BenchmarkSourceError, OutputExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_output(args.output, args.overwrite, keep=(args.source,) if args.source else ())
+    rows = prepare(args.name, args.source)
     with atomic_file(args.output) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -24,7 +24,11 @@ import os
 import shlex
 import subprocess
 import sys
-from megatron_redi.cli import HelpFormatter
+
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.config import ConfigError
+from megatron_redi.training import TrainConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
@@ -43,7 +47,7 @@ def grid_runs(specs: list[str]) -> list[dict]:
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or "." not in key or not values:
-            raise ValueError(f"--grid {spec!r}: expected section.key=value[,value...]")
+            raise ConfigError(f"--grid {spec!r}: expected section.key=value[,value...]")
         axes.append([(key, v) for v in values.split(",")])
     return [dict(combo) for combo in itertools.product(*axes)]
 
@@ -80,6 +84,7 @@ esac
 """
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", required=True, help="the config every run starts from")
@@ -98,24 +103,25 @@ def main(argv=None) -> int:
     args.extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     missing = [name for name in ("model", "data") if not getattr(args, name)]
     if missing:
-        print(f"error: give --{' and --'.join(missing)} (or set {' and '.join(m.upper() for m in missing)})", file=sys.stderr)
-        return 2
-    if not os.path.exists(args.config):
-        print(f"error: {args.config}: no such config file", file=sys.stderr)
-        return 2
-    try:
-        runs = PRESETS[args.preset] if args.preset else grid_runs(args.grid)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"give --{' and --'.join(missing)} (or set {' and '.join(m.upper() for m in missing)})")
+    runs = PRESETS[args.preset] if args.preset else grid_runs(args.grid)
     planned = commands(args, runs)
+    for name, env, flags in planned:  # each run's configuration, as its trainer will read it, before any is written
+        try:
+            load_config(args.config, ["--model.path", args.model, "--data.path", args.data, *flags])
+        except TrainConfigError as e:
+            raise TrainConfigError(f"run {name}: {e}") from None
+    inputs = (args.config, args.model, args.data)
+    if args.slurm:
+        check_output(args.slurm, overwrite=True, keep=inputs)
+    for output in [os.path.join(args.out, "sweep.json")] + [env["OUT"] for _, env, _ in planned]:
+        check_output(output, overwrite=True, keep=inputs)
     for name, env, flags in planned:
         print(f"{name}: {' '.join(f'{k}={v}' for k, v in env.items())} bash examples/launch.sh {shlex.join(flags)}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "sweep.json"), "w") as f:
+    with atomic_file(os.path.join(args.out, "sweep.json")) as f:
         json.dump([{"name": n, "env": e, "args": a} for n, e, a in planned], f, indent=2)
     if args.slurm:
-        with open(args.slurm, "w") as f:
+        with atomic_file(args.slurm) as f:
             f.write(slurm_script(args, planned))
         print(f"{args.slurm}: {len(planned)} array tasks (sbatch {args.slurm})")
     if args.run:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_directory
 from ..cli import UserError
-from ..config import ConfigError, local_directory
+from ..config import ConfigError, tokenizer_directory
 from .raw import RawDataError, RawRow, count_rows, expand_inputs, local_inputs, read_rows
 
 FORMAT_VERSION = 1
@@ -145,7 +145,7 @@ class Templater:
     def __init__(self, tokenizer_path: str):
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(local_directory(tokenizer_path, "the tokenizer"))
+        self.tok = AutoTokenizer.from_pretrained(tokenizer_directory(tokenizer_path))
         if self.tok.eos_token_id is None:
             raise ConfigError(f"{tokenizer_path}: the tokenizer has no EOS token")
         if not self.tok.chat_template:

@@ -6,6 +6,7 @@ results). Problems are split over data-parallel ranks; every TP rank of a group 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -51,15 +52,26 @@ def load_benchmark(path: str, max_problems: int | None = None) -> list[dict]:
                                          "problem and answer")
                 if not isinstance(row.get("problem"), str) or not row["problem"].strip():
                     raise BenchmarkError(f"{path}: line {i}: field 'problem' is missing or not a non-empty string")
-                if isinstance(row.get("answer"), bool) or not isinstance(row.get("answer"), (str, int, float)):
-                    raise BenchmarkError(f"{path}: line {i}: field 'answer' is missing or not a string or number")
+                if isinstance(row.get("answer"), bool) or not isinstance(row.get("answer"), (str, int, float)) \
+                        or not str(row["answer"]).strip():  # an empty answer would match an empty \boxed{}
+                    raise BenchmarkError(f"{path}: line {i}: field 'answer' is missing, empty or not a string or "
+                                         "number")
                 row["answer"] = str(row["answer"])
                 problems.append(row)
     except FileNotFoundError:
         raise BenchmarkError(f"{path}: no such benchmark file") from None
     if not problems:
         raise BenchmarkError(f"{path}: no problems")
+    if max_problems is not None and max_problems < 1:
+        raise BenchmarkError(f"{path}: the number of problems to take must be at least 1, got {max_problems}")
     return problems[:max_problems] if max_problems else problems
+
+
+def benchmark_digest(problems: list[dict]) -> str:
+    """What a result was computed from: the problems and answers taken (the file's content and the
+    subset), so that a result is never reused for another benchmark under the same name."""
+    text = json.dumps([[p["problem"], p["answer"]] for p in problems], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def prompt_text(tokenizer, problem: str, style: str, force_think: bool) -> str:
@@ -97,7 +109,14 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
     parallel, samples = model.parallel, protocol.samples
     temperature, top_p = (0.0, 1.0) if protocol.greedy else (protocol.temperature, protocol.top_p)
     mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
-    prompts = [build_prompt(tokenizer, problems[i]["problem"], protocol.prompt, protocol.force_think) for i in mine]
+    every = [build_prompt(tokenizer, p["problem"], protocol.prompt, protocol.force_think) for p in problems]
+    positions = model.cfg.max_position_embeddings
+    too_long = [i for i, prompt in enumerate(every) if len(prompt) >= positions]
+    if too_long:  # found by every rank alike (all prompts are checked), before any generation
+        i = too_long[0]
+        raise BenchmarkError(f"problem {i + 1} of the benchmark: its prompt has {len(every[i])} tokens, the model "
+                             f"{positions} positions ({len(too_long)} such problems)")
+    prompts = [every[i] for i in mine]
     stops = stop_tokens(tokenizer)
     texts, lengths = {i: [] for i in mine}, {i: [] for i in mine}
     bar = tqdm(total=samples * len(mine), desc="generating", unit="gen", disable=not (progress and parallel.rank == 0),

@@ -20,7 +20,8 @@ import math
 import os
 import warnings
 
-from ..config import ModelConfig
+from ..atomic import atomic_file
+from ..config import ConfigError, ModelConfig
 
 
 def step_flops(cfg: ModelConfig, seq_lengths, response_tokens: int) -> float:
@@ -44,7 +45,7 @@ class MetricsLogger:
         if resume_step and os.path.exists(self.path):  # drop what a killed run logged past the checkpoint
             with open(self.path) as f:
                 kept = [line for line in f if _step_of(line) <= resume_step]
-            with open(self.path, "w") as f:
+            with atomic_file(self.path) as f:  # a kill here leaves the history as it was, never empty
                 f.writelines(kept)
         elif not resume_step and os.path.exists(self.path):
             os.remove(self.path)
@@ -73,10 +74,20 @@ class MetricsLogger:
 
 
 def read_metrics(run: str) -> list[dict]:
-    """The records of a run directory's ``metrics.jsonl`` (or of that file itself), in order."""
+    """The records of a run directory's ``metrics.jsonl`` (or of that file itself), in order; a last
+    line torn by a kill mid-write is left out."""
     path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or (number == len(lines) and not line.endswith("\n")):
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: line {number} is not JSON ({e.msg}): not a metrics.jsonl of this trainer") from None
+    return records
 
 
 def _step_of(line: str) -> float:

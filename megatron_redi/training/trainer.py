@@ -25,7 +25,7 @@ from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
 from ..atomic import atomic_directory, atomic_file
-from ..config import DTYPES, ConfigError
+from ..config import DTYPES, ConfigError, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
@@ -80,6 +80,7 @@ class Trainer:
         self._lock = checkpointing.lock_run_directory(cfg.train.output_dir, p)
         self.dtype = DTYPES[cfg.model.dtype]
         self.data = TokenizedData(cfg.data.path)
+        self.eval_inputs = self._eval_inputs() if cfg.eval.every and cfg.eval.benchmark else None
         self.sft = cfg.train.stage == "sft"
         dataset = self.data.sft if self.sft else self.data.pairs
         lengths = dataset.total_lengths()
@@ -239,17 +240,24 @@ class Trainer:
         self.thinning.start(self.ckpt_root, self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_weights)
         return path
 
-    def evaluate(self) -> dict:
-        """pass@1 (and its SEM) on the held-out benchmark, with the model as it is now."""
+    def _eval_inputs(self):
+        """The in-training evaluation's tokenizer and problems, read before the model is loaded: a
+        bad benchmark stops the run at once, not at its first evaluation."""
         from transformers import AutoTokenizer
 
-        from ..eval import evaluate, load_benchmark
+        from ..eval import load_benchmark
 
         e = self.cfg.eval
-        if not hasattr(self, "_eval_inputs"):
-            tokenizer_dir = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
-            self._eval_inputs = (AutoTokenizer.from_pretrained(tokenizer_dir), load_benchmark(e.benchmark, e.max_problems))
-        tokenizer, problems = self._eval_inputs
+        problems = load_benchmark(e.benchmark, e.max_problems)
+        tokenizer_dir = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
+        return AutoTokenizer.from_pretrained(tokenizer_directory(tokenizer_dir)), problems
+
+    def evaluate(self) -> dict:
+        """pass@1 (and its SEM) on the held-out benchmark, with the model as it is now."""
+        from ..eval import evaluate
+
+        e = self.cfg.eval
+        tokenizer, problems = self.eval_inputs
         start = time.perf_counter()
         _, summary = evaluate(self.model, tokenizer, problems, e, seed=self.cfg.train.seed)  # e is a Protocol
         seconds = time.perf_counter() - start
