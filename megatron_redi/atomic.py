@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import os
 import shutil
 
@@ -38,6 +40,24 @@ def check_output(output: str, overwrite: bool = False, keep: tuple[str, ...] = (
                                     "contain or lie inside it)")
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
         raise OutputExistsError(f"{output}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def fingerprint(path: str) -> list:
+    """A cheap identity of an input, a file or a directory tree: every file's relative name, size
+    and modification time (hidden entries, such as a download's cache, left out). Results computed
+    from an input (a stage's outputs, an evaluation, DPO's reference log-probs) are reused only
+    while it is unchanged: a checkpoint retrained in place, or thinned to its weights, is another."""
+    path = os.path.realpath(path)
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return [path, st.st_size, st.st_mtime_ns]
+    files = []
+    for dirpath, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            st = os.stat(os.path.join(dirpath, name))
+            files.append([os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns])
+    return [path, hashlib.sha256(json.dumps(files).encode()).hexdigest(), len(files)]
 
 
 def sync_tree(path: str) -> None:

@@ -34,7 +34,7 @@ import sys
 
 import torch
 
-from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.atomic import atomic_file, check_output, fingerprint
 from megatron_redi.cli import HelpFormatter, command
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark
@@ -55,13 +55,6 @@ def named_benchmarks(specs: list[str]) -> dict[str, str]:
             raise ConfigError(f"two benchmarks named {name!r}: name them NAME=FILE")
         named[name] = path
     return named
-
-
-def fingerprint(checkpoint: str) -> dict:
-    """Size and modification time of each file of a checkpoint: retrained or rewritten (as weights
-    only), it is another model."""
-    files = sorted(f for f in os.listdir(checkpoint) if os.path.isfile(os.path.join(checkpoint, f)))
-    return {f: [(st := os.stat(os.path.join(checkpoint, f))).st_size, st.st_mtime_ns] for f in files}
 
 
 def done_before(summary_file: str, identity: dict) -> dict | None:

@@ -4,8 +4,9 @@
     pairs[i]  -> (Sequence(prompt + chosen), Sequence(prompt + rejected))
 
 Token ids live in one flat ``tokens.bin`` per dataset; ``items.npy`` holds offsets, lengths and
-provenance. ``pairs/ref_logps.npy`` ([P, 2] float32: reference log-prob sums of chosen and
-rejected), when present, was written by the trainer's DPO pre-pass.
+provenance. ``pairs/ref_logps.npz``, when present, was written by the trainer's DPO pre-pass: the
+reference log-prob sums of chosen and rejected ([P, 2] float32) and the reference they are of,
+in one file, so that the values can never be another reference's.
 """
 
 from __future__ import annotations
@@ -87,31 +88,32 @@ class SFTData(_Part):
 
 
 class PairData(_Part):
-    REF_LOGPS, REF_INFO = "ref_logps.npy", "ref_logps.json"
+    REF_LOGPS = "ref_logps.npz"
 
     def __init__(self, directory):
         super().__init__(directory)
-        ref = os.path.join(directory, self.REF_LOGPS)
-        self.ref_logps = np.load(ref, mmap_mode="r") if os.path.exists(ref) else None
+        self.ref_logps, self._reference = None, None
+        path = os.path.join(directory, self.REF_LOGPS)
+        if os.path.exists(path):
+            try:
+                with np.load(path) as stored:
+                    values, reference = stored["values"], str(stored["reference"])
+            except (OSError, ValueError, KeyError):
+                return  # unreadable: computed again
+            if values.shape == (len(self), 2):
+                self.ref_logps, self._reference = values, reference
 
     def stored_reference(self) -> str | None:
-        """The reference checkpoint whose log-probs ``ref_logps.npy`` holds, if any."""
-        info = os.path.join(self.directory, self.REF_INFO)
-        if self.ref_logps is None or not os.path.exists(info):
-            return None
-        try:
-            with open(info) as f:
-                return json.load(f).get("reference")
-        except (OSError, json.JSONDecodeError):
-            return None  # unreadable: computed again
+        """The reference checkpoint whose log-probs ``ref_logps`` holds, if any."""
+        return self._reference
 
     def store_reference_logps(self, values: np.ndarray, reference: str) -> None:
-        """Write ``[P, 2]`` reference log-prob sums (the npy file appears whole, by a rename)."""
+        """Write ``[P, 2]`` reference log-prob sums with their reference, in one file that appears
+        whole (a rename)."""
+        values = values.astype(np.float32)
         with atomic_file(os.path.join(self.directory, self.REF_LOGPS), "wb") as f:
-            np.save(f, values.astype(np.float32))
-        with atomic_file(os.path.join(self.directory, self.REF_INFO)) as f:
-            json.dump({"reference": reference, "pairs": len(values)}, f)
-        self.ref_logps = np.load(os.path.join(self.directory, self.REF_LOGPS), mmap_mode="r")
+            np.savez(f, values=values, reference=np.array(reference))
+        self.ref_logps, self._reference = values, reference
 
     def __getitem__(self, i) -> tuple[Sequence, Sequence]:
         it = self.items[i]

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, fingerprint
 from ..cli import UserError
 
 STAMP = "stage.json"
@@ -79,22 +79,6 @@ class Stage:
     settings: dict = field(default_factory=dict)  # anything else that decides its output
     plan: Callable[[], str] | None = None  # work and progress for the plan (steps, tokens, time left)
     result: Callable[[], str] | None = None  # what it made, once complete: printed and in the summary
-
-
-def fingerprint(path: str) -> list:
-    """A cheap identity of a file or directory tree: every file's relative name, size and
-    modification time (hidden entries, such as a download's cache, left out)."""
-    path = os.path.realpath(path)
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return [path, st.st_size, st.st_mtime_ns]
-    files = []
-    for dirpath, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(n for n in names if not n.startswith(".")):
-            st = os.stat(os.path.join(dirpath, name))
-            files.append([os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns])
-    return [path, hashlib.sha256(json.dumps(files).encode()).hexdigest(), len(files)]
 
 
 def _digest(path: str) -> str:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
-from ..atomic import atomic_directory, atomic_file
-from ..config import DTYPES, ConfigError, tokenizer_directory
+from ..atomic import atomic_directory, atomic_file, fingerprint
+from ..config import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
@@ -99,6 +99,7 @@ class Trainer:
         self.master = MasterParams(self.model, p, cfg.parallel.zero1, cfg.parallel.bucket_mb)
         self.pad_token = int(self.data.meta["eos_token_id"])
         self.step, self.bad_steps = 0, 0
+        self.resumed_from, self.resumed_step = None, None  # the checkpoint this run started from
         self.alarm = CollapseAlarm(cfg.collapse.window, cfg.collapse.drop)
         self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.thinning = checkpointing.Thinning(enabled=self.is_main)
@@ -143,6 +144,7 @@ class Trainer:
         self.master.load_master(master)
         self.master.load_state_tensors(optim, state["optimizer_steps"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.resumed_from, self.resumed_step = path, self.step
         self.alarm.chosen, self.alarm.rejected = state["alarm"]["chosen"], state["alarm"]["rejected"]
         if self.is_main:
             moved = ("" if same_layout(state, self.parallel, self.master.zero1)
@@ -155,7 +157,8 @@ class Trainer:
         if self.cfg.reference.mode == "model":
             self.reference = self._load_model(ref_path, trainable=False)
             return
-        pairs, reference = self.data.pairs, os.path.abspath(ref_path)
+        reference = json.dumps(fingerprint(local_directory(ref_path, "reference.path")))  # retrained: another
+        pairs = self.data.pairs
         if pairs.stored_reference() == reference:
             return  # computed by an earlier run for the same reference
         d, p = self.cfg.data, self.parallel
@@ -288,11 +291,11 @@ class Trainer:
     def _run(self) -> str:
         cfg = self.cfg
         last = min(self.total_steps, cfg.train.max_steps or self.total_steps)
-        if self.step == 0 and self._eval_due():  # the starting point of Figure 6's accuracy curve
-            self.logger.log(0, self.evaluate())
         bar = tqdm(total=last, initial=self.step, desc=f"{cfg.train.stage} ({cfg.loss.type})", unit="step",
                    disable=not (self.is_main and cfg.train.progress), dynamic_ncols=True)
         with StopSignals() as signals, bar:
+            if self.step == 0 and self._eval_due():  # the starting point of Figure 6's accuracy curve
+                self.logger.log(0, self.evaluate())
             while self.step < last:
                 plan = self.sampler.plan()
                 out = self.train_step(plan)
@@ -316,17 +319,30 @@ class Trainer:
                 if self.alarm.fired and cfg.collapse.stop:
                     self.save_checkpoint()
                     raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
-                if collectives.every_rank(self.parallel, signals.received is not None, any_rank=True) and self.step < last:
+                if self._stop_requested(signals) and self.step < last:
                     path = self.save_checkpoint()
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
                                           f"checkpoint {path} written; run the same command again to resume")
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < last:
                     self.save_checkpoint()
-        final = self.save_checkpoint()
-        if cfg.train.export_hf:
-            self.export_hf(final, cfg.train.export_hf)
+            # The last save and the export run under the same handlers: a signal meanwhile lets them
+            # finish, then the run stops as at any other step (exit 3), and the same command finishes it.
+            final = self.resumed_from if self.resumed_step == self.step else self.save_checkpoint()
+            if self._stop_requested(signals):
+                raise TrainingStopped(f"{signals.received or 'a signal to another rank'} during the final save: "
+                                      f"checkpoint {final} written" + ("; run the same command again to export"
+                                                                       if cfg.train.export_hf else ""))
+            if cfg.train.export_hf:
+                self.export_hf(final, cfg.train.export_hf)
+                if self._stop_requested(signals):
+                    raise TrainingStopped(f"{signals.received or 'a signal to another rank'} during the export: "
+                                          f"{cfg.train.export_hf} written; the run is complete")
         self.logger.close()
         return final
+
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        """Whether any rank received a signal: one answer for all, so that all take the same branch."""
+        return collectives.every_rank(self.parallel, signals.received is not None, any_rank=True)
 
     def export_hf(self, checkpoint: str, out_dir: str):
         if self.is_main:

@@ -52,8 +52,12 @@ def test_the_three_analyses_on_a_run(tiny_run, tiny_run_inputs, tmp_path):
 
 
 def test_analysis_errors_exit_2(tmp_path):
-    proc = run("tools/analyze.py", "generations", tmp_path, "--output", tmp_path / "x", check=False)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    proc = run("tools/analyze.py", "generations", inputs, "--output", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "not an output of tools/evaluate.py" in proc.stderr
     proc = run("tools/analyze.py", "logprob-shift", "--before", tmp_path / "a", "--after", tmp_path / "b", "--data",
-               tmp_path, "--output", tmp_path / "x", check=False)
+               inputs, "--output", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "not a tokenised dataset" in proc.stderr
+    proc = run("tools/analyze.py", "generations", inputs, "--output", inputs / "x", check=False)
+    assert proc.returncode == 2 and "refused, it would overwrite" in proc.stderr and not list(inputs.iterdir())

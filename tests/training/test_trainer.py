@@ -57,7 +57,7 @@ def test_dpo_prepass_stores_reference_logps(tiny_run_inputs, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     Trainer(config(str(copy), model, tmp_path / "run", "--reference.mode", "prepass", loss="dpo")).run()
-    assert (copy / "pairs" / "ref_logps.npy").exists()
+    assert (copy / "pairs" / "ref_logps.npz").exists()
     a = metrics(tmp_path / "run")
     Trainer(config(str(copy), model, tmp_path / "run2", "--reference.mode", "model", loss="dpo")).run()
     b = metrics(tmp_path / "run2")
