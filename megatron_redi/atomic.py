@@ -12,13 +12,19 @@ interrupted writer (named after its process id) are removed by the next writer o
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 
 from .cli import UserError
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 class OutputExistsError(UserError):
@@ -81,15 +87,38 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE); False where
+    the system or the filesystem (NFS, say) cannot."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 def publish(tmp: str, output: str) -> None:
-    """Flush ``tmp`` and rename it to ``output`` (replacing an existing one), then flush the parent."""
+    """Flush ``tmp`` and rename it to ``output``, then flush the parent. An existing ``output`` is
+    swapped with ``tmp`` in one step, so that no kill can find neither; where the filesystem cannot
+    swap (NFS), two renames follow each other, and a kill in the instant between them leaves the
+    old output as ``.NAME.tmp-PID.old``."""
     sync_tree(tmp)
+    parent = os.path.dirname(os.path.abspath(output))
+    if os.path.exists(output) and _exchange(tmp, output):
+        _fsync_dir(parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the old output, now under the temporary name
+        return
     old = None
     if os.path.exists(output):
         old = f"{tmp}.old"
         os.rename(output, old)
     os.rename(tmp, output)
-    _fsync_dir(os.path.dirname(os.path.abspath(output)))
+    _fsync_dir(parent)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -71,7 +71,7 @@ def test_input_errors_exit_2_before_any_work(tiny_run, tmp_path):
 def test_summary_table_errors_exit_2(tmp_path):
     (tmp_path / "summary.json").write_text('{"pass@1": 0.5}')
     for entry, message in [(f"x={tmp_path}", "not a summary written by tools/evaluate.py"), (str(tmp_path), "not LABEL=DIR"),
-                           (f"x={tmp_path / 'none'}", "No such file")]:
+                           (f"x={tmp_path / 'none'}", "no such file")]:
         proc = run("tools/summary_table.py", entry, check=False)
         assert proc.returncode == 2 and message in proc.stderr
     proc = run("tools/summary_table.py", f"x={tmp_path}", "--paper", "Qwen-REDI-7B", check=False)
