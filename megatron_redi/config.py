@@ -115,6 +115,16 @@ class RopeScaling:
     original_max_position_embeddings: int
 
 
+# the config.json fields ModelConfig reads, and the JSON types each may have
+_HF_FIELD_TYPES = {**{k: (int,) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                          "num_attention_heads", "num_key_value_heads", "head_dim",
+                                          "max_position_embeddings")},
+                   **{k: (int, float) for k in ("rope_theta", "rms_norm_eps")},
+                   **{k: (bool,) for k in ("attention_bias", "tie_word_embeddings", "use_sliding_window", "mlp_bias")},
+                   "architectures": (list,), "model_type": (str,), "hidden_act": (str,),
+                   "rope_scaling": (dict,), "rope_parameters": (dict,)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str  # "Qwen2ForCausalLM" or "LlamaForCausalLM"
@@ -171,6 +181,12 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, cfg: dict, source: str = "config") -> ModelConfig:
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{source}: a JSON {type(cfg).__name__}, not an object of fields")
+        for key, value in cfg.items():  # each field read below, of the type its readers expect
+            want = _HF_FIELD_TYPES.get(key)
+            if want and value is not None and (not isinstance(value, want) or isinstance(value, bool) != (bool in want)):
+                raise ConfigError(f"{source}: field {key!r} is {value!r}; expected {' or '.join(t.__name__ for t in want)}")
         archs = cfg.get("architectures") or []
         model_type = cfg.get("model_type")
         arch = archs[0] if archs else {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}.get(model_type)

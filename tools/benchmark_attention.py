@@ -25,6 +25,7 @@ the model's path. --json writes the same.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from benchmark_throughput import median_time  # tools/ is on the path of a script run from it
 from megatron_redi.batch import SeqBoundaries
 from megatron_redi.model.attention import attention_sdpa, attention_varlen, varlen_available
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 
 
 def per_sequence(q, k, v, seqs):
@@ -77,6 +78,7 @@ def measure(run, leaves, want, device, repeats):
     return 1000 * forward, 1000 * both, (out.float() - want.float()).abs().max().item()
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seq-lens", default="8192,8192", help="lengths of the packed sequences")
@@ -126,4 +128,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

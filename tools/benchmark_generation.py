@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 from megatron_redi.config import PRESETS, preset
 from megatron_redi.eval.generate import generate
 from megatron_redi.fixtures import write_random_hf_checkpoint
@@ -43,6 +43,7 @@ def _best_times(fns, repeats):
     return best
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

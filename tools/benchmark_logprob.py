@@ -21,6 +21,7 @@ K is each available kernel set: "pytorch" (the reference) and "cuda-extension" (
 """
 
 import argparse
+import sys
 import json
 import resource
 import time
@@ -30,7 +31,7 @@ import torch
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 
 
 def make_inputs(tokens, hidden, vocab, seqs, dtype, device, seed=0):
@@ -92,6 +93,7 @@ def measure(fn, inputs, n, repeats, reference):
             "grad_rel_err_dx": err_dx, "grad_rel_err_dw": err_dw}
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--tokens", type=int, default=16384)
@@ -148,4 +150,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

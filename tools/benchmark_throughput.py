@@ -26,6 +26,7 @@ is importable). --json writes tokens_per_s and, when compared, hf_tokens_per_s a
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import importlib.util
 import json
@@ -45,7 +46,7 @@ from megatron_redi.training.config import OptimSection
 from megatron_redi.training.metrics import step_flops
 from megatron_redi.training.optimizer import MasterParams
 from megatron_redi.training.step import forward_backward, optimizer_step
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 
 
 class Timer:
@@ -288,6 +289,7 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float
             "head": gemms(response_tokens, h, cfg.vocab_size)}
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -362,4 +364,4 @@ def save(out: dict, path: str | None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.atomic import atomic_file, check_output
+from megatron_redi.cli import HelpFormatter, command
 from megatron_redi.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +104,7 @@ def compare(got: dict, want: dict, tolerance: float) -> bool:
     return ok
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output", required=True, help="JSON file for the values of this run")
@@ -111,9 +113,10 @@ def main():
     p.add_argument("--sft-steps", type=int, default=20)
     p.add_argument("--redi-steps", type=int, default=10)
     args = p.parse_args()
+    check_output(args.output, overwrite=True, keep=(args.compare,) if args.compare else ())
     with tempfile.TemporaryDirectory(prefix="golden_") as work:
         values = record(work, args.sft_steps, args.redi_steps)
-    with open(args.output, "w") as f:
+    with atomic_file(args.output) as f:
         json.dump(values, f, indent=1)
     print(f"wrote {args.output}")
     if args.compare:

@@ -5,12 +5,14 @@
 """
 
 import argparse
+import sys
 
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, PRESETS, preset
 from megatron_redi.fixtures import write_random_hf_checkpoint
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
@@ -26,4 +28,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,13 +9,15 @@ problem/answer lines), and tokenizer/ (a small BPE with a Qwen-style chat templa
 """
 
 import argparse
+import sys
 import os
 
 from megatron_redi.data import synthetic
 from megatron_redi.fixtures import make_tiny_tokenizer
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.cli import HelpFormatter, command
 
 
+@command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output-dir", required=True)
@@ -38,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,7 +29,8 @@ import subprocess
 import sys
 import time
 
-from megatron_redi.cli import HelpFormatter
+from megatron_redi.atomic import check_output
+from megatron_redi.cli import HelpFormatter, command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANKS, TP, STEPS, SIGNAL_AFTER = 4, 2, 8, 2
@@ -122,6 +123,7 @@ def evaluated(cmd: list[str], env: dict, output: str, log: str) -> str:
     return f"tools/evaluate.py at TP={TP} x DP={RANKS // TP}: {len(summary['checkpoints'])} checkpoints evaluated"
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="an HF student directory (tiny)")
@@ -131,9 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="a new directory for the runs and their logs")
     p.add_argument("--shared-gpu", action="store_true", help="all ranks on one GPU over gloo")
     args = p.parse_args(argv)
-    if os.path.exists(args.output) and os.listdir(args.output):
-        print(f"error: --output {args.output} is not empty (the check needs a fresh run directory)", file=sys.stderr)
-        return 2
+    check_output(args.output, overwrite=False, keep=(args.model, args.data, args.benchmark, args.tokenizer or ""))
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, MEGATRON_REDI_CHECK_COLLECTIVES="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     if args.shared_gpu:

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from megatron_redi.atomic import atomic_file  # noqa: E402
-from megatron_redi.cli import HelpFormatter  # noqa: E402
+from megatron_redi.cli import HelpFormatter, command  # noqa: E402
 from megatron_redi.data import synthetic  # noqa: E402
 from megatron_redi.training.metrics import read_metrics  # noqa: E402
 
@@ -334,6 +334,7 @@ def table(results, lrs) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--task", choices=("addition", "decoy"))

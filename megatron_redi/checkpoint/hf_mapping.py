@@ -139,8 +139,8 @@ class HFCheckpointReader:
             try:
                 with open(index) as f:
                     weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: not a valid index ({e})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index}: not a valid index ({type(e).__name__}: {e})") from None
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: weight_map is not an object")
             root = os.path.realpath(path)

@@ -3,6 +3,7 @@ read by tools/evaluate.py and by the trainer's in-training evaluation alike."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..config import ConfigError, check_choices, choice
@@ -26,6 +27,9 @@ class Protocol:
         check_choices(self)
         if self.samples < 1 or self.max_new_tokens < 1 or self.sem_ddof not in (0, 1):
             raise ConfigError(f"samples and max_new_tokens must be positive and sem_ddof 0 or 1: {self}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0 and 0 < self.top_p <= 1):
+            raise ConfigError(f"temperature must be a finite number >= 0 (0: greedy) and top_p in (0, 1]; got "
+                              f"temperature {self.temperature}, top_p {self.top_p}")
 
     @property
     def greedy(self) -> bool:

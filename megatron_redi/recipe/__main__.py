@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 
+from ..atomic import check_output
 from ..cli import command
 from .paper import RECIPES, STUDENTS, Settings, raw_files
 from .pipeline import Pipeline, RecipeError, main_guard
@@ -55,6 +56,8 @@ def settings_from(env, recipe: str, root: str) -> Settings:
     else:
         model = env.get("MODEL") or STUDENTS[student_name].hub.split("/")[1]
         raw, bench = env.get("RAW") or "OpenR1-Math-Raw", env.get("BENCH") or "benchmarks"
+        check_output(out, overwrite=True, keep=tuple(p for p in (model, raw, bench, env.get("SFT"), env.get("TOKENIZER"))
+                                                     if p))
         ngpu = _positive(env, "NGPU", gpu_count() or 8)
     return Settings(root=root, out=out, model=model, raw=raw, bench=bench, tokenizer=env.get("TOKENIZER") or model,
                     sft=env.get("SFT") or None, ngpu=ngpu, workers=_positive(env, "WORKERS", min(16, os.cpu_count() or 1)),

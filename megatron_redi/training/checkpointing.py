@@ -121,15 +121,15 @@ def holds_checkpoints(path: str) -> bool:
     return False
 
 
-def check_export_target(target: str, run_dir: str, overwrite: bool) -> None:
-    """Refuse an HF export that could destroy a run: the run's own directory or one above it, its
-    checkpoints or anything inside them, any directory holding checkpoints, and (unless
-    ``overwrite``) any non-empty directory."""
+def check_export_target(target: str, run_dir: str, overwrite: bool, inputs: tuple[str, ...] = ()) -> None:
+    """Refuse an HF export that could destroy a run or its inputs: the run's own directory or one
+    above it, its checkpoints or anything inside them, any directory holding checkpoints, the
+    run's ``inputs`` (its model, data...), and (unless ``overwrite``) any non-empty directory."""
     run_dir = os.path.realpath(run_dir)
     real = os.path.realpath(target)
     if real == run_dir or run_dir.startswith(real.rstrip(os.sep) + os.sep):
         raise OutputExistsError(f"{target}: refused as export target, it is or contains the run's directory {run_dir}")
-    check_output(target, overwrite, keep=(os.path.join(run_dir, "checkpoints"),))
+    check_output(target, overwrite, keep=(os.path.join(run_dir, "checkpoints"), *inputs))
     if holds_checkpoints(target):
         raise OutputExistsError(f"{target}: refused as export target, it holds checkpoints")
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
-from ..atomic import atomic_directory, atomic_file, fingerprint
+from ..atomic import atomic_directory, atomic_file, check_output, fingerprint
 from ..config import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
@@ -75,8 +75,13 @@ class Trainer:
                                        sequence_parallel=cfg.parallel.sequence_parallel,
                                        timeout_minutes=cfg.parallel.timeout_minutes)
         self.is_main = p.rank == 0
+        # what the run reads: no output of it may be, contain or lie inside one of these
+        self.inputs = tuple(path for path in (cfg.model.path, cfg.data.path, cfg.reference.path, cfg.eval.benchmark)
+                            if path)
+        check_output(cfg.train.output_dir, overwrite=True, keep=self.inputs)
         if cfg.train.export_hf:  # refused now rather than after the training
-            checkpointing.check_export_target(cfg.train.export_hf, cfg.train.output_dir, cfg.train.export_overwrite)
+            checkpointing.check_export_target(cfg.train.export_hf, cfg.train.output_dir, cfg.train.export_overwrite,
+                                              self.inputs)
         self._lock = checkpointing.lock_run_directory(cfg.train.output_dir, p)
         self.dtype = DTYPES[cfg.model.dtype]
         self.data = TokenizedData(cfg.data.path)
@@ -347,7 +352,7 @@ class Trainer:
     def export_hf(self, checkpoint: str, out_dir: str):
         if self.is_main:
             t = self.cfg.train
-            checkpointing.check_export_target(out_dir, t.output_dir, t.export_overwrite)
+            checkpointing.check_export_target(out_dir, t.output_dir, t.export_overwrite, self.inputs)
             reader = NativeCheckpointReader(checkpoint)
             with atomic_directory(out_dir, overwrite=t.export_overwrite) as tmp:
                 copy_side_files(checkpoint, tmp)

@@ -65,10 +65,11 @@ def test_a_directory_holding_checkpoints_is_never_an_export_target(finished_run,
 @pytest.mark.parametrize("override,message", [
     (("--checkpoint.keep", "0"), "checkpoint.keep must be at least 1"),
     (("--checkpoint.every", "-1"), "checkpoint.every must be at least 0"),
-    (("--optim.lr", "nan"), "optim.lr must be a positive number"),
+    (("--optim.lr", "nan"), "optim.lr: 'nan' is not a valid float"),
     (("--optim.warmup_ratio", "nan"), "optim.warmup_ratio"),
     (("--optim.betas", "[0.9, 0.99, 0.999]"), "optim.betas must be two numbers"),
-    (("--optim.weight_decay", "inf"), "optim.weight_decay must be a finite number"),
+    (("--optim.weight_decay", "inf"), "optim.weight_decay: 'inf' is not a valid float"),
+    (("--optim.weight_decay", "-1"), "optim.weight_decay must be a finite number >= 0"),
 ])
 def test_config_values_that_lose_data_or_train_on_nonsense_are_refused(override, message):
     with pytest.raises(TrainConfigError, match=message):

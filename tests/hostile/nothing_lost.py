@@ -1,0 +1,38 @@
+"""What the hostile-input tests share: a command run as its user runs it (in this process, through
+its ``main`` and the one entry wrapper), and a snapshot of what lies on disk, to show that a
+refused command lost nothing and left nothing that looks finished."""
+
+import hashlib
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tool(name: str):
+    """tools/NAME.py as a module (its main takes argv)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refused(main, *args, capsys) -> str:
+    """Run ``main(args)``; it must exit 2 with one line on stderr, which is returned."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"exit {code}, stderr: {err}"
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def snapshot(*paths) -> dict:
+    """Every file under ``paths``: its content's digest (hidden temporaries included)."""
+    out = {}
+    for top in map(str, paths):
+        files = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, _, names in os.walk(top) for f in names]
+        for path in files:
+            with open(path, "rb") as f:
+                out[path] = hashlib.sha256(f.read()).hexdigest()
+    return out

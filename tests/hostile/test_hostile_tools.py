@@ -1,0 +1,154 @@
+"""Hostile input to the other commands (the converter, sweep, plot_metrics, golden_steps, the
+recipe), and the rules under all of them: one entry wrapper (bad input exits 2 with one line, a
+bug keeps its traceback), one output guard, atomic replacement of a directory."""
+
+import json
+import os
+import shutil
+
+import pytest
+from nothing_lost import ROOT, refused, snapshot, tool
+
+from megatron_redi import atomic
+from megatron_redi.checkpoint.convert import main as convert
+from megatron_redi.cli import UserError, command
+from megatron_redi.config import ConfigError
+
+CONFIG = os.path.join(ROOT, "examples", "configs", "paper", "qwen2.5-math-1.5b_redi.yaml")
+
+
+def test_the_entry_wrapper(capsys):
+    @command
+    def bad_input(argv=None):
+        raise ConfigError("x.json: field 'y' is wrong")
+
+    @command
+    def unwritable(argv=None):
+        raise PermissionError(13, "Permission denied", "/out/dir")
+
+    @command
+    def bug(argv=None):
+        raise ValueError("a bug, not bad input")
+
+    assert bad_input() == 2 and capsys.readouterr().err == "error: x.json: field 'y' is wrong\n"
+    assert unwritable() == 2 and capsys.readouterr().err == "error: /out/dir: Permission denied\n"
+    with pytest.raises(ValueError, match="a bug"):  # its traceback is kept
+        bug()
+    assert issubclass(ConfigError, UserError)
+
+
+@pytest.fixture
+def hf_copy(tiny_checkpoint, tmp_path):
+    copy = tmp_path / "hf"
+    shutil.copytree(tiny_checkpoint(), copy)
+    return copy
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: {**c, "hidden_size": "64"}, "field 'hidden_size' is '64'; expected int"),
+    (lambda c: {**c, "architectures": "Qwen2ForCausalLM"}, "field 'architectures' is 'Qwen2ForCausalLM'; expected list"),
+    (lambda c: {**c, "tie_word_embeddings": 1}, "field 'tie_word_embeddings' is 1; expected bool"),
+    (lambda c: {**c, "rope_scaling": [1, 2]}, "field 'rope_scaling' is [1, 2]; expected dict"),
+    (lambda c: [c], "config.json: a JSON list, not an object of fields"),
+])
+def test_a_config_json_with_the_wrong_types(hf_copy, tmp_path, capsys, edit, message):
+    config = json.loads((hf_copy / "config.json").read_text())
+    (hf_copy / "config.json").write_text(json.dumps(edit(config)))
+    err = refused(convert, "hf-to-native", "--input", hf_copy, "--output", tmp_path / "out", "--tp", "1", capsys=capsys)
+    assert message in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("index", ['["model.safetensors"]', '{"weight_map": ["model.safetensors"]}', '{"meta": 1}'])
+def test_an_hf_index_with_the_wrong_types(hf_copy, tmp_path, capsys, index):
+    (hf_copy / "model.safetensors.index.json").write_text(index)
+    err = refused(convert, "hf-to-native", "--input", hf_copy, "--output", tmp_path / "out", "--tp", "1", capsys=capsys)
+    assert "model.safetensors.index.json" in err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return tool("sweep").main
+
+
+def test_sweep_script_onto_its_config(sweep, tmp_path, capsys):
+    config = tmp_path / "redi.yaml"
+    shutil.copy(CONFIG, config)
+    kept = snapshot(config)
+    err = refused(sweep, "--config", config, "--preset", "redi", "--model", "m", "--data", "d", "--out", tmp_path / "runs",
+                  "--slurm", config, capsys=capsys)
+    assert "refused, it would overwrite" in err and snapshot(config) == kept and not (tmp_path / "runs").exists()
+
+
+def test_sweep_runs_inside_their_data(sweep, tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    err = refused(sweep, "--config", CONFIG, "--preset", "simpo", "--model", "m", "--data", tmp_path / "data", "--out",
+                  tmp_path / "data", capsys=capsys)
+    assert "refused, it would overwrite" in err and not os.listdir(tmp_path / "data")
+
+
+@pytest.mark.parametrize("grid, message", [("optim.learning_rate=1e-6,2e-6", "no key 'learning_rate' in optim"),
+                                           ("loss.alpha=0.5,fast", "loss.alpha: 'fast' is not a valid float"),
+                                           ("optim.lr=1e-6,inf", "optim.lr: 'inf' is not a valid float")])
+def test_sweep_grid_values_the_config_cannot_take(sweep, tmp_path, capsys, grid, message):
+    err = refused(sweep, "--config", CONFIG, "--grid", grid, "--model", "m", "--data", "d", "--out", tmp_path / "runs",
+                  capsys=capsys)
+    assert message in err and "run " in err and not (tmp_path / "runs").exists()
+
+
+def test_plot_metrics_onto_its_metrics(tmp_path, capsys):
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    kept = snapshot(metrics)
+    err = refused(tool("plot_metrics").main, metrics.parent, "--output", metrics, capsys=capsys)
+    assert "refused, it would overwrite" in err and snapshot(metrics) == kept
+
+
+def test_plot_metrics_names_a_broken_line(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo\n{"step": 3}\n')
+    err = refused(tool("plot_metrics").main, tmp_path / "metrics.jsonl", "--output", tmp_path / "f.png", capsys=capsys)
+    assert "metrics.jsonl: line 2 is not JSON" in err and not (tmp_path / "f.png").exists()
+
+
+def test_golden_steps_output_onto_the_recording_it_compares_with(tmp_path, capsys, monkeypatch):
+    golden = tool("golden_steps")
+    recorded = tmp_path / "golden.json"
+    recorded.write_text('{"recorded": true}')
+    monkeypatch.setattr("sys.argv", ["golden_steps.py", "--output", str(recorded), "--compare", str(recorded)])
+    monkeypatch.setattr(golden, "record", lambda *a: pytest.fail("ran before refusing"))
+    assert golden.main() == 2 and "refused, it would overwrite" in capsys.readouterr().err
+    assert recorded.read_text() == '{"recorded": true}'
+
+
+def test_the_recipe_s_outputs_over_its_inputs(tmp_path, monkeypatch, capsys):
+    from megatron_redi.recipe.__main__ import main as recipe
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    for name, value in {"MODEL": tmp_path / "model", "RAW": tmp_path / "raw", "BENCH": tmp_path / "bench",
+                        "OUT": tmp_path / "model" / "runs"}.items():
+        monkeypatch.setenv(name, str(value))
+    err = refused(recipe, "table1", capsys=capsys)
+    assert "refused, it would overwrite" in err and os.listdir(tmp_path / "model") == ["config.json"]
+
+
+def test_a_directory_is_replaced_in_one_step(tmp_path, monkeypatch):
+    """publish() swaps the new directory with the old one (renameat2 RENAME_EXCHANGE), so that at
+    no moment is there neither: a kill anywhere leaves one whole. Where the filesystem cannot
+    swap, two renames follow each other."""
+    out, new = tmp_path / "step_00000001", tmp_path / ".step_00000001.tmp"
+    for path, text in ((out, "old"), (new, "new")):
+        path.mkdir()
+        (path / "weights").write_text(text)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    can_swap = atomic._exchange(str(tmp_path / "a"), str(tmp_path / "b"))  # Linux on ext4, xfs, btrfs, tmpfs...
+    seen = []
+    rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (seen.append(os.path.exists(out)), rename(a, b))[1])
+    atomic.publish(str(new), str(out))
+    assert (out / "weights").read_text() == "new" and not new.exists()
+    assert seen == ([] if can_swap else [True, False])  # one exchange, no rename at all
+    (new.mkdir(), (new / "weights").write_text("newer"))
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # a filesystem that cannot swap
+    atomic.publish(str(new), str(out))
+    assert (out / "weights").read_text() == "newer" and seen[-2:] == [True, False]

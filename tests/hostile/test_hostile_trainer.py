@@ -1,0 +1,133 @@
+"""Hostile input to the trainer (python -m megatron_redi.train): each mistake exits 2 with one line
+naming the file, field or checkpoint, before anything slow, and loses nothing on disk; a signal
+during the final save finishes it and stops with exit 3."""
+
+import os
+import signal
+
+import pytest
+from nothing_lost import refused, snapshot
+
+from megatron_redi.train import main
+from megatron_redi.training import Trainer, TrainingStopped, checkpointing, load_config
+
+
+def _args(data, model, out, *more):
+    return [str(a) for a in ["--model.path", model, "--model.dtype", "fp32", "--data.path", data, "--data.global_batch", "8",
+            "--data.micro_batch_tokens", "512", "--optim.lr", "1e-3", "--train.max_steps", "1",
+            "--train.output_dir", out, "--train.progress", "false", "--train.tensorboard", "false", *more]]
+
+
+@pytest.fixture
+def inputs(tiny_run_inputs):
+    data, model = tiny_run_inputs
+    before = snapshot(data, model)
+    yield data, model
+    assert snapshot(data, model) == before  # whatever a test did, the inputs are as they were
+
+
+def test_a_data_path_that_is_a_file(inputs, tmp_path, capsys):
+    data, model = inputs
+    err = refused(main, *_args(os.path.join(data, "meta.json"), model, tmp_path / "run"), capsys=capsys)
+    assert "meta.json" in err
+
+
+def test_an_output_directory_that_is_a_file(inputs, tmp_path, capsys):
+    data, model = inputs
+    (tmp_path / "run").write_text("notes")
+    err = refused(main, *_args(data, model, tmp_path / "run"), capsys=capsys)
+    assert str(tmp_path / "run") in err and (tmp_path / "run").read_text() == "notes"
+
+
+@pytest.mark.parametrize("where", ["data", "model", "inside data"])
+def test_an_output_directory_over_an_input(inputs, tmp_path, capsys, where):
+    data, model = inputs
+    out = {"data": data, "model": model, "inside data": os.path.join(data, "run")}[where]
+    assert "refused, it would overwrite" in refused(main, *_args(data, model, out), capsys=capsys)
+    assert not os.path.exists(os.path.join(data, "run"))
+
+
+def test_an_export_into_the_data(inputs, tmp_path, capsys):
+    data, model = inputs
+    err = refused(main, *_args(data, model, tmp_path / "run", "--export-hf", os.path.join(data, "hf")), capsys=capsys)
+    assert "refused, it would overwrite" in err and not (tmp_path / "run").exists()  # before training
+
+
+def test_a_truncated_model(inputs, tmp_path, capsys):
+    data, model = inputs
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for name in os.listdir(model):
+        content = open(os.path.join(model, name), "rb").read()
+        (broken / name).write_bytes(content[:1000] if name.endswith(".safetensors") else content)
+    err = refused(main, *_args(data, broken, tmp_path / "run"), capsys=capsys)
+    assert "model.safetensors: truncated" in err and not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--optim.lr", ".inf", "optim.lr: inf is not a valid float"),
+    ("--optim.lr", "5", "optim.lr must be in (0, 1]"),
+    ("--optim.lr", "nan", "optim.lr: 'nan' is not a valid float"),
+    ("--optim.betas", "[0.9, 1.5]", "optim.betas must be two numbers in [0, 1)"),
+    ("--optim.clip_grad", "-1", "optim.clip_grad must be a finite number >= 0"),
+    ("--model.path", "[a, b]", "model.path: ['a', 'b'] is not a valid str"),
+    ("--data.global_batch", "0", "data.global_batch must be at least 1"),
+    ("--collapse.drop", ".nan", "collapse.drop: nan is not a valid float"),
+    ("--eval.temperature", "-1", "temperature must be a finite number >= 0"),
+])
+def test_values_are_checked_as_values(inputs, tmp_path, capsys, flag, value, message):
+    data, model = inputs
+    assert message in refused(main, *_args(data, model, tmp_path / "run", flag, value), capsys=capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_yaml_key_given_twice(inputs, tmp_path, capsys):
+    data, model = inputs
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1.0e-6\n  warmup_ratio: 0.1\n  lr: 2.0e-6\n")
+    err = refused(main, "--config", tmp_path / "c.yaml", *_args(data, model, tmp_path / "run"), capsys=capsys)
+    assert "c.yaml" in err and "the key 'lr' is given twice" in err and "line 4" in err
+
+
+def test_an_in_training_benchmark_with_an_empty_answer(inputs, tmp_path, capsys):
+    data, model = inputs
+    (tmp_path / "b.jsonl").write_text('{"problem": "1 + 1", "answer": "2"}\n{"problem": "2 + 2", "answer": " "}\n')
+    err = refused(main, *_args(data, model, tmp_path / "run", "--eval.every", "1", "--eval.benchmark",
+                               tmp_path / "b.jsonl"), capsys=capsys)
+    assert "b.jsonl: line 2: field 'answer' is missing, empty" in err
+
+
+def test_a_resume_with_other_batch_settings(inputs, tmp_path, capsys):
+    data, model = inputs
+    run = tmp_path / "run"
+    assert main(_args(data, model, run, "--checkpoint.every", "1", "--train.max_steps", "2")) == 0
+    kept = snapshot(run / "checkpoints", run / "metrics.jsonl", run / "config.json")
+    err = refused(main, *_args(data, model, run, "--train.max_steps", "3", "--data.global_batch", "16",
+                               "--data.seed", "3"), capsys=capsys)
+    assert "step_00000002" in err and "data.global_batch 8 -> 16" in err and "data.seed 0 -> 3" in err
+    assert snapshot(run / "checkpoints", run / "metrics.jsonl", run / "config.json") == kept
+
+
+def test_a_signal_during_the_final_save_finishes_it_and_stops(inputs, tmp_path, monkeypatch):
+    """SIGTERM while the last checkpoint is written: it is written whole, the run stops (exit 3 on
+    the command line), and the same command then ends at once, without writing it again."""
+    data, model = inputs
+    run = tmp_path / "run"
+    save = checkpointing.save
+
+    def save_then_signal(root, step, *args, **kwargs):
+        path = save(root, step, *args, **kwargs)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as the save ends: the handler only records it
+        return path
+
+    monkeypatch.setattr(checkpointing, "save", save_then_signal)
+    cfg = load_config(None, _args(data, model, run, "--train.max_steps", "2", "--train.export_hf", tmp_path / "hf"))
+    with pytest.raises(TrainingStopped, match="SIGTERM during the final save: checkpoint .*step_00000002 written; "
+                                              "run the same command again to export"):
+        Trainer(cfg).run()
+    final = run / "checkpoints" / "step_00000002"
+    assert checkpointing.is_resumable(str(final)) and not (tmp_path / "hf").exists()
+    written = snapshot(final)
+    monkeypatch.setattr(checkpointing, "save", save)
+    assert Trainer(cfg).run() == str(final)
+    assert snapshot(final) == written and (tmp_path / "hf" / "config.json").exists()
