@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,8 +99,8 @@ class PairData(_Part):
             try:
                 with np.load(path) as stored:
                     values, reference = stored["values"], str(stored["reference"])
-            except (OSError, ValueError, KeyError):
-                return  # unreadable: computed again
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                return  # unreadable (a file cut short): computed again
             if values.shape == (len(self), 2):
                 self.ref_logps, self._reference = values, reference
 

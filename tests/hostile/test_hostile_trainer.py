@@ -2,9 +2,12 @@
 naming the file, field or checkpoint, before anything slow, and loses nothing on disk; a signal
 during the final save finishes it and stops with exit 3."""
 
+import contextlib
 import os
+import shutil
 import signal
 
+import numpy as np
 import pytest
 from nothing_lost import refused, snapshot
 
@@ -131,3 +134,39 @@ def test_a_signal_during_the_final_save_finishes_it_and_stops(inputs, tmp_path, 
     monkeypatch.setattr(checkpointing, "save", save)
     assert Trainer(cfg).run() == str(final)
     assert snapshot(final) == written and (tmp_path / "hf" / "config.json").exists()
+
+
+def test_a_kill_while_a_resume_trims_the_metrics_keeps_the_history(tmp_path, monkeypatch):
+    from megatron_redi.training import metrics
+
+    lines = "".join(f'{{"step": {i}, "loss": 0.5}}\n' for i in range(1, 5))
+    (tmp_path / "metrics.jsonl").write_text(lines)
+    written = metrics.atomic_file
+
+    @contextlib.contextmanager
+    def killed_midway(path, mode="w"):
+        with written(path, mode) as f:
+            f.write('{"step": 1, "loss": 0.5}\n')
+            raise KeyboardInterrupt  # as a kill would, half-way through the rewrite
+
+    monkeypatch.setattr(metrics, "atomic_file", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        metrics.MetricsLogger(str(tmp_path), enabled=True, tensorboard=False, resume_step=2)
+    assert (tmp_path / "metrics.jsonl").read_text() == lines and os.listdir(tmp_path) == ["metrics.jsonl"]
+
+
+def test_dpo_reference_log_probs_are_one_file_with_their_reference(inputs, tmp_path):
+    from megatron_redi.data import TokenizedData
+
+    data, _ = inputs
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    pairs = TokenizedData(str(copy)).pairs
+    values = np.arange(2 * len(pairs), dtype=np.float32).reshape(-1, 2)
+    pairs.store_reference_logps(values, "reference A")
+    again = TokenizedData(str(copy)).pairs
+    assert again.stored_reference() == "reference A" and np.array_equal(again.ref_logps, values)
+    stored = copy / "pairs" / "ref_logps.npz"
+    stored.write_bytes(stored.read_bytes()[:100])  # a file cut short: computed again, never half used
+    assert TokenizedData(str(copy)).pairs.stored_reference() is None
+    assert sorted(os.listdir(copy / "pairs")) == sorted(os.listdir(os.path.join(data, "pairs")) + ["ref_logps.npz"])
