@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from benchmark_throughput import median_time  # tools/ is on the path of a script run from it
 from megatron_redi.batch import SeqBoundaries
 from megatron_redi.model.attention import attention_sdpa, attention_varlen, varlen_available
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
 
 
@@ -122,7 +123,7 @@ def main():
         results[name] = {"forward_ms": fwd, "forward_backward_ms": both, "max_abs_diff": diff}
         print(f"  {name:18s} forward {fwd:8.3f}   forward + backward {both:8.3f}   max |diff| {diff:.1e}")
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_file(args.json) as f:
             json.dump({"device": card, "seq_lens": lengths, "heads": args.heads, "kv_heads": args.kv_heads,
                        "head_dim": args.head_dim, "results": results}, f, indent=2)
 

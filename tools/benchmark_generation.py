@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
 from megatron_redi.config import PRESETS, preset
 from megatron_redi.eval.generate import generate
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     result["ratio"] = result["ours_tokens_per_s"] / result["transformers_static_tokens_per_s"]
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_file(args.json) as f:
             json.dump(result, f, indent=2)
     return 0
 

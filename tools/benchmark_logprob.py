@@ -31,6 +31,7 @@ import torch
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
 
 
@@ -145,7 +146,7 @@ def main():
     if device.type == "cpu":
         print(f"  peak RSS of the process: {peak_rss_gb:.2f} GiB")
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_file(args.json) as f:
             json.dump({"device": name, "args": vars(args), "results": results, "peak_rss_gib": peak_rss_gb}, f, indent=2)
 
 

@@ -46,6 +46,7 @@ from megatron_redi.training.config import OptimSection
 from megatron_redi.training.metrics import step_flops
 from megatron_redi.training.optimizer import MasterParams
 from megatron_redi.training.step import forward_backward, optimizer_step
+from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
 
 
@@ -359,7 +360,7 @@ def main():
 
 def save(out: dict, path: str | None):
     if path:
-        with open(path, "w") as f:
+        with atomic_file(path) as f:
             json.dump(out, f, indent=2)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import random
 
+from ..atomic import atomic_file
+
 SOURCES = ("olympiads", "amc_aime", "aops_forum", "cn_k12")
 
 
@@ -101,7 +103,7 @@ def write_corpus(path: str, rows: int, digits: int = 5, generations: int = 4, p_
                  seed: int = 0) -> None:
     """Write ``rows`` raw rows as JSON lines."""
     rng = random.Random(seed)
-    with open(path, "w") as f:
+    with atomic_file(path) as f:
         for _ in range(rows):
             f.write(json.dumps(make_row(rng, digits, generations, p_correct)) + "\n")
 
@@ -109,7 +111,7 @@ def write_corpus(path: str, rows: int, digits: int = 5, generations: int = 4, p_
 def write_benchmark(path: str, problems: int, digits: int = 5, seed: int = 1) -> None:
     """Held-out evaluation problems, one ``{"problem", "answer"}`` per line."""
     rng = random.Random(seed)
-    with open(path, "w") as f:
+    with atomic_file(path) as f:
         for _ in range(problems):
             a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
             f.write(json.dumps({"problem": problem_text(a, b), "answer": str(a + b)}) + "\n")

@@ -116,7 +116,7 @@ def test_resumed_sampler_continues_exactly():
         resumed.append(c.plan())
         c.advance()
     assert resumed == plans[5:]
-    with pytest.raises(ValueError, match="global_batch=8, this run has 16"):
+    with pytest.raises(ValueError, match="data.global_batch 8 -> 16"):
         GlobalBatchSampler(lengths, lengths, 16, seed=3).load_state_dict(b.state_dict())
 
 
