@@ -18,6 +18,17 @@ class UserError(ValueError):
     Anything else is a bug and keeps its traceback."""
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count, a size, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def command(main):
     """Decorate a command's ``main``: it returns its exit code, or 2 after one line on stderr for a
     UserError or an operating-system error about a named path (a read-only directory, a file where

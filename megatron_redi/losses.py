@@ -81,6 +81,8 @@ class LossConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.type in ("dpo", "simpo") and self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:  # at 0.5 the loss no longer prefers either trace
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
     @property
     def pairwise(self) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from megatron_redi.atomic import atomic_file, check_output
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.config import ConfigError, load_json, local_directory, tokenizer_directory
 from megatron_redi.data.dataset import DatasetError, TokenizedData
 from megatron_redi.eval import build_prompt, generate, load_benchmark
@@ -189,16 +189,16 @@ def main(argv=None) -> int:
     which.add_argument("--run", help="every checkpoint kept under RUN/checkpoints")
     which.add_argument("--checkpoint", nargs="+", help="checkpoint directories")
     e.add_argument("--benchmark", required=True, help="test problems (JSON lines), for the generations")
-    e.add_argument("--problems", type=int, default=4, help="test problems drawn")
+    e.add_argument("--problems", type=positive_int, default=4, help="test problems drawn")
     e.add_argument("--tokenizer", help="default: each checkpoint's directory")
     add_protocol_arguments(e, scoring=False)
     s = sub.add_parser("logprob-shift", help="Figure 10 between two checkpoints", formatter_class=HelpFormatter)
     s.add_argument("--before", required=True, help="the checkpoint before training (e.g. the SFT model)")
     s.add_argument("--after", required=True)
-    s.add_argument("--min-count", type=int, nargs="+", default=[1, 10], help="one panel per minimum occurrence count")
+    s.add_argument("--min-count", type=positive_int, nargs="+", default=[1, 10], help="one panel per minimum occurrence count")
     for sp, pairs in ((e, 4), (s, 16)):
         sp.add_argument("--data", required=True, help="tokenised data (tools/preprocess_data.py) with pairs")
-        sp.add_argument("--pairs", type=int, default=pairs, help="training pairs drawn")
+        sp.add_argument("--pairs", type=positive_int, default=pairs, help="training pairs drawn")
     for sp in (g, e, s):
         sp.add_argument("--output", required=True, help="OUTPUT.json and OUTPUT.png are written")
     for sp in (e, s):

@@ -26,7 +26,7 @@ from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.config import ConfigError
 from megatron_redi.data.raw import RawDataError, count_rows, expand_inputs, local_inputs, read_rows
 from megatron_redi.eval.runner import load_benchmark
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="training rows: files, globs or saved datasets")
     p.add_argument("--benchmark", nargs="+", required=True, help="benchmark JSONL files with a 'problem' field")
     p.add_argument("--output", required=True, help="the JSON report")
-    p.add_argument("--n", type=int, default=8, help="words per n-gram (default: %(default)s, as the reference)")
+    p.add_argument("--n", type=positive_int, default=8, help="words per n-gram (default: %(default)s, as the reference)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.n < 1:

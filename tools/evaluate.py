@@ -35,7 +35,7 @@ import sys
 import torch
 
 from megatron_redi.atomic import atomic_file, check_output, fingerprint
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark
 from megatron_redi.eval.runner import benchmark_digest
@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     p.add_argument("--select-by", help="select the best checkpoint by this benchmark's pass@1 (default: the mean)")
     add_protocol_arguments(p)
     p.add_argument("--tokenizer", help="default: each checkpoint's directory")
-    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--tp", type=positive_int, default=1)
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="bf16" if torch.cuda.is_available() else "fp32")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-problems", type=int)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-problems", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout-minutes", type=float, default=240.0,
                    help="under torchrun: how long a rank may wait for the slowest one's share of a benchmark "

@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from megatron_redi.atomic import atomic_file, check_output
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,8 +110,8 @@ def main():
     p.add_argument("--output", required=True, help="JSON file for the values of this run")
     p.add_argument("--compare", help="a recorded JSON file to compare with")
     p.add_argument("--tolerance", type=float, default=0.0, help="largest difference accepted")
-    p.add_argument("--sft-steps", type=int, default=20)
-    p.add_argument("--redi-steps", type=int, default=10)
+    p.add_argument("--sft-steps", type=positive_int, default=20)
+    p.add_argument("--redi-steps", type=positive_int, default=10)
     args = p.parse_args()
     check_output(args.output, overwrite=True, keep=(args.compare,) if args.compare else ())
     with tempfile.TemporaryDirectory(prefix="golden_") as work:

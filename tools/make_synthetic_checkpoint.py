@@ -9,14 +9,14 @@ import sys
 
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, PRESETS, preset
 from megatron_redi.fixtures import write_random_hf_checkpoint
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 
 
 @command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    p.add_argument("--layers", type=int, help="override num_hidden_layers (default: the preset's)")
+    p.add_argument("--layers", type=positive_int, help="override num_hidden_layers (default: the preset's)")
     p.add_argument("--dtype", default="bf16", choices=COMPUTE_DTYPES)
     p.add_argument("--output", required=True)
     args = p.parse_args()

@@ -14,19 +14,19 @@ import os
 
 from megatron_redi.data import synthetic
 from megatron_redi.fixtures import make_tiny_tokenizer
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 
 
 @command
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--rows", type=int, default=3000)
-    p.add_argument("--benchmark-problems", type=int, default=200)
-    p.add_argument("--digits", type=int, default=5)
-    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--rows", type=positive_int, default=3000)
+    p.add_argument("--benchmark-problems", type=positive_int, default=200)
+    p.add_argument("--digits", type=positive_int, default=5)
+    p.add_argument("--generations", type=positive_int, default=4)
     p.add_argument("--p-correct", type=float, default=0.6, help="chance that a teacher generation is right")
-    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--vocab-size", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)

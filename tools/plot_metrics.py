@@ -17,7 +17,7 @@ import os
 import sys
 
 from megatron_redi.atomic import atomic_file, check_output
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.config import ConfigError
 from megatron_redi.training.metrics import read_metrics
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     p.add_argument("--labels", nargs="*", help="one label per run (default: directory names)")
-    p.add_argument("--smooth", type=int, default=1, help="moving average over this many steps")
+    p.add_argument("--smooth", type=positive_int, default=1, help="moving average over this many steps")
     p.add_argument("--output", default="figure6.png")
     args = p.parse_args(argv)
     labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]

@@ -15,7 +15,7 @@ import json
 import sys
 
 from megatron_redi.data.preprocess import Options, preprocess
-from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.cli import HelpFormatter, command, positive_int
 
 
 @command
@@ -25,10 +25,10 @@ def main(argv=None) -> int:
                    help="files, globs, saved datasets directories, or hub:OWNER/NAME[/CONFIG][:SPLIT]")
     p.add_argument("--tokenizer", required=True, help="an HF tokenizer directory (with a chat template)")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--max-prompt-tokens", type=int, default=800, help="pairs: longest prompt")
-    p.add_argument("--max-response-tokens", type=int, default=19000,
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=800, help="pairs: longest prompt")
+    p.add_argument("--max-response-tokens", type=positive_int, default=19000,
                    help="pairs: longest chosen or rejected response")
-    p.add_argument("--max-sft-tokens", type=int, default=32768,
+    p.add_argument("--max-sft-tokens", type=positive_int, default=32768,
                    help="SFT: longer sequences are truncated to it")
     p.add_argument("--drop-long-sft", action="store_true", help="drop SFT sequences over the limit instead")
     p.add_argument("--exclude-sources", nargs="*", default=["cn_k12"],)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                    help="visit each row's generations in a seeded random order before choosing (a departure "
                         "from the paper, which takes the first correct and first incorrect in the row's order)")
     p.add_argument("--seed", type=int, default=0, help="for --shuffle-generations")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")

@@ -169,9 +169,19 @@ class TrainConfig:
                     "checkpoint.every": (self.checkpoint.every, 0), "train.log_every": (self.train.log_every, 1),
                     "train.max_bad_steps": (self.train.max_bad_steps, 1), "eval.every": (self.eval.every, 0),
                     "eval.samples": (self.eval.samples, 1), "collapse.window": (self.collapse.window, 1)}
+        # optional ones: when set
+        for name, value in {"train.max_steps": self.train.max_steps, "eval.max_problems": self.eval.max_problems,
+                            "model.max_position_embeddings": self.model.max_position_embeddings}.items():
+            if value is not None:
+                at_least[name] = (value, 1)
         for name, (value, low) in at_least.items():
             if value < low:
                 raise TrainConfigError(f"{name} must be at least {low}, got {value}")
+        positive = {"parallel.bucket_mb": self.parallel.bucket_mb, "train.peak_tflops": self.train.peak_tflops,
+                    "model.rope_theta": self.model.rope_theta, "collapse.drop": self.collapse.drop}
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise TrainConfigError(f"{name} must be a positive number, got {value}")
         o = self.optim
         if not 0 < o.lr <= 1:  # above 1, AdamW moves every weight by more than its own scale per step
             raise TrainConfigError(f"optim.lr must be in (0, 1], got {o.lr}")

@@ -18,9 +18,16 @@ def tool(name: str):
 
 
 def refused(main, *args, capsys) -> str:
-    """Run ``main(args)``; it must exit 2 with one line on stderr, which is returned."""
+    """Run ``main(args)``; it must exit 2 with one line on stderr, which is returned (argparse's
+    own refusals, of an option's value, come after its usage line, as every CLI's do)."""
     capsys.readouterr()
-    code = main([str(a) for a in args])
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and ": error: argument " in err, err
+        return err
     err = capsys.readouterr().err.strip()
     assert code == 2, f"exit {code}, stderr: {err}"
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err

@@ -108,3 +108,11 @@ def test_decontaminate_reports_when_rows_were_read(decontaminate, raw, tmp_path,
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["training_rows"] == 20 and report["rows_skipped"] == 0
     assert os.path.basename(str(tmp_path / "b.jsonl")) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--max-prompt-tokens", "--max-response-tokens", "--max-sft-tokens", "--workers"])
+def test_preprocess_limits_of_zero(preprocess, raw, tmp_path, capsys, flag):
+    raw_dir, tokenizer = raw
+    err = refused(preprocess, "--input", raw_dir / "traces.jsonl", "--tokenizer", tokenizer, "--output-dir",
+                  tmp_path / "out", flag, "0", "--no-progress", capsys=capsys)
+    assert f"argument {flag}: must be at least 1, got 0" in err and not (tmp_path / "out").exists()

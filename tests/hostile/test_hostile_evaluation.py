@@ -46,8 +46,10 @@ def test_a_checkpoint_without_tokenizer_files(evaluate, model, tmp_path, capsys)
     (["--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["--top-p", "0"], "top_p in (0, 1]"),
     (["--top-p", "1.5"], "top_p in (0, 1]"),
-    (["--max-problems", "0"], "must be at least 1, got 0"),
-    (["--max-problems", "-1"], "must be at least 1, got -1"),
+    (["--max-problems", "0"], "argument --max-problems: must be at least 1, got 0"),
+    (["--max-problems", "-1"], "argument --max-problems: must be at least 1, got -1"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--samples", "0"], "samples and max_new_tokens must be positive"),
 ])
 def test_sampling_settings_are_checked(evaluate, model, tmp_path, capsys, flags, message):
     err = refused(evaluate, *_args(*model, _bench(tmp_path / "b.jsonl"), tmp_path / "out", *flags), capsys=capsys)

@@ -77,6 +77,11 @@ def test_a_truncated_model(inputs, tmp_path, capsys):
     ("--data.global_batch", "0", "data.global_batch must be at least 1"),
     ("--collapse.drop", ".nan", "collapse.drop: nan is not a valid float"),
     ("--eval.temperature", "-1", "temperature must be a finite number >= 0"),
+    ("--train.max_steps", "-1", "train.max_steps must be at least 1"),
+    ("--parallel.bucket_mb", "0", "parallel.bucket_mb must be a positive number"),
+    ("--model.rope_theta", "-5", "model.rope_theta must be a positive number"),
+    ("--loss.label_smoothing", "0.7", "label_smoothing must be in [0, 0.5)"),
+    ("--eval.max_problems", "0", "eval.max_problems must be at least 1"),
 ])
 def test_values_are_checked_as_values(inputs, tmp_path, capsys, flag, value, message):
     data, model = inputs
