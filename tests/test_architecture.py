@@ -10,7 +10,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # bottom to top; a unit may import from its own layer's package and from lower layers
 LAYERS = [
-    {"config", "atomic", "batch", "cli"},
+    {"cli"},  # the commands' shared rules: UserError (exit 2), help
+    {"config", "atomic", "batch"},
     {"ops"},  # kernels and their references: no communication
     {"parallel"},  # groups, the TP layout, collectives, TP layers and autograd Functions
     {"checkpoint"},
