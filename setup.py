@@ -56,7 +56,9 @@ setup(
         "pyarrow",  # parquet / Arrow inputs of the data pipeline
         "matplotlib",  # tools/plot_metrics.py
         "tensorboard",  # the trainer's TensorBoard logs
-        "math-verify>=0.7",  # the evaluator's answer checker, as in the paper's evaluation
+        "math-verify>=0.7",  # the intermediate protocol's answer checker (the paper's LightEval runs)
+        "sympy",  # the rllm grader of the final protocol (the paper's tables) ...
+        "pylatexenc>=2.10",  # ... which renders LaTeX answers to text as rllm does
         "datasets>=2.19",  # Hub datasets: tools/prepare_benchmarks.py and the data pipeline's hub: inputs
     ],
     license="Apache-2.0",

@@ -12,11 +12,16 @@ takes one or more HF or native directories (their tokenizer files beside the wei
 --tokenizer). Benchmarks are JSON lines of {"problem", "answer"} (tools/prepare_benchmarks.py writes
 the paper's five), named NAME=FILE or after the file.
 
-The defaults are the paper's protocol (Appendix C.5): k = 16 samples at temperature 0.6 and top-p
-0.95, up to 32,768 new tokens, the LightEval math prompt inside the chat template, "<think>" forced
-as the start of the answer, math-verify comparing the last \\boxed{} answer with the reference, and
-the SEM from the population standard deviation of the k per-sample scores over sqrt(k), as the
-reference computed it (--sem-ddof 1: the sample one). Each can be changed.
+The paper's two protocols (Appendix C.5), by --protocol: both sample at temperature 0.6 and top-p
+0.95, up to 32,768 new tokens, with the LightEval math prompt inside the chat template and "<think>"
+forced as the start of the answer, and take the SEM from the population standard deviation of the
+k per-sample scores over sqrt(k), as the reference computed it (--sem-ddof 1: the sample one).
+    intermediate  k = 4, math-verify on the last \\boxed{} (the paper's LightEval runs on MATH-500:
+                  tuning, figures, the best checkpoint). The default with --run-dir.
+    final         k = 16 and pass@16, the rllm grader: the last \\boxed{} after </think>, by the MATH
+                  normalisation, then sympy (the paper's tables). The default with --checkpoint.
+Every other option changes one setting of the protocol; each summary records the protocol's name
+("custom" when changed) and every setting.
 
 OUTPUT gets LABEL/NAME.jsonl (one line per problem with its generations and `correct` list) and
 LABEL/NAME.json (pass@1, sem, pass@k, the protocol) per checkpoint and benchmark, and summary.json:
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     # everything that can be wrong in the inputs, before anything slow
-    protocol = protocol_from_arguments(args)
+    # a run's checkpoints are compared to pick the best (the intermediate protocol), a checkpoint goes into a table
+    protocol = protocol_from_arguments(args, default="intermediate" if args.run else "final")
     entries = list_checkpoints(args.run, args.checkpoint)
     named = named_benchmarks(args.benchmark)
     check_output(args.output, overwrite=True, keep=tuple(named.values()) + tuple(e["checkpoint"] for e in entries)

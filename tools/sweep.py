@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     if missing:
         raise ConfigError(f"give --{' and --'.join(missing)} (or set {' and '.join(m.upper() for m in missing)})")
     runs = PRESETS[args.preset] if args.preset else grid_runs(args.grid)
+    if args.preset:  # a DPO grid on a REDI config would train REDI and ignore beta
+        loss = load_config(args.config, ["--model.path", args.model, "--data.path", args.data]).loss.type
+        if loss != args.preset:
+            raise ConfigError(f"--preset {args.preset} sweeps {args.preset}'s settings, but {args.config} trains "
+                              f"loss.type {loss}: give a {args.preset} config")
     planned = commands(args, runs)
     for name, env, flags in planned:  # each run's configuration, as its trainer will read it, before any is written
         try:

@@ -6,7 +6,7 @@ The rules, after the paper's Section 3.1 and its reference implementation:
   (default cn_k12), and its verifier lists are as long as its generations;
 - a generation is correct when both verifiers say so (``llama_verification`` and
   ``math_verify_reparsed_answer``; ``--correctness either`` accepts one), otherwise incorrect;
-  empty generations are never chosen;
+  an empty generation is one like any other (the reference took them);
 - D_SFT takes the first correct generation of a row, in the row's own order, and D_Pref the first
   correct and the first incorrect one, as the reference did (its seeded shuffle reorders rows, which
   changes no choice); ``shuffle_generations`` visits them in a seeded random order instead, a
@@ -15,8 +15,11 @@ The rules, after the paper's Section 3.1 and its reference implementation:
   included) with the assistant turn opened; the response is the generation, the template's
   end-of-turn text and EOS; only response tokens are trained on;
 - length limits after templating: pairs with a prompt over 800 tokens or either response over
-  19,000 are dropped (the paper's filter, on pairs only); SFT sequences over 32,768 tokens in all
-  are truncated to it, as the reference's trainer did (``drop_long_sft`` drops them instead).
+  19,000 are dropped (the paper's filter, on pairs only), the lengths counted as the reference's
+  length study counted them: the user turn without the generation prompt, plus one; a response
+  rendered as a conversation of its own (the template's default system prompt and the assistant
+  header around it), plus one. SFT sequences over 32,768 tokens in all are truncated to it, as the
+  reference's trainer did (``drop_long_sft`` drops them instead).
 
 Output (``data/dataset.py`` reads it): ``sft/`` and ``pairs/``, each a flat ``tokens.bin`` (uint32)
 and an ``items.npy`` table (offsets, lengths, provenance); ``meta.json`` (source names, options); and
@@ -126,10 +129,10 @@ def choose(record: dict, row_key: int, opts: Options) -> tuple[list[str], int | 
     order = list(range(len(gens)))
     if opts.shuffle_generations:
         random.Random(opts.seed * 1_000_003 + row_key).shuffle(order)
-    usable = [i for i in order if gens[i].strip()]
-    chosen = next((i for i in usable if combine(lab[i] for lab in labels)), None)
-    rejected = next((i for i in usable if not combine(lab[i] for lab in labels)), None)
-    reasons = ["empty_generation"] * (len(order) - len(usable))
+    # an empty generation is a generation like any other, as the reference took them
+    chosen = next((i for i in order if combine(lab[i] for lab in labels)), None)
+    rejected = next((i for i in order if not combine(lab[i] for lab in labels)), None)
+    reasons = []
     if chosen is None:
         return reasons + ["no_correct_generation"], None, None
     if rejected is None:
@@ -186,6 +189,19 @@ class Templater:
         ids = self._ids(text + self.end_of_turn)
         return ids if ids and ids[-1] == self.tok.eos_token_id else ids + [self.tok.eos_token_id]
 
+    def reference_prompt_length(self, problem: str) -> int:
+        """The prompt length the paper's pair filter compared (its length study): the user turn
+        rendered without the generation prompt, plus one."""
+        return len(self._ids(self._render([{"role": "user", "content": problem}], False))) + 1
+
+    def reference_response_length(self, text: str, max_tokens: int) -> int | None:
+        """The response length the paper's pair filter compared: the response rendered as a
+        conversation of its own (so with the template's default system prompt and the assistant
+        header), plus one; None when certainly over ``max_tokens``."""
+        if not self._fits(text, max_tokens):
+            return None
+        return len(self._ids(self._render([{"role": "assistant", "content": text}], False))) + 1
+
     def response_prefix(self, text: str, max_tokens: int) -> list[int]:
         """The first ``max_tokens`` ids of a response too long to keep whole (no end-of-turn, no
         EOS: it is cut). Only a prefix of the text that certainly holds them is tokenised; a word
@@ -230,14 +246,15 @@ def _process(batch: list[tuple[int, int, dict]]) -> list[dict]:
             elif long_chosen:  # truncated to the limit, as the reference's trainer did
                 res["sft_response"] = templater.response_prefix(record["generations"][c], cap - len(prompt))
             res.update(source=record["source"], prompt=prompt, chosen=chosen, chosen_gen=c, pair_candidate=r is not None)
-            if r is not None:  # the paper's length filter, on pairs only
-                rejected = templater.response(record["generations"][r], opts.max_response_tokens)
-                if len(prompt) > opts.max_prompt_tokens:
+            if r is not None:  # the paper's length filter, on pairs only, counting as it counted
+                limit = opts.max_response_tokens
+                lengths = [templater.reference_response_length(record["generations"][i], limit) for i in (c, r)]
+                if templater.reference_prompt_length(record["problem"]) > opts.max_prompt_tokens:
                     res["drop"].append("prompt_too_long")
-                elif chosen is None or rejected is None or max(len(chosen), len(rejected)) > opts.max_response_tokens:
+                elif chosen is None or None in lengths or max(lengths) > limit:
                     res["drop"].append("response_too_long")
                 else:
-                    res.update(rejected=rejected, rejected_gen=r)
+                    res.update(rejected=templater.response(record["generations"][r]), rejected_gen=r)
         out.append(res)
     return out
 
@@ -313,8 +330,6 @@ def preprocess(inputs: list[str], output_dir: str, opts: Options, workers: int =
                         raise StrictModeError(f"{where}: {message}")
                     dropped[reason] += 1
                     continue
-                if opts.strict and "empty_generation" in res["drop"]:
-                    raise StrictModeError(f"{where}: an empty generation")
                 for reason in res["drop"]:
                     dropped[reason] += 1
                 if "prompt" not in res:

@@ -1,10 +1,16 @@
-"""Final answers: the last ``\\boxed{...}`` of a generation, checked against the reference.
+"""Final answers: a generation's boxed answer, checked against the reference (or any of several).
 
-Two checkers compare the boxed answer with the reference:
+Three checkers:
 
-    math-verify  the default: Hugging Face's Math-Verify, the library of the paper's LightEval runs.
+    rllm         the grader of the paper's tables (DeepScaleR's): the last \\boxed{} after </think>
+                 only, compared by the MATH normalisation, then by sympy (rllm_grader.py); the
+                 final protocol's checker.
+    math-verify  Hugging Face's Math-Verify on the last \\boxed{} of the whole generation, the
+                 library of the paper's LightEval runs (the intermediate protocol's checker).
                  Both sides are parsed from LaTeX into sympy and compared as numbers, expressions,
                  sets, tuples, intervals or equations (units, degrees, \\text and percent handled).
+    letter       multiple choice (GPQA-Diamond): the option letter of the last "Answer: X" line (or
+                 of the last \\boxed{X}), against the reference letter.
     builtin      a small normaliser, the fallback where math-verify cannot be imported: integers
                  (thousands separators too), decimals, fractions (a/b, \\frac, \\dfrac), signs,
                  $, \\left/\\right, spacing, degrees and percent signs stripped; numbers compared
@@ -20,6 +26,8 @@ from __future__ import annotations
 import re
 import warnings
 from fractions import Fraction
+
+from . import rllm_grader
 
 
 def last_boxed(text: str) -> str | None:
@@ -85,7 +93,18 @@ try:
 except ImportError:  # a dependency, so only a broken install lands here
     math_verify = None
 
-CHECKERS = ("math-verify", "builtin")
+CHECKERS = ("math-verify", "rllm", "letter", "builtin")
+# "Answer: C", "**Answer:** (C)", "Answer: $C$": the format LightEval's GPQA prompt asks for
+ANSWER_LETTER = re.compile(r"(?i:answer)\s*\**\s*:\s*\**\s*\$?\s*\(?\s*([ABCD])\b")
+
+
+def chosen_letter(generation: str) -> str | None:
+    found = ANSWER_LETTER.findall(generation)
+    if found:
+        return found[-1].upper()
+    boxed = last_boxed(generation)
+    letter = re.fullmatch(r"\s*\(?\s*(?:\\text\{)?\s*([ABCD])\s*\}?\s*\)?\s*", boxed or "")
+    return letter.group(1) if letter else None
 _warned = False
 
 
@@ -105,6 +124,10 @@ def checker_in_use(checker: str = "math-verify") -> str:
 
 
 def answers_equal(predicted: str, reference: str, checker: str = "math-verify") -> bool:
+    if checker == "rllm":
+        return rllm_grader.equal(predicted, reference)
+    if checker == "letter":
+        return predicted.strip().upper() == reference.strip().upper()
     if checker_in_use(checker) == "builtin":
         return _builtin_equal(predicted, reference)
     try:  # both sides as LaTeX math, as the paper's LightEval runs parsed the boxed answer
@@ -113,6 +136,19 @@ def answers_equal(predicted: str, reference: str, checker: str = "math-verify") 
         return False
 
 
-def is_correct(generation: str, reference: str, checker: str = "math-verify") -> bool:
+def predicted_answer(generation: str, checker: str = "math-verify") -> str | None:
+    """The answer a checker reads from a generation."""
+    if checker == "rllm":
+        return rllm_grader.final_answer(generation)
+    return chosen_letter(generation) if checker == "letter" else last_boxed(generation)
+
+
+def is_correct(generation: str, reference, checker: str = "math-verify") -> bool:
+    """``reference``: the answer, or a list of acceptable ones (any may match)."""
+    if checker == "rllm":
+        return rllm_grader.correct(generation, reference)
+    if checker == "letter":
+        return chosen_letter(generation) == str(reference).strip().upper()
     predicted = last_boxed(generation)
-    return predicted is not None and answers_equal(predicted, reference, checker)
+    references = reference if isinstance(reference, (list, tuple)) else [reference]
+    return predicted is not None and any(answers_equal(predicted, str(r), checker) for r in references)

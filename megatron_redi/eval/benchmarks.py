@@ -1,5 +1,7 @@
-"""The paper's five benchmarks by name: where each lives on the Hugging Face Hub, which columns hold
-its problem and answer, and how many problems it has.
+"""The paper's benchmarks by name: where each lives on the Hugging Face Hub, which columns hold its
+problem and answer, and how many problems it has. The five of its tables, and beside them AIME 2025
+(what users now ask for next to AIME 2024), the 40-problem AMC 2023 set, and GPQA-Diamond (its
+out-of-domain check, Table 5) as multiple choice.
 
 ``prepare(name, source)`` returns the benchmark as the evaluator's rows ``{"problem", "answer",
 ...}``, read from the Hub (``source`` None, through ``datasets``) or from a local copy: a data file
@@ -11,6 +13,7 @@ be the known one: a wrong file, split or config is an error, not a smaller bench
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 from ..cli import UserError
@@ -29,25 +32,40 @@ class Benchmark:
     answer: str
     size: int
     config: str | None = None
+    wrong: tuple[str, ...] = ()  # multiple choice: the columns of the wrong options (the answer becomes a letter)
 
 
 BENCHMARKS = {
     "math500": Benchmark("HuggingFaceH4/MATH-500", "test", "problem", "answer", 500),
     "aime24": Benchmark("HuggingFaceH4/aime_2024", "train", "problem", "answer", 30),
-    "amc23": Benchmark("math-ai/amc23", "test", "question", "answer", 40),
+    # the paper's AMC23: the 83 AMC 12 problems of 2022 and 2023 that DeepScaleR / rllm evaluate (its
+    # pass@16 values are whole counts out of 83, never out of 40: docs/evaluation.md)
+    "amc23": Benchmark("AI-MO/aimo-validation-amc", "train", "problem", "answer", 83),
+    "amc23_40": Benchmark("math-ai/amc23", "test", "question", "answer", 40),  # AMC 2023 alone
     "minerva": Benchmark("math-ai/minervamath", "test", "question", "answer", 272),
     "olympiadbench": Benchmark("Hothan/OlympiadBench", "train", "question", "final_answer", 675,
                                config="OE_TO_maths_en_COMP"),  # open-ended, text-only, maths, English
+    "aime25": Benchmark("yentinglin/aime_2025", "train", "problem", "answer", 30),
+    "gpqa_diamond": Benchmark("Idavidrein/gpqa", "train", "Question", "Correct Answer", 198, config="gpqa_diamond",
+                              wrong=("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")),
 }
+# LightEval's GPQA prompt (after simple-evals), which the multiple-choice rows carry as their problem;
+# evaluate them with --prompt chat --checker letter
+GPQA_TEMPLATE = ("Answer the following multiple choice question. The last line of your response should be of the "
+                 "following format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by "
+                 "step before answering.\n\n{question}\n\nA) {A}\nB) {B}\nC) {C}\nD) {D}")
+LETTERS = "ABCD"
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
-def answer_text(value) -> str:
-    """A reference answer as the evaluator's string: several answers (OlympiadBench's lists) joined by
-    ", ", whole floats (AMC23 stores 27.0) as integers, surrounding $ removed."""
+def answer_text(value):
+    """A reference answer as the evaluator's: a string, whole floats (AMC stores 27.0) as integers,
+    surrounding $ removed; several answers (OlympiadBench's lists) a list of them, any of which is
+    right (as the paper's grader takes them)."""
     if isinstance(value, (list, tuple)):
-        return ", ".join(answer_text(v) for v in value)
+        texts = [answer_text(v) for v in value]
+        return texts[0] if len(texts) == 1 else texts
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip().strip("$").strip()
@@ -80,10 +98,12 @@ def prepare(name: str, source: str | None = None) -> list[dict]:
     try:
         files = local_files(source, bench) if source else [(hub_spec(bench.repo, bench.config, bench.split), "hub")]
         rows = []
+        shuffle = random.Random(0)  # where the right option goes: the same order on every machine
         for raw in read_rows(files):
             if raw.record is None:
                 raise BenchmarkSourceError(f"{raw.file}: row {raw.row}: {raw.error}")
-            rows.append(_row(raw.record, bench, f"{raw.file}: row {raw.row}"))
+            row = _row(raw.record, bench, f"{raw.file}: row {raw.row}")
+            rows.append(_multiple_choice(row, raw.record, bench, shuffle) if bench.wrong else row)
     except RawDataError as e:
         raise BenchmarkSourceError(str(e)) from None
     if len(rows) != bench.size:
@@ -94,12 +114,23 @@ def prepare(name: str, source: str | None = None) -> list[dict]:
     return rows
 
 
+def _multiple_choice(row: dict, record: dict, bench: Benchmark, shuffle: random.Random) -> dict:
+    """The question with its four options (the right one at a seeded random place) as the problem,
+    the right option's letter as the answer."""
+    options = [str(record[c]).strip() for c in bench.wrong]
+    right = shuffle.randrange(4)
+    options.insert(right, str(row["answer"]).strip())
+    problem = GPQA_TEMPLATE.format(question=row["problem"].strip(), **dict(zip(LETTERS, options)))
+    return {**row, "problem": problem, "answer": LETTERS[right]}
+
+
 def _row(record: dict, bench: Benchmark, where: str) -> dict:
-    for column in (bench.problem, bench.answer):
+    for column in (bench.problem, bench.answer, *bench.wrong):
         if record.get(column) in (None, "", []):
             raise BenchmarkSourceError(f"{where}: column {column!r} is missing or empty (columns: {', '.join(record)})")
     if not isinstance(record[bench.problem], str):
         raise BenchmarkSourceError(f"{where}: column {bench.problem!r} is not text")
     kept = {k: v for k, v in record.items()  # scalar metadata (level, subject, id) rides along
-            if k not in (bench.problem, bench.answer, "problem", "answer") and isinstance(v, (str, int, float, bool))}
+            if k not in (bench.problem, bench.answer, "problem", "answer", *bench.wrong)
+            and isinstance(v, (str, int, float, bool))}
     return {"problem": record[bench.problem], "answer": answer_text(record[bench.answer]), **kept}

@@ -1,5 +1,6 @@
-"""How a benchmark is evaluated: one dataclass, whose defaults are the paper's protocol (Appendix C.5),
-read by tools/evaluate.py and by the trainer's in-training evaluation alike."""
+"""How a benchmark is evaluated: one dataclass, read by tools/evaluate.py and by the trainer's
+in-training evaluation alike. Its defaults decode as the paper did (Appendix C.5); the paper's two
+protocols, ``intermediate`` and ``final``, are named below with what they score."""
 
 from __future__ import annotations
 
@@ -36,32 +37,59 @@ class Protocol:
         return self.temperature <= 0
 
     def record(self) -> dict:
-        """What a summary states about how it was obtained."""
-        return {"samples": self.samples, "temperature": self.temperature, "top_p": 1.0 if self.greedy else self.top_p,
-                "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
+        """What a summary states about how it was obtained: the protocol's name and every setting."""
+        return {"name": name_of(self), "samples": self.samples, "temperature": self.temperature,
+                "top_p": 1.0 if self.greedy else self.top_p, "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
                 "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)",
                 "checker": checker_in_use(self.checker)}
 
 
+# The paper's two protocols by name (Appendix C.5). Both decode alike (the defaults above); they
+# differ in how many samples they score and with which checker, and in their benchmarks.
+NAMED = {
+    # LightEval on MATH-500: tuning, the figures, picking a run's best checkpoint
+    "intermediate": {"samples": 4, "checker": "math-verify"},
+    # DeepScaleR / rllm on the five benchmarks: the tables (pass@1 over 16 samples, and pass@16)
+    "final": {"samples": 16, "checker": "rllm"},
+}
+BENCHMARKS = {"intermediate": ("math500",), "final": ("math500", "aime24", "amc23", "minerva", "olympiadbench")}
+
+
+def named(name: str, **changes) -> Protocol:
+    if name not in NAMED:
+        raise ConfigError(f"protocol {name!r} is not one of {', '.join(NAMED)}")
+    return Protocol(**{**NAMED[name], **changes})
+
+
+def name_of(protocol: Protocol) -> str:
+    """The named protocol whose every setting ``protocol`` has, or "custom"."""
+    return next((name for name in NAMED if named(name) == protocol), "custom")
+
+
 def add_protocol_arguments(parser, scoring: bool = True) -> None:
-    """The protocol's command-line options, defaulting to the paper's: how to generate, and with
-    ``scoring`` how many samples and how to score them (tools/evaluate.py, tools/analyze.py)."""
-    paper = Protocol()
+    """The protocol's command-line options: ``--protocol NAME`` (with ``scoring``) and each setting,
+    which, when given, changes the named protocol's (tools/evaluate.py, tools/analyze.py)."""
     if scoring:
-        parser.add_argument("--samples", type=int, default=paper.samples, help="k generations per problem")
-        parser.add_argument("--sem-ddof", type=int, choices=(0, 1), default=paper.sem_ddof,
+        parser.add_argument("--protocol", choices=sorted(NAMED),
+                            help="the paper's protocol: intermediate (MATH-500, 4 samples, math-verify) or final (the "
+                                 "tables: 16 samples, the rllm grader); each option below changes one of its settings")
+        parser.add_argument("--samples", type=int, help="k generations per problem")
+        parser.add_argument("--sem-ddof", type=int, choices=(0, 1),
                             help="the SEM's standard deviation: 0 population (the reference's), 1 sample")
-        parser.add_argument("--checker", choices=CHECKERS, default=paper.checker, help="how answers are compared")
-    parser.add_argument("--max-new-tokens", type=int, default=paper.max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=paper.temperature)
-    parser.add_argument("--top-p", type=float, default=paper.top_p)
+        parser.add_argument("--checker", choices=CHECKERS, help="how answers are compared")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
     parser.add_argument("--greedy", action="store_true", help="temperature 0")
-    parser.add_argument("--prompt", choices=PROMPT_STYLES, default=paper.prompt)
-    parser.add_argument("--no-force-think", dest="force_think", action="store_false",
+    parser.add_argument("--prompt", choices=PROMPT_STYLES)
+    parser.add_argument("--no-force-think", dest="force_think", action="store_false", default=None,
                         help='do not start the answer with "<think>"')
 
 
-def protocol_from_arguments(args) -> Protocol:
-    scoring = {k: getattr(args, k) for k in ("samples", "sem_ddof", "checker") if hasattr(args, k)}
-    return Protocol(temperature=0.0 if args.greedy else args.temperature, top_p=args.top_p,
-                    max_new_tokens=args.max_new_tokens, prompt=args.prompt, force_think=args.force_think, **scoring)
+def protocol_from_arguments(args, default: str = "final") -> Protocol:
+    """The protocol named by ``--protocol`` (else ``default``), with the settings given changed."""
+    changes = {key: value for key in ("samples", "sem_ddof", "checker", "max_new_tokens", "temperature", "top_p",
+                                      "prompt", "force_think") if (value := getattr(args, key, None)) is not None}
+    if args.greedy:
+        changes["temperature"] = 0.0
+    return named(getattr(args, "protocol", None) or default, **changes)

@@ -14,18 +14,20 @@ from tqdm import tqdm
 
 from ..cli import UserError
 from ..parallel.collectives import all_gather_objects
-from .answers import is_correct, last_boxed
+from .answers import is_correct, predicted_answer
 from .generate import generate
 from .metrics import summarize
 from .protocol import PROMPT_STYLES, Protocol
 
-# The prompt the paper used (Appendix C.5, after Open-R1 / LightEval's MATH template).
+# The prompt the paper used (Appendix C.5, after Open-R1 / LightEval's MATH template), byte for byte:
+# two spaces after "clearly.", as in the reference's evaluations.
 LIGHTEVAL_TEMPLATE = (
-    "Solve the following math problem efficiently and clearly. The last line of your response should be "
+    "Solve the following math problem efficiently and clearly.  The last line of your response should be "
     "of the following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. I hope it is correct' "
     "(without quotes) where ANSWER is just the final number or expression that solves the problem. Think "
     "step by step before answering.\n\n{question}"
 )
+FORCED_THINK = "<think>\n"  # how the paper's models start every answer (their chat template forces it)
 
 
 class BenchmarkError(UserError):
@@ -52,11 +54,12 @@ def load_benchmark(path: str, max_problems: int | None = None) -> list[dict]:
                                          "problem and answer")
                 if not isinstance(row.get("problem"), str) or not row["problem"].strip():
                     raise BenchmarkError(f"{path}: line {i}: field 'problem' is missing or not a non-empty string")
-                if isinstance(row.get("answer"), bool) or not isinstance(row.get("answer"), (str, int, float)) \
-                        or not str(row["answer"]).strip():  # an empty answer would match an empty \boxed{}
-                    raise BenchmarkError(f"{path}: line {i}: field 'answer' is missing, empty or not a string or "
-                                         "number")
-                row["answer"] = str(row["answer"])
+                answers = row.get("answer") if isinstance(row.get("answer"), list) else [row.get("answer")]
+                if not answers or any(isinstance(a, bool) or not isinstance(a, (str, int, float)) or not str(a).strip()
+                                      for a in answers):  # an empty answer would match an empty \boxed{}
+                    raise BenchmarkError(f"{path}: line {i}: field 'answer' is missing, empty or not a string, a "
+                                         "number or a list of them")
+                row["answer"] = [str(a) for a in answers] if isinstance(row["answer"], list) else str(answers[0])
                 problems.append(row)
     except FileNotFoundError:
         raise BenchmarkError(f"{path}: no such benchmark file") from None
@@ -84,8 +87,10 @@ def prompt_text(tokenizer, problem: str, style: str, force_think: bool) -> str:
         content = LIGHTEVAL_TEMPLATE.format(question=problem) if style == "lighteval" else problem
         text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
-    if force_think:  # the paper fixes "<think>" as the first generated token of its models
-        text += "<think>"
+    if force_think and not text.endswith(FORCED_THINK):
+        # the generation prompt of the paper's models, "<|im_start|>assistant<think>\n": the assistant
+        # header's newline replaced by "<think>\n"
+        text = text.removesuffix("\n") + FORCED_THINK
     return text
 
 
@@ -147,7 +152,7 @@ def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, check
     """One row per problem index: the problem's fields, its generations (text and length in
     tokens), the boxed answers and which are correct."""
     return [{**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
-             "predicted": [last_boxed(t) for t in texts[i]],
+             "predicted": [predicted_answer(t, checker) for t in texts[i]],
              "correct": [is_correct(t, problems[i]["answer"], checker) for t in texts[i]]} for i in indices]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ..config import load_yaml
-from ..eval.protocol import Protocol
+from ..eval.protocol import NAMED, Protocol, named
 from ..training.checkpointing import checkpoint_dirs
 from ..training.metrics import read_metrics
 from .pipeline import Command, RecipeError, Stage, duration
@@ -89,9 +89,10 @@ class Settings:
             raise RecipeError(f"{path}: expected a mapping of protocols (intermediate, final)")
         for name in ("intermediate", "final"):
             settings = dict(protocols.get(name) or {})
-            unknown = set(settings) - {"benchmarks", "select_by", "batch_size"} - set(Protocol.__dataclass_fields__)
-            if unknown or not settings.get("benchmarks"):
-                raise RecipeError(f"{path}: {name}: unknown keys {sorted(unknown)} or no benchmarks")
+            unknown = set(settings) - {"protocol", "benchmarks", "select_by", "batch_size"} - set(Protocol.__dataclass_fields__)
+            if unknown or not settings.get("benchmarks") or settings.get("protocol") not in NAMED:
+                raise RecipeError(f"{path}: {name}: unknown keys {sorted(unknown)}, no benchmarks, or a protocol not "
+                                  f"one of {', '.join(NAMED)}")
         return protocols
 
 
@@ -297,8 +298,10 @@ def evaluation_plan(s: Settings, p: dict, run: str | None = None) -> str:
         problems = sum(_count_lines(os.path.join(s.bench, f"{b}.jsonl")) for b in p["benchmarks"])
     except OSError:
         return ""
-    per = p["samples"] * problems
-    text = f"{p['samples']} samples x {problems:,} problems = {per:,} generations of up to {p['max_new_tokens']:,} tokens"
+    protocol = _protocol(p)
+    per = protocol.samples * problems
+    text = (f"{protocol.samples} samples x {problems:,} problems = {per:,} generations of up to "
+            f"{protocol.max_new_tokens:,} tokens")
     if run is None:
         return text
     kept = len(checkpoint_dirs(os.path.join(s.out, run, "checkpoints")))
@@ -309,6 +312,11 @@ def evaluation_plan(s: Settings, p: dict, run: str | None = None) -> str:
 
 def _tokenized(s: Settings) -> str:
     return os.path.join(s.out, "data", "tokenized")
+
+
+def _protocol(p: dict) -> Protocol:
+    """The Protocol an entry of evaluation.yaml evaluates with: its named one, with its changes."""
+    return named(p["protocol"], **{k: v for k, v in p.items() if k in Protocol.__dataclass_fields__})
 
 
 def _benchmark_files(s: Settings, p: dict) -> tuple[str, ...]:

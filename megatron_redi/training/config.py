@@ -107,7 +107,7 @@ class TrainSection:
 
 @dataclass
 class CheckpointSection:
-    every: int = 0  # steps between checkpoints (0: only at the end)
+    every: int | str = 0  # steps between checkpoints (0: only at the end), or "epoch": at the end of each epoch
     keep: int = 3  # newest checkpoints kept whole (weights and training state: resumable)
     keep_weights: bool = True  # older ones keep their weights (bf16, no training state) for picking the best step
     resume: bool = True  # continue from the newest good checkpoint in output_dir (false: output_dir must hold none)
@@ -166,9 +166,13 @@ class TrainConfig:
         at_least = {"data.global_batch": (self.data.global_batch, 1), "train.epochs": (self.train.epochs, 1),
                     "data.micro_batch_tokens": (self.data.micro_batch_tokens, 1),
                     "checkpoint.keep": (self.checkpoint.keep, 1),  # 0 would delete even the final checkpoint
-                    "checkpoint.every": (self.checkpoint.every, 0), "train.log_every": (self.train.log_every, 1),
+                    "train.log_every": (self.train.log_every, 1),
                     "train.max_bad_steps": (self.train.max_bad_steps, 1), "eval.every": (self.eval.every, 0),
                     "eval.samples": (self.eval.samples, 1), "collapse.window": (self.collapse.window, 1)}
+        if self.checkpoint.every != "epoch":
+            if isinstance(self.checkpoint.every, str):
+                raise TrainConfigError(f"checkpoint.every must be a number of steps or epoch, got {self.checkpoint.every!r}")
+            at_least["checkpoint.every"] = (self.checkpoint.every, 0)
         # optional ones: when set
         for name, value in {"train.max_steps": self.train.max_steps, "eval.max_problems": self.eval.max_problems,
                             "model.max_position_embeddings": self.model.max_position_embeddings}.items():
@@ -201,6 +205,10 @@ def _coerce(value, annotation: str, where: str):
     """A YAML value as the field's declared type ("1e-6" is a string to YAML, a float here)."""
     optional = annotation.endswith("| None")
     base = annotation.replace("| None", "").strip()
+    if base == "int | str":  # a count, or a word the field names ("epoch")
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value.strip()):
+            return value
+        base = "int"
     if value is None:
         if optional:
             return None

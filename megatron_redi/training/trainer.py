@@ -328,7 +328,7 @@ class Trainer:
                     path = self.save_checkpoint()
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
                                           f"checkpoint {path} written; run the same command again to resume")
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < last:
+                if self._checkpoint_due() and self.step < last:
                     self.save_checkpoint()
             # The last save and the export run under the same handlers: a signal meanwhile lets them
             # finish, then the run stops as at any other step (exit 3), and the same command finishes it.
@@ -344,6 +344,12 @@ class Trainer:
                                           f"{cfg.train.export_hf} written; the run is complete")
         self.logger.close()
         return final
+
+    def _checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint.every
+        if every == "epoch":  # the paper's SFT checkpoints (its Figure 2 is per epoch)
+            return self.step % self.sampler.steps_per_epoch == 0
+        return bool(every) and self.step % every == 0
 
     def _stop_requested(self, signals: StopSignals) -> bool:
         """Whether any rank received a signal: one answer for all, so that all take the same branch."""

@@ -30,8 +30,9 @@ OPTS = Options(tokenizer="unused")
     (row(valid="no"), (["invalid_problem"], None, None)),
     (row(valid="YES"), ([], 0, 1)),
     (row(source="cn_k12"), (["excluded_source"], None, None)),
-    # empty generations are never chosen, and are counted
-    (row(gens=("", "good", "bad"), llama=(True, True, False), mv=(True, True, False)), (["empty_generation"], 1, 2)),
+    # an empty generation is one like any other, as the reference took them
+    (row(gens=("", "good", "bad"), llama=(True, True, False), mv=(True, True, False)), ([], 0, 2)),
+    (row(gens=("good", "", "bad"), llama=(True, False, False), mv=(True, False, False)), ([], 0, 1)),
     # labels may be strings or missing (None counts as not verified)
     (row(gens=("a", "b"), llama=("True", None), mv=(True, True)), ([], 0, 1)),
 ])
@@ -307,3 +308,48 @@ def test_long_sft_sequences_are_truncated_by_default_and_every_stage_is_counted(
                                  drop_long_sft=True), progress=False)
     assert (dropped["sft_rows"], dropped["sft_truncated"]) == (2, 0)
     assert dropped["dropped"] == {"response_too_long": 2, "sft_too_long": 1}
+
+
+# A Qwen2.5-Math-style template: its default system prompt whenever the conversation does not start
+# with one (so also around a response rendered alone, as the reference's length study rendered it)
+QWEN_MATH_TEMPLATE = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nPlease reason step by step, "
+                      "and put your final answer within \\\\boxed{}.<|im_end|>\\n' }}{% endif %}{% for m in messages %}"
+                      "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+                      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_the_pair_filter_counts_as_the_reference_did(tiny_tokenizer_dir, tmp_path):
+    """The reference's length study: the prompt as the user turn without the generation prompt, plus
+    one; each response rendered as a conversation of its own (system prompt, assistant header,
+    end of turn), plus one; a pair kept when the prompt is at most 800 and both responses at most
+    19,000 (here: limits set at the boundary of hand-made rows)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.chat_template = QWEN_MATH_TEMPLATE
+    tok.save_pretrained(tmp_path / "tok")
+
+    def count(messages):  # the study's count, written out here as the specification
+        return len(tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]) + 1
+
+    problem, good, bad = "Compute 1+2.", "so 1 + 2 = 3 " * 5, "so 1 + 2 = 4 " * 6
+    prompt_len = count([{"role": "user", "content": problem}])
+    response_len = max(count([{"role": "assistant", "content": g}]) for g in (good, bad))
+    (tmp_path / "raw.jsonl").write_text(json.dumps(row(gens=(good, bad), problem=problem)) + "\n")
+
+    def pairs_kept(max_prompt, max_response):
+        out = tmp_path / f"out_{max_prompt}_{max_response}"
+        report = preprocess([str(tmp_path / "raw.jsonl")], str(out), Options(
+            tokenizer=str(tmp_path / "tok"), max_prompt_tokens=max_prompt, max_response_tokens=max_response),
+            progress=False)
+        return report["pairs"], report["dropped"]
+
+    assert pairs_kept(prompt_len, response_len) == (1, {})
+    assert pairs_kept(prompt_len - 1, response_len) == (0, {"prompt_too_long": 1})
+    assert pairs_kept(prompt_len, response_len - 1) == (0, {"response_too_long": 1})
+    # what is trained on is counted otherwise: the prompt with the generation prompt opened, the
+    # response without a system prompt of its own
+    templater = Templater(str(tmp_path / "tok"))
+    header = len(tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])  # 3 for Qwen's vocabulary
+    assert len(templater.prompt(problem)) == prompt_len - 1 + header
+    assert len(templater.response(bad)) < response_len - 10

@@ -1,5 +1,5 @@
-"""The five benchmarks from local copies in each Hub dataset's column layout (no network here),
-and from the Hub through a stand-in for datasets.load_dataset."""
+"""The benchmarks from local copies in each Hub dataset's column layout (no network here), and from
+the Hub through a stand-in for datasets.load_dataset."""
 
 import json
 import os
@@ -23,9 +23,17 @@ def _rows(name, n):  # each dataset's columns and answer types
     if name == "aime24":
         return [{"id": 60 + i, "problem": f"p{i}", "solution": "s", "answer": str(i), "url": "u", "year": "2024"}
                 for i in range(n)]
-    if name == "amc23":
-        return [{"id": i, "question": f"q{i}", "answer": float(i) + (0.5 if i == 1 else 0.0), "url": "u"}
+    if name == "amc23":  # AI-MO/aimo-validation-amc
+        return [{"id": i, "problem": f"p{i}", "answer": float(i) + (0.5 if i == 1 else 0.0), "url": "u"}
                 for i in range(n)]
+    if name == "amc23_40":
+        return [{"id": i, "question": f"q{i}", "answer": float(i), "url": "u"} for i in range(n)]
+    if name == "aime25":
+        return [{"problem": f"p{i}", "answer": str(i), "solution": "s", "id": i} for i in range(n)]
+    if name == "gpqa_diamond":
+        return [{"Question": f"q{i}", "Correct Answer": f"right {i}", "Incorrect Answer 1": "w1",
+                 "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3", "Record ID": f"rec{i}",
+                 "Subdomain": "Physics"} for i in range(n)]
     if name == "minerva":
         return [{"question": f"q{i}", "answer": f"{i} \\mathrm{{~m}}"} for i in range(n)]
     return [{"id": 1600 + i, "question": f"q{i}", "solution": ["s"], "final_answer": [f"${i}$"] + (["$7$"] if i == 0 else []),
@@ -48,6 +56,9 @@ def make_copy(root, name, n=None):
     elif name == "olympiadbench":  # one directory per config
         _parquet(os.path.join(root, "OE_TO_maths_en_COMP", "train-00000-of-00001.parquet"), rows)
         _parquet(os.path.join(root, "OE_TO_physics_en_COMP", "train-00000-of-00001.parquet"), rows[:5])
+    elif name == "gpqa_diamond":  # one CSV... here parquet, per config, at the top
+        _parquet(os.path.join(root, "gpqa_diamond", "train-00000-of-00001.parquet"), rows)
+        _parquet(os.path.join(root, "gpqa_main", "train-00000-of-00001.parquet"), rows * 2)
     else:
         _parquet(os.path.join(root, "data", f"{BENCHMARKS[name].split}-00000-of-00001.parquet"), rows)
     open(os.path.join(root, "README.md"), "w").close()
@@ -57,15 +68,23 @@ def make_copy(root, name, n=None):
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_each_benchmark_from_a_local_copy(name, tmp_path):
     rows = prepare(name, make_copy(tmp_path / name, name))
-    assert len(rows) == BENCHMARKS[name].size and all(isinstance(r["answer"], str) for r in rows)
+    assert len(rows) == BENCHMARKS[name].size
+    if name == "gpqa_diamond":
+        assert all(r["answer"] in "ABCD" for r in rows) and len({r["answer"] for r in rows}) == 4
+        r = rows[3]
+        assert r["problem"].startswith("Answer the following multiple choice question.") and "\n\nq3\n\nA) " in r["problem"]
+        assert f"{r['answer']}) right 3" in r["problem"] and r["Record ID"] == "rec3"
+        assert [x["answer"] for x in prepare(name, make_copy(tmp_path / "again", name))] == [x["answer"] for x in rows]
+        return
+    assert all(isinstance(r["answer"], str) for r in rows[1:])
     assert rows[3]["problem"] in ("p3", "q3")
-    expected = {"math500": "\\frac{3}{2}", "aime24": "3", "amc23": "3", "minerva": "3 \\mathrm{~m}",
-                "olympiadbench": "3"}[name]
+    expected = {"math500": "\\frac{3}{2}", "aime24": "3", "aime25": "3", "amc23": "3", "amc23_40": "3",
+                "minerva": "3 \\mathrm{~m}", "olympiadbench": "3"}[name]
     assert rows[3]["answer"] == expected
     if name == "amc23":
         assert rows[1]["answer"] == "1.5"  # only whole floats become integers
-    if name == "olympiadbench":
-        assert rows[0]["answer"] == "0, 7" and rows[0]["is_multiple_answer"] is True
+    if name == "olympiadbench":  # several answers: any of them is right
+        assert rows[0]["answer"] == ["0", "7"] and rows[0]["is_multiple_answer"] is True
     if name == "math500":
         assert rows[3]["level"] == 3 and rows[3]["subject"] == "Algebra"  # metadata rides along
 
@@ -114,9 +133,28 @@ def test_the_command_line_writes_a_benchmark_the_evaluator_reads(tmp_path):
     out = tmp_path / "amc23.jsonl"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "prepare_benchmarks.py"), "amc23", "--output", str(out),
            "--source", source]
-    assert "40 problems" in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert len(load_benchmark(str(out))) == 40
+    assert "83 problems" in subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert len(load_benchmark(str(out))) == 83
     again = subprocess.run(cmd, capture_output=True, text=True)  # an existing output is kept
-    assert again.returncode == 2 and "exists" in again.stderr and len(load_benchmark(str(out))) == 40
+    assert again.returncode == 2 and "exists" in again.stderr and len(load_benchmark(str(out))) == 83
     inside = subprocess.run(cmd[:4] + [os.path.join(source, "x.jsonl"), "--source", source], capture_output=True, text=True)
     assert inside.returncode == 2 and "refused" in inside.stderr
+
+
+def test_the_40_problem_amc_set_is_not_the_paper_s(tmp_path):
+    """A 40-problem AMC23 (math-ai/amc23's layout) is refused as amc23: the paper's is the 83-problem set."""
+    with pytest.raises(BenchmarkSourceError, match="40 problems, but amc23 has 83"):
+        prepare("amc23", make_copy(tmp_path / "amc40", "amc23", n=40))
+    assert len(prepare("amc23_40", make_copy(tmp_path / "forty", "amc23_40"))) == 40
+
+
+def test_a_list_of_answers_is_read_and_any_of_them_is_right(tmp_path):
+    from megatron_redi.eval.answers import is_correct
+
+    (tmp_path / "b.jsonl").write_text(json.dumps({"problem": "p", "answer": ["2", "3"]}) + "\n")
+    row = load_benchmark(str(tmp_path / "b.jsonl"))[0]
+    assert row["answer"] == ["2", "3"]
+    for checker in ("math-verify", "rllm", "builtin"):
+        assert is_correct("<think>x</think> \\boxed{3}", row["answer"], checker)
+        assert not is_correct("<think>x</think> \\boxed{4}", row["answer"], checker)
+

@@ -106,7 +106,7 @@ def test_the_default_protocol_is_the_paper_s_and_is_recorded():
     assert p.record()["sem_std"] == "population (ddof 0)" and p.record()["checker"] == "math-verify"
     in_training = Protocol.record(load_config(None, ["--model.path", "m", "--data.path", "d"]).eval)
     # the trainer's quick look decodes and scores as the paper does, on fewer, shorter samples
-    assert in_training == {**p.record(), "samples": 1, "max_new_tokens": 4096}
+    assert in_training == {**p.record(), "samples": 1, "max_new_tokens": 4096, "name": "custom"}
     assert Protocol(temperature=0).record()["top_p"] == 1.0
     with pytest.raises(ValueError, match="prompt must be one of"):
         Protocol(prompt="fancy")
@@ -126,7 +126,38 @@ def test_generations_made_elsewhere_are_scored_as_evaluate_scores_its_own(tiny_c
     again, again_summary = score(problems, [r["generations"] for r in results], [r["lengths"] for r in results], protocol)
     assert again == results and again_summary == summary
     text = prompt_text(tokenizer, "1 + 1", "lighteval", True)
-    assert text.endswith("<think>") and "\\boxed{ANSWER}" in text
+    assert text.endswith("<think>\n") and "\\boxed{ANSWER}" in text
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == build_prompt(tokenizer, "1 + 1", "lighteval", True)
     with pytest.raises(ValueError, match="need 2 generations for each of the 3 problems"):
         score(problems, [["x"]] * 3, [[1]] * 3, protocol)
+
+
+# Qwen2.5-Math's chat template, as far as one user turn goes: its default system prompt, the turn,
+# the assistant header. The paper's models replaced the header's newline by a forced "<think>\n".
+QWEN_MATH_TEMPLATE = ("{{ '<|im_start|>system\\nPlease reason step by step, and put your final answer within "
+                      "\\\\boxed{}.<|im_end|>\\n' }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + "
+                      "m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                      "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_the_prompt_is_the_reference_s_byte_for_byte(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from megatron_redi.eval import build_prompt, prompt_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.chat_template = QWEN_MATH_TEMPLATE
+    want = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+            "<|im_start|>user\nSolve the following math problem efficiently and clearly.  The last line of your "
+            "response should be of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope "
+            "it is correct' (without quotes) where ANSWER is just the final number or expression that solves the "
+            "problem. Think step by step before answering.\n\nWhat is $1 + 1$?<|im_end|>\n"
+            "<|im_start|>assistant<think>\n")
+    assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
+    assert build_prompt(tokenizer, "What is $1 + 1$?", "lighteval", True) == \
+        tokenizer(want, add_special_tokens=False)["input_ids"]
+    # a template that forces the thinking itself (the paper's models') is left as it is
+    tokenizer.chat_template = QWEN_MATH_TEMPLATE.replace("assistant\\n' }}", "assistant<think>\\n' }}")
+    assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
+    assert prompt_text(tokenizer, "x", "chat", False).endswith("<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant<think>\n")
+

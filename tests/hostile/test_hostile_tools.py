@@ -81,9 +81,16 @@ def test_sweep_script_onto_its_config(sweep, tmp_path, capsys):
 
 def test_sweep_runs_inside_their_data(sweep, tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    err = refused(sweep, "--config", CONFIG, "--preset", "simpo", "--model", "m", "--data", tmp_path / "data", "--out",
+    err = refused(sweep, "--config", CONFIG, "--preset", "redi", "--model", "m", "--data", tmp_path / "data", "--out",
                   tmp_path / "data", capsys=capsys)
     assert "refused, it would overwrite" in err and not os.listdir(tmp_path / "data")
+
+
+def test_sweep_preset_of_another_loss(sweep, tmp_path, capsys):
+    err = refused(sweep, "--config", CONFIG, "--preset", "dpo", "--model", "m", "--data", "d", "--out",
+                  tmp_path / "runs", capsys=capsys)
+    assert "--preset dpo sweeps dpo's settings, but" in err and "loss.type redi" in err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("grid, message", [("optim.learning_rate=1e-6,2e-6", "no key 'learning_rate' in optim"),

@@ -292,3 +292,16 @@ def test_in_training_evaluation_is_cheap_by_default_and_says_its_cost(tiny_run_i
     told = capsys.readouterr().out
     assert "in-training evaluation: 3 problems x 1 samples of up to 4 tokens took" in told
     assert "2 more in this run: about" in told and told.count("in-training evaluation") == 1
+
+
+def test_checkpoints_at_the_end_of_each_epoch(tiny_run_inputs, tmp_path):
+    """checkpoint.every: epoch, as the paper saved its SFT runs (an epoch is not a round number of steps)."""
+    from megatron_redi.training import Trainer, checkpointing
+
+    data, model = tiny_run_inputs
+    trainer = Trainer(config(data, model, tmp_path / "run", "--checkpoint.every", "epoch", "--checkpoint.keep", "5",
+                             "--train.epochs", "2", "--train.max_steps", "1000", stage="sft", loss="sft"))
+    per_epoch = trainer.sampler.steps_per_epoch
+    trainer.run()
+    steps = sorted(step for step, _ in checkpointing.checkpoint_dirs(str(tmp_path / "run" / "checkpoints")))
+    assert steps == [per_epoch, 2 * per_epoch] and per_epoch > 1
