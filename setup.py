@@ -66,5 +66,7 @@ setup(
         "test": ["pytest>=8", "pyflakes>=3"],  # pyflakes: tests/test_static.py
         # GPU machines: the Triton kernels, and Liger for the throughput benchmark's HF comparison
         "gpu": ["triton>=3.1", "liger-kernel>=0.5"],
+        # tools/evaluate.py --engine vllm: the final protocol at the paper's scale
+        "vllm": ["vllm>=0.6"],
     },
 )

@@ -1,8 +1,16 @@
 #!/usr/bin/env python
 """Generation speed: the evaluator's generator against transformers' generate() with a static
-cache, on the same random model and the same prompts, in one run.
+cache, on the same random model and the same prompts, in one run; or (--batching) its continuous
+batching against the static batching it replaced, on generations of long-tailed lengths.
 
     python tools/benchmark_generation.py --preset qwen2.5-0.5b --layers 2 --json gen.json
+    python tools/benchmark_generation.py --batching --jobs 64 --batch 16 --new-tokens 256 --json batching.json
+
+--batching: --jobs generations sampled at temperature 1 from the random model, each stopping when it
+draws one of a set of stop tokens sized so that a generation's expected length is a quarter of
+--new-tokens: most stop early, a few run to the limit, as reasoning traces do. Both ways generate
+the very same tokens (each job has its own seed; checked), so the ratio of their tokens/s is what
+continuous batching buys.
 
 Both decode greedily and exactly --new-tokens per prompt (no stop token), so that they do the
 same work; tokens/s counts generated tokens over the wall time of the whole batch (prefill
@@ -22,7 +30,7 @@ import torch
 from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
 from megatron_redi.config import PRESETS, preset
-from megatron_redi.eval.generate import generate
+from megatron_redi.eval.generate import generate, generate_samples
 from megatron_redi.fixtures import write_random_hf_checkpoint
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize
@@ -54,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3, help="best of this many timed calls")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--batching", action="store_true", help="continuous against static batching instead")
+    p.add_argument("--jobs", type=int, default=64, help="--batching: generations of the workload")
     args = p.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
@@ -65,6 +75,8 @@ def main(argv=None) -> int:
         write_random_hf_checkpoint(tmp, cfg, dtype)
         ours = from_pretrained(tmp, initialize(tensor_parallel_size=1), dtype=dtype).eval()
         hf = AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=dtype).to(device).eval()
+    if args.batching:
+        return _batching(args, ours, cfg, device)
     prompts = torch.randint(1, cfg.vocab_size, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
 
     def run_ours():
@@ -86,10 +98,44 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "identical_sequences": same,
               "ours_tokens_per_s": tokens / ours_s, "transformers_static_tokens_per_s": tokens / hf_s}
     result["ratio"] = result["ours_tokens_per_s"] / result["transformers_static_tokens_per_s"]
+    _report(result, args.json)
+    return 0
+
+
+def _report(result: dict, path: str | None) -> None:
     print(json.dumps(result, indent=2))
-    if args.json:
-        with atomic_file(args.json) as f:
+    if path:
+        with atomic_file(path) as f:
             json.dump(result, f, indent=2)
+
+
+def _batching(args, model, cfg, device) -> int:
+    prompts = torch.randint(1, cfg.vocab_size, (args.jobs, args.prompt_len),
+                            generator=torch.Generator().manual_seed(1)).tolist()
+    # stop tokens drawn with probability about 4 / new_tokens per step at temperature 1
+    stops = set(range(1, 1 + max(1, round(4 * cfg.vocab_size / args.new_tokens))))
+    outputs = {}
+
+    def run(refill):
+        def call():
+            outputs[refill] = generate_samples(model, prompts, 1, args.new_tokens, stops, temperature=1.0, top_p=1.0,
+                                               seed=0, batch_size=args.batch, refill=refill)
+        return call
+
+    static_s, continuous_s = _best_times([run(False), run(True)], args.repeats)
+    if outputs[False] != outputs[True]:
+        raise AssertionError("static and continuous batching generated different tokens")
+    lengths = sorted(len(g[0]) for g in outputs[True])
+    tokens = sum(lengths)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "preset": args.preset,
+              "layers": cfg.num_layers, "jobs": args.jobs, "batch": args.batch, "prompt_len": args.prompt_len,
+              "max_new_tokens": args.new_tokens, "threads": torch.get_num_threads(), "generated_tokens": tokens,
+              "length_p50": lengths[len(lengths) // 2], "length_p90": lengths[int(0.9 * len(lengths))],
+              "length_max": lengths[-1], "at_the_limit": sum(n == args.new_tokens for n in lengths),
+              "identical_generations": True, "static_tokens_per_s": tokens / static_s,
+              "continuous_tokens_per_s": tokens / continuous_s}
+    result["ratio"] = result["continuous_tokens_per_s"] / result["static_tokens_per_s"]
+    _report(result, args.json)
     return 0
 
 

@@ -36,19 +36,22 @@ import gc
 import json
 import os
 import sys
+import time
 
 import torch
 
 from megatron_redi.atomic import atomic_file, check_output, fingerprint
 from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
-from megatron_redi.eval import evaluate, load_benchmark
+from megatron_redi.eval import evaluate, load_benchmark, prompt_text, score, vllm_engine
 from megatron_redi.eval.runner import benchmark_digest
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize, shutdown
 from megatron_redi.training.checkpointing import list_checkpoints
+
+VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 def named_benchmarks(specs: list[str]) -> dict[str, str]:
@@ -99,6 +102,10 @@ def main(argv=None) -> int:
                    help="under torchrun: how long a rank may wait for the slowest one's share of a benchmark "
                         "before the run ends (long generations make the shares uneven)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (generations, tokens/s, ETA)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the size of the work, then stop")
+    p.add_argument("--engine", choices=("builtin", "vllm"), default="builtin",
+                   help="who generates: this package's generator, or vLLM (pip install 'megatron_redi[vllm]'; run "
+                        "without torchrun: it uses the visible GPUs, --tp per replica); the scoring is the same")
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -122,22 +129,48 @@ def main(argv=None) -> int:
             old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"][name])
             if old:
                 e["benchmarks"][name] = old
-    parallel = initialize(tensor_parallel_size=args.tp, timeout_minutes=args.timeout_minutes)
+    work = [(e["label"], name) for e in entries for name in benchmarks if name not in e["benchmarks"]]
+    generations = protocol.samples * sum(len(benchmarks[name]) for _, name in work)
+    plan = (f"{len(work)} evaluations to run ({len(entries)} checkpoints x {len(benchmarks)} benchmarks, "
+            f"{len(entries) * len(benchmarks) - len(work)} done before), protocol {protocol.record()['name']}: "
+            f"{generations:,} generations of up to {protocol.max_new_tokens:,} new tokens "
+            f"({generations * protocol.max_new_tokens:,} tokens at most)")
+    if args.dry_run:
+        print(plan)
+        return 0
+    if args.engine == "vllm":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--engine vllm runs in one process (vLLM spreads over the GPUs itself): run it without "
+                              "torchrun")
+        vllm_engine.import_vllm()  # installed, or exit 2 now
+    parallel = initialize(tensor_parallel_size=1 if args.engine == "vllm" else args.tp,
+                          timeout_minutes=args.timeout_minutes)
 
     def report(message):
         if parallel.rank == 0:
             print(message, flush=True)
+
+    report(plan)
+    started, done = time.perf_counter(), 0
 
     for e in entries:
         todo = [name for name in benchmarks if name not in e["benchmarks"]]
         if not todo:
             report(f"{e['label']}: done before, kept")
             continue
-        model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
+        model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval() if args.engine == "builtin" \
+            else None
         for name in todo:
-            results, summary = evaluate(model, tokenizer, benchmarks[name], protocol, args.seed, args.batch_size,
-                                        progress=not args.no_progress)
+            if model is not None:
+                results, summary = evaluate(model, tokenizer, benchmarks[name], protocol, args.seed, args.batch_size,
+                                            progress=not args.no_progress)
+            else:
+                prompts = [prompt_text(tokenizer, p["problem"], protocol.prompt, protocol.force_think)
+                           for p in benchmarks[name]]
+                texts, lengths = vllm_engine.generate_texts(e["checkpoint"], args.tokenizer or e["checkpoint"], prompts,
+                                                            protocol, args.seed, args.tp, VLLM_DTYPES[args.dtype])
+                results, summary = score(benchmarks[name], texts, lengths, protocol)
             summary.update(checkpoint=e["checkpoint"], step=e["step"], benchmark=name, **e["identity"][name])
             if parallel.rank == 0:  # the results first: the summary's presence means both are whole
                 with atomic_file(os.path.join(args.output, e["label"], f"{name}.jsonl")) as f:
@@ -149,6 +182,10 @@ def main(argv=None) -> int:
             k = summary["samples"]
             report(f"{e['label']} {name}: pass@1 {100 * summary['pass@1']:.1f} ± {sem} (SEM, k={k}), "
                    f"pass@{k} {100 * summary[f'pass@{k}']:.1f}, {summary['problems']} problems")
+            done += k * summary["problems"]
+            if done < generations:  # the whole campaign's time left, at the pace so far
+                left = (time.perf_counter() - started) / done * (generations - done)
+                report(f"{generations - done:,} generations left: about {left / 60:.0f} min at the pace so far")
         del model
         gc.collect()
 

@@ -1,13 +1,24 @@
 """Batched sampling from the project's own model, with a KV cache, under tensor parallelism.
 
+Continuous batching: ``batch_size`` slots share one KV cache; a job (one sample of one prompt) that
+stops frees its slot, which the next job's prompt fills at once (a prefill into that slot alone),
+so the batch stays full while reasoning traces of a few hundred and of 32,768 tokens run side by
+side. ``refill=False`` waits until every slot is free before filling them again: the static
+batching of before, kept to measure what continuous batching buys (tools/benchmark_generation.py).
+
+Each job draws its randomness from its own generator, seeded by (seed, prompt id, sample index),
+one uniform per token, so that a generation does not depend on the batch size, the order of the
+jobs or which other jobs share its batch. Sampling is greedy at temperature 0, else temperature and
+nucleus (top-p) sampling by the inverse of the kept tokens' cumulative distribution.
+
 Every TP rank runs the same batch; the logits are gathered over TP, and the sampled tokens are
 broadcast from TP rank 0 so that the ranks can never diverge. The model runs through the KV
-cache's protocol (model/kv_cache.py: prefill, then one decode step per token), without sequence
-parallelism. Sampling: greedy at temperature 0, else temperature and nucleus (top-p) sampling from
-a seeded generator.
+cache's protocol (model/kv_cache.py), without sequence parallelism.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import torch
 
@@ -15,17 +26,23 @@ from ..model.kv_cache import KVCache, last_token_logits
 from ..parallel.collectives import broadcast
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """logits [B, V] fp32 -> token ids [B]."""
+def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """logits [B, V] fp32, one uniform in [0, 1) per row -> token ids [B]."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # the smallest set reaching top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        sorted_probs = sorted_probs * (sorted_probs.cumsum(-1) - sorted_probs < top_p)  # the smallest set reaching top_p
+    cdf = sorted_probs.cumsum(-1)
+    target = (uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    rank = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return order.gather(-1, rank).squeeze(-1)
+
+
+def job_generator(seed: int, prompt_id: int, sample_index: int) -> torch.Generator:
+    """The randomness of one generation, whatever else is generated beside it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + prompt_id) * 1_009 + sample_index)
 
 
 def _broadcast_tp(tokens, parallel):
@@ -33,37 +50,65 @@ def _broadcast_tp(tokens, parallel):
 
 
 @torch.no_grad()
+def generate_samples(model, prompts: list[list[int]], samples: int, max_new_tokens: int, stop_ids: set[int],
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
+                     prompt_ids: list[int] | None = None, refill: bool = True, on_done=None) -> list[list[list[int]]]:
+    """``samples`` generations of each prompt: ``out[i][j]``, sample j of prompt i, its token ids
+    (the prompt excluded), cut after the first stop token. ``prompt_ids``: the prompts' identities
+    for the seeds (default 0, 1, ...; the evaluator passes the problems' indices in the benchmark,
+    so that data parallelism does not change them). ``on_done(new_tokens)`` is called as each
+    generation ends (a progress bar's hook)."""
+    prompt_ids = list(range(len(prompts))) if prompt_ids is None else prompt_ids
+    queue = deque((i, j) for i in range(len(prompts)) for j in range(samples))
+    out = [[None] * samples for _ in prompts]
+    slots = min(batch_size, len(queue))
+    if not slots:
+        return out
+    cache = KVCache(model, slots, max(map(len, prompts)) + max_new_tokens)
+    running: list[tuple[int, int] | None] = [None] * slots
+    texts: list[list[int]] = [[] for _ in range(slots)]
+    generators: list[torch.Generator | None] = [None] * slots
+    logits = torch.zeros(slots, model.cfg.vocab_size, dtype=torch.float32, device=model.parallel.device)
+    while True:
+        free = [s for s in range(slots) if running[s] is None]
+        if queue and free and (refill or len(free) == slots):
+            filled = free[:len(queue)]
+            for s in filled:
+                running[s], texts[s] = queue.popleft(), []
+                generators[s] = job_generator(seed, prompt_ids[running[s][0]], running[s][1])
+            logits[filled] = cache.prefill([prompts[running[s][0]] for s in filled], filled).float()
+        active = [s for s in range(slots) if running[s] is not None]
+        if not active:
+            return out
+        uniforms = torch.tensor([torch.rand((), generator=generators[s]).item() if running[s] is not None and
+                                 temperature > 0 else 0.0 for s in range(slots)])
+        tokens = _broadcast_tp(sample(logits, temperature, top_p, uniforms), model.parallel)
+        for s, t in zip(active, tokens[active].tolist()):
+            texts[s].append(t)
+            if t in stop_ids or len(texts[s]) == max_new_tokens:
+                i, j = running[s]
+                out[i][j], running[s] = texts[s], None
+                if on_done:
+                    on_done(len(texts[s]))
+        if any(running[s] is not None for s in range(slots)):
+            logits = cache.decode(tokens, [running[s] is not None for s in range(slots)]).float()
+
+
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32,
-             on_batch=None) -> list[list[int]]:
-    """The generated token ids of each prompt (prompt excluded), cut after the first stop token.
-    ``on_batch(prompts, tokens)`` is called after each batch (a progress bar's hook)."""
-    generator = torch.Generator(device=model.parallel.device).manual_seed(seed)
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        batch = _generate_batch(model, prompts[start:start + batch_size], max_new_tokens, stop_ids,
-                                temperature, top_p, generator, use_cache)
-        outputs += batch
-        if on_batch:
-            on_batch(len(batch), sum(map(len, batch)))
-    return outputs
-
-
-def _generate_batch(model, prompts, max_new_tokens, stop_ids, temperature, top_p, generator, use_cache):
-    batch = len(prompts)
-    cache = KVCache(model, batch, max(map(len, prompts)) + max_new_tokens) if use_cache else None
-    logits = cache.prefill(prompts) if cache is not None else last_token_logits(model, prompts)
-    out, done = [[] for _ in prompts], [False] * batch
-    for step in range(max_new_tokens):
-        tokens = _broadcast_tp(sample(logits, temperature, top_p, generator), model.parallel)
-        for b, t in enumerate(tokens.tolist()):
-            if not done[b]:
-                out[b].append(t)
-                done[b] = t in stop_ids
-        if all(done) or step == max_new_tokens - 1:
-            break
-        if cache is None:  # recompute everything: the reference the cache is tested against
-            logits = last_token_logits(model, [p + o for p, o in zip(prompts, out)])
-        else:
-            logits = cache.decode(tokens)
+             top_p: float = 1.0, seed: int = 0, use_cache: bool = True, batch_size: int = 32) -> list[list[int]]:
+    """One generation of each prompt (``generate_samples`` with one sample). ``use_cache=False``
+    recomputes the whole sequence for every token: the reference the cache is tested against."""
+    if use_cache:
+        return [s[0] for s in generate_samples(model, prompts, 1, max_new_tokens, stop_ids, temperature, top_p, seed,
+                                               batch_size)]
+    out = []
+    for i, prompt in enumerate(prompts):
+        generator, text = job_generator(seed, i, 0), []
+        for _ in range(max_new_tokens):
+            logits = last_token_logits(model, [prompt + text]).float()
+            uniform = torch.rand((1,), generator=generator) if temperature > 0 else None
+            text.append(int(_broadcast_tp(sample(logits, temperature, top_p, uniform), model.parallel)[0]))
+            if text[-1] in stop_ids:
+                break
+        out.append(text)
     return out

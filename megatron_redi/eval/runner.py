@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..cli import UserError
 from ..parallel.collectives import all_gather_objects
 from .answers import is_correct, predicted_answer
-from .generate import generate
+from .generate import generate_samples
 from .metrics import summarize
 from .protocol import PROMPT_STYLES, Protocol
 
@@ -128,19 +128,18 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
                dynamic_ncols=True)
     start, tokens = time.perf_counter(), 0
 
-    def advance(done: int, new_tokens: int):
+    def advance(new_tokens: int):
         nonlocal tokens
         tokens += new_tokens
         bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}", refresh=False)
-        bar.update(done)
+        bar.update(1)
 
-    with bar:
-        for j in range(samples):  # sample j of every problem: the P_j of the SEM
-            outs = generate(model, prompts, protocol.max_new_tokens, stops, temperature, top_p, seed=seed + j,
-                            batch_size=batch_size, on_batch=advance)
-            for i, ids in zip(mine, outs):
-                texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
-                lengths[i].append(len(ids))
+    with bar:  # every (problem, sample) job in one queue: sample j of every problem is the P_j of the SEM
+        outs = generate_samples(model, prompts, samples, protocol.max_new_tokens, stops, temperature, top_p, seed,
+                                batch_size, prompt_ids=mine, on_done=advance)
+        for i, generations in zip(mine, outs):
+            texts[i] = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generations]
+            lengths[i] = [len(ids) for ids in generations]
     results = result_rows(problems, mine, texts, lengths, protocol.checker)
     if parallel.dp_size > 1:
         gathered = all_gather_objects(parallel, results, parallel.dp_group)

@@ -1,14 +1,16 @@
 """The key/value cache of batched generation, and the protocol that drives the model with it.
 
-Per layer, ``k, v [B, max_len, nkv_local, hd]`` for B sequences. Generation runs the model in two
-modes, and only this class moves between them:
+Per layer, ``k, v [B, max_len, nkv_local, hd]`` for B slots, each holding one sequence. Generation
+runs the model in two modes, and only this class moves between them:
 
-    prefill(prompts)   the prompts, packed as in training; each layer attends within each prompt
-                       and stores its keys and values from position 0. Returns the logits of each
-                       prompt's last token.
-    decode(tokens)     one new token per sequence, packed as B one-token sequences; each layer
-                       writes the token's key and value at the sequence's current length and
-                       attends over the cached positions before it. Returns the next logits.
+    prefill(prompts, slots)   the prompts, packed as in training, into the given slots (any, while
+                              the others are mid-generation: continuous batching); each layer
+                              attends within each prompt and stores its keys and values from
+                              position 0. Returns the logits of each prompt's last token.
+    decode(tokens, advance)   one new token per slot, packed as B one-token sequences; each layer
+                              writes the token's key and value at the slot's current length and
+                              attends over the cached positions before it. Returns the next
+                              logits. Slots not to ``advance`` (free ones) keep their length.
 
 The model calls ``attend`` from each attention layer and knows nothing else of the cache. The
 lengths live twice, on the host (for slicing) and on the device (the decode positions), updated
@@ -49,30 +51,38 @@ class KVCache:
         self.model = model
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.cfg.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layout.cfg.num_layers)]
-        self.lengths = [0] * batch  # host copy: tokens cached per sequence
+        self.lengths = [0] * batch  # host copy: tokens cached per slot
         self.positions = torch.zeros(batch, dtype=torch.long, device=device)  # the same, on the device
         self.max_len = max_len
-        self._decoding = False
+        self._filling: list[int] | None = None  # the slots a prefill writes (None: decoding)
 
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        logits = last_token_logits(self.model, prompts, self)
-        self._advance([len(p) for p in prompts])
-        self._decoding = True
+    def prefill(self, prompts: list[list[int]], slots: list[int] | None = None) -> torch.Tensor:
+        slots = list(range(len(prompts))) if slots is None else slots
+        self._filling = slots
+        try:
+            logits = last_token_logits(self.model, prompts, self)
+        finally:
+            self._filling = None
+        lengths = list(self.lengths)
+        for slot, prompt in zip(slots, prompts):
+            lengths[slot] = len(prompt)
+        self._set_lengths(lengths)
         return logits
 
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B]: one new token per sequence -> the logits that follow them [B, V]."""
+    def decode(self, tokens: torch.Tensor, advance: list[bool] | None = None) -> torch.Tensor:
+        """tokens [B]: one new token per slot -> the logits that follow them [B, V]."""
         batch = len(self.lengths)
         hidden = self.model(tokens, self.positions, list(range(batch + 1)), cache=self, sequence_parallel=False)
-        self._advance([1] * batch)
+        advance = [True] * batch if advance is None else advance
+        self._set_lengths([n + int(a) for n, a in zip(self.lengths, advance)])
         return self.model.logits(hidden, sequence_parallel=False)
 
     def attend(self, layer: int, q, k, v, seqs: SeqBoundaries, backend: str):
         """q [t, nh, hd], k, v [t, nkv, hd] of the forward's tokens -> attention output [t, nh, hd]."""
-        if not self._decoding:  # the prompts: attend within each, keep their keys and values
-            for b, (start, end) in enumerate(zip(seqs.host, seqs.host[1:])):
-                self.k[layer][b, :end - start] = k[start:end]
-                self.v[layer][b, :end - start] = v[start:end]
+        if self._filling is not None:  # the prompts: attend within each, keep their keys and values
+            for slot, start, end in zip(self._filling, seqs.host, seqs.host[1:]):
+                self.k[layer][slot, :end - start] = k[start:end]
+                self.v[layer][slot, :end - start] = v[start:end]
             return causal_attention(q, k, v, seqs, backend)
         batch, pos = torch.arange(q.shape[0], device=q.device), self.positions
         self.k[layer][batch, pos] = k
@@ -85,8 +95,7 @@ class KVCache:
                                              enable_gqa=True)
         return out.squeeze(2)
 
-    def _advance(self, counts):
-        """Each sequence grew by counts[b] tokens (one host-to-device copy per forward, shared by
-        every layer)."""
-        self.lengths = [n + c for n, c in zip(self.lengths, counts)]
-        self.positions = torch.tensor(self.lengths, device=self.positions.device)
+    def _set_lengths(self, lengths: list[int]):
+        """The tokens each slot holds now (one host-to-device copy per forward, shared by every layer)."""
+        self.lengths = lengths
+        self.positions = torch.tensor(lengths, device=self.positions.device)

@@ -67,6 +67,29 @@ def test_sampling_is_seeded_and_stops_at_stop_tokens(tiny_checkpoint):
     assert cut[0] == a[0][:a[0].index(stop) + 1]  # the same draws, cut after the first stop token
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generations_do_not_depend_on_the_batch(tiny_checkpoint, temperature):
+    """Continuous batching: each (prompt, sample) job has its own seed, so batch sizes 1, 3 and 32
+    (slots refilled as jobs end at different lengths) and static batching give the same tokens,
+    and the cache gives what recomputing everything gives."""
+    from megatron_redi.eval.generate import generate_samples
+    from megatron_redi.model import from_pretrained
+
+    model = from_pretrained(tiny_checkpoint(num_kv_heads=2))
+    prompts = PROMPTS * 3
+    free = generate_samples(model, prompts, 2, 24, set(), temperature, 0.9, seed=5)
+    stops = {free[0][0][3], free[1][1][8]}  # some jobs stop within a few tokens, some run to the limit
+    runs = [generate_samples(model, prompts, 2, 24, stops, temperature, 0.9, seed=5, batch_size=size, refill=refill)
+            for size, refill in ((1, True), (3, True), (32, True), (3, False))]
+    assert all(run == runs[0] for run in runs[1:])
+    lengths = [len(g) for row in runs[0] for g in row]
+    assert min(lengths) < 24 and max(lengths) == 24  # jobs of different lengths shared the slots
+    if temperature:
+        assert runs[0][0][0] != runs[0][0][1]  # two samples of one prompt differ
+    plain = generate(model, prompts, 24, stops, temperature, 0.9, seed=5, use_cache=False)
+    assert plain == [row[0] for row in runs[0]]
+
+
 def _tp_generation(path):
     from megatron_redi.model import from_pretrained
     from megatron_redi.parallel import initialize

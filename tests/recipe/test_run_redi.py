@@ -98,9 +98,9 @@ def test_torchrun_passes_the_evaluations_arguments_intact(tmp_path):
         assert args.nproc_per_node == "8" and args.training_script.endswith("tools/evaluate.py")
         assert args.training_script_args == argv[argv.index(args.training_script) + 1:]
     select = launched[0]
-    assert select[select.index("--samples") + 1] == "4" and select[select.index("--select-by") + 1] == "math500"
+    assert select[select.index("--protocol") + 1] == "intermediate" and select[select.index("--select-by") + 1] == "math500"
     final = launched[1]
-    assert final[final.index("--samples") + 1] == "16" and "olympiadbench=" in " ".join(final)
+    assert final[final.index("--protocol") + 1] == "final" and "olympiadbench=" in " ".join(final)
 
 
 def test_stages_sft_and_students(tmp_path):
