@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--batching", action="store_true", help="continuous against static batching instead")
     p.add_argument("--jobs", type=int, default=64, help="--batching: generations of the workload")
+    p.add_argument("--only", choices=("static", "continuous"),
+                   help="--batching: time one way only (for timing whole processes side by side, e.g. with farm-bench)")
     args = p.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
@@ -122,6 +124,11 @@ def _batching(args, model, cfg, device) -> int:
                                                seed=0, batch_size=args.batch, refill=refill)
         return call
 
+    if args.only:
+        (seconds,) = _best_times([run(args.only == "continuous")], args.repeats)
+        tokens = sum(len(g[0]) for g in outputs[args.only == "continuous"])
+        _report({"batching": args.only, "generated_tokens": tokens, "tokens_per_s": tokens / seconds}, args.json)
+        return 0
     static_s, continuous_s = _best_times([run(False), run(True)], args.repeats)
     if outputs[False] != outputs[True]:
         raise AssertionError("static and continuous batching generated different tokens")

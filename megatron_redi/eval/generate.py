@@ -31,13 +31,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: tor
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    if top_p < 1.0:
-        sorted_probs = sorted_probs * (sorted_probs.cumsum(-1) - sorted_probs < top_p)  # the smallest set reaching top_p
-    cdf = sorted_probs.cumsum(-1)
+    order = None
+    if top_p < 1.0:  # the smallest set of most likely tokens reaching top_p (sorting only then)
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs * (probs.cumsum(-1) - probs < top_p)
+    cdf = probs.cumsum(-1)
     target = (uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    rank = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-    return order.gather(-1, rank).squeeze(-1)
+    index = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return (index if order is None else order.gather(-1, index)).squeeze(-1)
 
 
 def job_generator(seed: int, prompt_id: int, sample_index: int) -> torch.Generator:
