@@ -76,3 +76,18 @@ def test_summary_table_errors_exit_2(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr
     proc = run("tools/summary_table.py", f"x={tmp_path}", "--paper", "Qwen-REDI-7B", check=False)
     assert proc.returncode == 2 and "'Qwen-REDI-7B': not a row of the paper's; its rows: 'Qwen-SFT-1.5B-5ep'" in proc.stderr
+
+
+def test_the_size_of_the_work_is_shown_first(tiny_run, tiny_run_inputs, tmp_path):
+    data, _ = tiny_run_inputs
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"problem": f"{i} + {i}", "answer": str(2 * i)}) + "\n"
+                                              for i in range(5)))
+    command = ["tools/evaluate.py", "--run-dir", tiny_run, "--benchmark", tmp_path / "b.jsonl", "--tokenizer",
+               os.path.join(data, "tokenizer"), "--max-new-tokens", "4", "--output", tmp_path / "eval", "--no-progress"]
+    plan = run(*command, "--dry-run").stdout
+    # the intermediate protocol for a run: 4 samples x 5 problems x 3 checkpoints
+    assert "3 evaluations to run (3 checkpoints x 1 benchmarks, 0 done before), protocol custom: 60 generations of " \
+           "up to 4 new tokens (240 tokens at most)" in plan
+    assert not (tmp_path / "eval").exists()
+    out = run(*command).stdout
+    assert out.startswith("3 evaluations to run") and "40 generations left: about" in out
