@@ -14,7 +14,8 @@
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_redi / symmetric / dpo / simpo /
-#       sft, toy_eval, multirank_shared_gpu, generation_1.5b, logprob_65k; install always runs)
+#       sft, toy_eval, multirank_shared_gpu, generation_1.5b, generation_batching, logprob_65k; install always
+#       runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -68,6 +69,7 @@ if [ $DRY = 1 ]; then
     HEAD_SHAPE="--hidden 128 --vocab 4096 --repeats 1" HEAD_TOKENS=1024 HEAD_LONG=2048
     HEAD_CHUNKS=64,256 HEAD_PATHS=naive,single-pass/pytorch@64,single-pass/pytorch@256
     GEN_SHAPE="--preset tiny --batch 4 --new-tokens 32" TOY_ROWS=200
+    BATCHING_SHAPE="--preset tiny --jobs 16 --batch 4 --new-tokens 32 --repeats 1"
 else
     PRESET=qwen2.5-1.5b BENCH_EXTRA= PROFILE=60
     L4K=4096 L8K=8192 L16K=16384 L19K=19000
@@ -75,6 +77,7 @@ else
     HEAD_SHAPE= HEAD_TOKENS=16384 HEAD_LONG=65536 HEAD_CHUNKS=441,1765,3530,7060
     HEAD_PATHS=naive,single-pass/cuda-extension@441,single-pass/cuda-extension@1765,single-pass/cuda-extension@3530,single-pass/cuda-extension@7060,two-pass/cuda-extension@3530,single-pass/triton@3530
     GEN_SHAPE="--preset qwen2.5-1.5b --batch 32 --new-tokens 512" TOY_ROWS=600
+    BATCHING_SHAPE="--preset qwen2.5-1.5b --jobs 512 --batch 64 --new-tokens 1024 --repeats 1"
 fi
 bench="python tools/benchmark_throughput.py --preset $PRESET $BENCH_EXTRA"
 
@@ -138,6 +141,9 @@ step multirank_shared_gpu 180 python tools/multirank_check.py --shared-gpu --mod
     --benchmark "$toy/benchmark.jsonl" --output "$WORK/multirank"
 # the evaluator's generator against transformers' static-cache generate, same model and prompts
 full_only && step generation_1.5b 240 python tools/benchmark_generation.py $GEN_SHAPE --json "$WORK/generation_1.5b.json"
+# continuous against static batching on long-tailed generation lengths (the same tokens both ways)
+full_only && step generation_batching 240 python tools/benchmark_generation.py --batching $BATCHING_SHAPE \
+    --json "$WORK/generation_batching.json"
 full_only && step logprob_65k 120 python tools/benchmark_logprob.py --tokens $HEAD_LONG $HEAD_SHAPE --repeats 3 --no-naive \
     --json "$WORK/logprob_65k.json"
 echo "done; results in $OUT" | tee -a "$summary"
