@@ -20,9 +20,11 @@ TP=${TP:-2}
 
 DATA_ARGS=(--rows 4000 --benchmark-problems 200 --digits 5 --seed 0)
 STAGE2_LR=${STAGE2_LR:-2.0e-5}
-# the paper's sampling, with the toy's chat prompt (its student never saw LightEval's or "<think>")
+# the paper's sampling, with the toy's chat prompt (its student never saw LightEval's or "<think>") and
+# math-verify (the final protocol's rllm grader reads only what follows "</think>", which the toy never writes)
 EVAL_ARGS=(--benchmark "toy=$OUT/data/benchmark.jsonl" --samples 4 --temperature 0.6 --top-p 0.95
-           --max-new-tokens 72 --max-problems 200 --batch-size 200 --prompt chat --no-force-think)
+           --max-new-tokens 72 --max-problems 200 --batch-size 200 --prompt chat --no-force-think
+           --checker math-verify)
 
 train() {  # train NAME CONFIG [overrides...]
     local name=$1 config=$2; shift 2

@@ -44,6 +44,7 @@ from megatron_redi.atomic import atomic_file, check_output, fingerprint
 from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark, prompt_text, score, vllm_engine
+from megatron_redi.eval.rllm_grader import THINK_END
 from megatron_redi.eval.runner import benchmark_digest
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.eval.selection import best, plot
@@ -182,6 +183,10 @@ def main(argv=None) -> int:
             k = summary["samples"]
             report(f"{e['label']} {name}: pass@1 {100 * summary['pass@1']:.1f} ± {sem} (SEM, k={k}), "
                    f"pass@{k} {100 * summary[f'pass@{k}']:.1f}, {summary['problems']} problems")
+            if protocol.checker == "rllm" and not any(THINK_END in g for r in results for g in r["generations"]):
+                report(f"warning: no generation of {e['label']} on {name} wrote {THINK_END}, after which alone the "
+                       "rllm grader reads an answer: all count as wrong (for a model that does not think first, "
+                       "--checker math-verify)")
             done += k * summary["problems"]
             if done < generations:  # the whole campaign's time left, at the pace so far
                 left = (time.perf_counter() - started) / done * (generations - done)

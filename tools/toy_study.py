@@ -250,6 +250,7 @@ class Study:
                     self.path("data", "tokenizer"), "--benchmark", f"test={self.path('data', 'test.jsonl')}",
                     "--samples", 8, "--temperature", SAMPLING["temperature"], "--top-p", SAMPLING["top_p"],
                     "--max-new-tokens", SAMPLING["max_new_tokens"], "--prompt", "chat", "--no-force-think",
+                    "--checker", "math-verify",  # the toy never writes "</think>", which the rllm grader needs
                     "--batch-size", 400, "--output", self.path("eval", r["name"]), "--no-progress", "--dtype", "fp32")
         with open(summary) as f:
             test = json.load(f)["checkpoints"][0]["benchmarks"]["test"]

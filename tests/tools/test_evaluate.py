@@ -91,3 +91,13 @@ def test_the_size_of_the_work_is_shown_first(tiny_run, tiny_run_inputs, tmp_path
     assert not (tmp_path / "eval").exists()
     out = run(*command).stdout
     assert out.startswith("3 evaluations to run") and "40 generations left: about" in out
+
+
+def test_a_model_that_never_thinks_is_warned_about_under_the_rllm_grader(tiny_run, tiny_run_inputs, tmp_path):
+    data, _ = tiny_run_inputs
+    (tmp_path / "b.jsonl").write_text(json.dumps({"problem": "1 + 1", "answer": "2"}) + "\n")
+    out = run("tools/evaluate.py", "--checkpoint", tiny_run / "checkpoints" / "step_00000003", "--benchmark",
+              tmp_path / "b.jsonl", "--tokenizer", os.path.join(data, "tokenizer"), "--samples", "2",
+              "--max-new-tokens", "4", "--output", tmp_path / "eval", "--no-progress").stdout
+    assert "protocol custom" in out and "rllm grader" in out and "--checker math-verify" in out
+
