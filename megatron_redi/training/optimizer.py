@@ -124,7 +124,7 @@ class MasterParams:
         self._launched = [False] * len(self.buckets)
 
     def _on_grad(self, p):
-        if getattr(p, "grad_in_main_grad", False):  # ops/linear.py accumulated it already
+        if getattr(p, "grad_in_main_grad", False):  # ops/wgrad.py (the linear layers, the head) accumulated it
             p.grad_in_main_grad = False
         else:
             p.main_grad.add_(p.grad)

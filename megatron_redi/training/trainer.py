@@ -30,7 +30,7 @@ from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
 from .config import TrainConfig, to_dict
-from .metrics import CollapseAlarm, MetricsLogger, step_flops
+from .metrics import CollapseAlarm, MetricsLogger, step_flops, sum_over_dp
 from .optimizer import MasterParams, lr_at
 from .reference import reference_logps
 from .reshard import same_layout
@@ -199,18 +199,15 @@ class Trainer:
         work = forward_backward(self.model, self.master, batches, cfg.loss, self._global_total(plan), self.reference)
         grad_norm = self.master.grad_norm()
 
-        # one all-reduce (DP) for the loss, the metric sums and the work done, then one host sync
+        # one all-reduce (DP) for the loss, the metric sums and the work done, then one host sync; the grad
+        # norm is already global (identical on DP ranks)
         names = sorted(work.metric_sums)
         flops = step_flops(self.model.cfg, work.seq_lengths, work.response_tokens)
-        done = torch.tensor([sum(work.seq_lengths), flops], dtype=torch.float64, device=device).float()
-        packed = torch.cat([work.loss.reshape(1), torch.stack([work.metric_sums[n].float() for n in names]), done])
-        collectives.all_reduce(self.parallel, packed, self.parallel.dp_group)
-        # the grad norm is already global (identical on DP ranks): appended after the DP sum
-        values = torch.cat([packed, grad_norm.reshape(1)]).tolist()
-        loss_value, grad_norm = values[0], values.pop()
+        summed, (grad_norm,) = sum_over_dp(self.parallel, [work.loss, *(work.metric_sums[n] for n in names),
+                                                           sum(work.seq_lengths), flops], [grad_norm])
+        loss_value, tokens, flops = summed[0], summed[-2], summed[-1]
         out = {"loss": loss_value}
-        out.update({n: v / plan.global_items for n, v in zip(names, values[1:1 + len(names)])})
-        tokens, flops = values[-2], values[-1]
+        out.update({n: v / plan.global_items for n, v in zip(names, summed[1:1 + len(names)])})
 
         lr = lr_at(self.step, self.schedule_steps, cfg.optim.lr, cfg.optim.warmup_ratio)
         if not (np.isfinite(loss_value) and np.isfinite(grad_norm)):

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from megatron_redi.config import preset
 from megatron_redi.training.metrics import CollapseAlarm, step_flops
@@ -55,3 +56,21 @@ def test_plot_metrics_draws_the_figure6_panels(tmp_path):
                           "update size (5-step moving average)"]
     (tmp_path / "a1.0" / "config.json").write_text(json.dumps({"eval": {"temperature": 0.0, "max_problems": 100}}))
     assert tool.plot([str(tmp_path / "a1.0")], ["a1.0"], str(out))[0] == "in-training accuracy (greedy, 100 problems)"
+
+
+def _exact_sums():
+    from megatron_redi.parallel import initialize
+    from megatron_redi.training.metrics import sum_over_dp
+
+    p = initialize(tensor_parallel_size=1)  # DP = 2
+    tokens = 2**24 + 1 + p.rank  # past float32's exact integers
+    summed, kept = sum_over_dp(p, [torch.tensor(0.5, dtype=torch.float32), tokens, 1e15 + p.rank],
+                               [torch.tensor(3.0)])
+    assert summed == [1.0, 2**25 + 3, 2e15 + 1] and kept == [3.0]
+
+
+def test_step_sums_over_data_parallel_ranks_are_exact():
+    from multirank import run_ranks
+
+    run_ranks(2, _exact_sums)
+

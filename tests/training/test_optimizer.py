@@ -1,5 +1,5 @@
 """MasterParams: the AdamW step against torch.optim.AdamW, and the weight gradients that
-ops/linear.py accumulates straight into main_grad against plain autograd."""
+parallel/linear.py (through ops/wgrad.py) accumulates straight into main_grad against plain autograd."""
 
 import copy
 
