@@ -120,13 +120,14 @@ def main(argv=None) -> int:
     benchmarks = {name: load_benchmark(path, args.max_problems) for name, path in named.items()}
     if args.select_by and args.select_by not in benchmarks:
         raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
+    digests = {name: benchmark_digest(problems) for name, problems in benchmarks.items()}
     for e in entries:
         tokenizer_directory(args.tokenizer or e["checkpoint"])
         e["benchmarks"], e["identity"] = {}, {}
-        for name, problems in benchmarks.items():
-            e["identity"][name] = {"protocol": protocol.record(), "seed": args.seed,
-                                   "checkpoint_files": fingerprint(e["checkpoint"]),
-                                   "benchmark_sha256": benchmark_digest(problems)}
+        files = fingerprint(e["checkpoint"])  # once per checkpoint: it walks the whole directory
+        for name in benchmarks:
+            e["identity"][name] = {"protocol": protocol.record(), "seed": args.seed, "checkpoint_files": files,
+                                   "benchmark_sha256": digests[name]}
             old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"][name])
             if old:
                 e["benchmarks"][name] = old

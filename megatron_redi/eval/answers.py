@@ -147,8 +147,6 @@ def is_correct(generation: str, reference, checker: str = "math-verify") -> bool
     """``reference``: the answer, or a list of acceptable ones (any may match)."""
     if checker == "rllm":
         return rllm_grader.correct(generation, reference)
-    if checker == "letter":
-        return chosen_letter(generation) == str(reference).strip().upper()
-    predicted = last_boxed(generation)
+    predicted = predicted_answer(generation, checker)
     references = reference if isinstance(reference, (list, tuple)) else [reference]
     return predicted is not None and any(answers_equal(predicted, str(r), checker) for r in references)

@@ -81,8 +81,10 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
         active = [s for s in range(slots) if running[s] is not None]
         if not active:
             return out
-        uniforms = torch.tensor([torch.rand((), generator=generators[s]).item() if running[s] is not None and
-                                 temperature > 0 else 0.0 for s in range(slots)])
+        uniforms = None
+        if temperature > 0:  # free slots draw nothing: their generators are the next jobs' own
+            uniforms = torch.cat([torch.rand(1, generator=generators[s]) if running[s] is not None else torch.zeros(1)
+                                  for s in range(slots)])
         tokens = _broadcast_tp(sample(logits, temperature, top_p, uniforms), model.parallel)
         for s, t in zip(active, tokens[active].tolist()):
             texts[s].append(t)
@@ -91,8 +93,9 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
                 out[i][j], running[s] = texts[s], None
                 if on_done:
                     on_done(len(texts[s]))
-        if any(running[s] is not None for s in range(slots)):
-            logits = cache.decode(tokens, [running[s] is not None for s in range(slots)]).float()
+        going = [job is not None for job in running]
+        if any(going):
+            logits = cache.decode(tokens, going).float()
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int], temperature: float = 0.0,
