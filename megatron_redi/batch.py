@@ -14,9 +14,12 @@ docs/design.md describes each field and who reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .parallel.context import ContextShard
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class MicroBatch:
     pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
     items: tuple[int, ...]  # dataset index of each unit, in order
     ref_logps: torch.Tensor | None = None  # [N] DPO reference sums
+    context: ContextShard | None = None  # this rank's share under context parallelism (training.step.to_rank)
 
     @property
     def num_tokens(self) -> int:
@@ -114,4 +118,5 @@ class MicroBatch:
             seqs=SeqBoundaries.from_offsets(self.seqs.host, device),
             pairs=Pairs(move(self.pairs.chosen), None if self.pairs.rejected is None else move(self.pairs.rejected)),
             ref_logps=None if self.ref_logps is None else move(self.ref_logps),
+            context=None if self.context is None else self.context.to(device),
         )

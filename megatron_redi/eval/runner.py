@@ -113,7 +113,8 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
     protocol). ``progress``: a bar on rank 0 (generations done, tokens/s, ETA)."""
     parallel, samples = model.parallel, protocol.samples
     temperature, top_p = (0.0, 1.0) if protocol.greedy else (protocol.temperature, protocol.top_p)
-    mine = list(range(parallel.dp_rank, len(problems), parallel.dp_size))
+    # generation is not split along tokens: the CP ranks of a DP rank take problems of their own
+    mine = list(range(parallel.dp_cp_rank, len(problems), parallel.dp_cp_size))
     every = [build_prompt(tokenizer, p["problem"], protocol.prompt, protocol.force_think) for p in problems]
     positions = model.cfg.max_position_embeddings
     too_long = [i for i, prompt in enumerate(every) if len(prompt) >= positions]
@@ -141,8 +142,8 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
             texts[i] = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generations]
             lengths[i] = [len(ids) for ids in generations]
     results = result_rows(problems, mine, texts, lengths, protocol.checker)
-    if parallel.dp_size > 1:
-        gathered = all_gather_objects(parallel, results, parallel.dp_group)
+    if parallel.dp_cp_size > 1:
+        gathered = all_gather_objects(parallel, results, parallel.dp_cp_group)
         results = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     return results, summary_of(results, protocol)
 

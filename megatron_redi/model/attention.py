@@ -13,6 +13,13 @@ Layout: ``q [t, nh, hd]``, ``k, v [t, nkv, hd]`` (GQA: nh is a multiple of nkv),
 
 ``auto`` takes varlen on CUDA when it exists and the micro-batch holds at least
 ``VARLEN_MIN_SEQS`` sequences, sdpa otherwise.
+
+Under context parallelism (``context_attention``) each rank holds two chunks of every sequence
+(parallel/context.py). Its K and V, few heads under GQA, are all-gathered over the CP group in one
+piece and each chunk's queries attend to their sequence's keys up to the chunk's end, the causal
+mask aligned to the bottom right (the chunk's queries are the last of those keys). The gathered
+keys and values are what the backward keeps; their gradients are reduce-scattered back to the
+ranks that own them. docs/design.md says why this scheme rather than a ring.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from ..batch import SeqBoundaries
+from ..parallel.context import ContextShard
+from ..parallel.mappings import gather_tokens
 
 try:  # torch >= 2.10; absent or CUDA-less builds fall back to sdpa
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
@@ -63,12 +73,57 @@ def attention_varlen(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
                         **_VARLEN_GQA_KWARGS)
 
 
-def causal_attention(q, k, v, seqs: SeqBoundaries, backend: str = "auto") -> torch.Tensor:
+def _resolve(backend: str, device: torch.device, num_seqs: int) -> str:
     if backend == "auto":
-        use_varlen = varlen_available(q.device) and seqs.num_seqs >= VARLEN_MIN_SEQS
-        backend = "varlen" if use_varlen else "sdpa"
-    if backend == "sdpa":
+        return "varlen" if varlen_available(device) and num_seqs >= VARLEN_MIN_SEQS else "sdpa"
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    return backend
+
+
+def causal_attention(q, k, v, seqs: SeqBoundaries, backend: str = "auto") -> torch.Tensor:
+    if _resolve(backend, q.device, seqs.num_seqs) == "sdpa":
         return attention_sdpa(q, k, v, seqs)
-    if backend == "varlen":
-        return attention_varlen(q, k, v, seqs)
-    raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    return attention_varlen(q, k, v, seqs)
+
+
+def _chunks_sdpa(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
+    out = []
+    lengths = [r1 - r0 for r0, r1, _, _ in shard.chunks] + [q.shape[0] - shard.real_rows]
+    for qs, (r0, r1, k0, k1) in zip(q.split(lengths), shard.chunks):  # split: one concatenation in the backward
+        ks, vs = k_full[k0:k1], v_full[k0:k1]
+        qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (qs, ks, vs))  # [1, n, s, hd]
+        square = r1 - r0 == k1 - k0  # the sequence's first chunk: plain causal attention
+        mask = None if square else causal_lower_right(r1 - r0, k1 - k0)
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=square, enable_gqa=True)
+        out.append(o.squeeze(0).transpose(0, 1))
+    return out
+
+
+def _chunks_varlen(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
+    if not varlen_available(q.device):
+        raise RuntimeError("varlen attention needs CUDA and torch.nn.attention.varlen")
+    q_bounds, k_bounds = [0], [0]
+    for r0, r1, k0, k1 in shard.chunks:
+        q_bounds.append(q_bounds[-1] + r1 - r0)
+        k_bounds.append(k_bounds[-1] + k1 - k0)
+    cu_q, cu_k = (torch.tensor(b, dtype=torch.int32).to(q.device, non_blocking=True) for b in (q_bounds, k_bounds))
+    max_q = max(b - a for a, b in zip(q_bounds, q_bounds[1:]))
+    max_k = max(b - a for a, b in zip(k_bounds, k_bounds[1:]))
+    ks, vs = (x.index_select(0, shard.chunk_keys) for x in (k_full, v_full))
+    # flash attention's causal mask with fewer queries than keys is aligned to the bottom right
+    return [_varlen_attn(q[:shard.real_rows], ks, vs, cu_q, cu_k, max_q, max_k, window_size=(-1, 0),
+                         **_VARLEN_GQA_KWARGS)]
+
+
+def context_attention(q, k, v, shard: ContextShard, cp_group, backend: str = "auto") -> torch.Tensor:
+    """Causal attention for this CP rank's rows ``q [n, nh, hd]``, ``k, v [n, nkv, hd]`` (the
+    padding rows' outputs are zero)."""
+    nkv = k.shape[1]
+    kv = gather_tokens(torch.cat((k, v), dim=1), cp_group)  # [cp n, 2 nkv, hd], rank after rank
+    k_full, v_full = kv.index_select(0, shard.kv_order).split(nkv, dim=1)  # [T, nkv, hd] each, in order
+    chunked = _chunks_sdpa if _resolve(backend, q.device, len(shard.chunks)) == "sdpa" else _chunks_varlen
+    out = chunked(q, k_full, v_full, shard) if shard.chunks else []
+    if q.shape[0] > shard.real_rows:
+        out.append(q.new_zeros((q.shape[0] - shard.real_rows, *q.shape[1:])))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=0)

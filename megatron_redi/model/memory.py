@@ -16,6 +16,8 @@ the norms' inputs are per local token under sequence parallelism):
                      (norm inputs x2, the normed GEMM inputs x2, q k v and the attention output
                      kept by SDPA and by the out projection, gate_up, lse and two rstd)
     full layer       2 e h (its inputs)
+    context parallel the keys and values SDPA keeps are the whole micro-batch's, gathered over
+                     the CP ranks: 2 nkv_l hd becomes 2 cp nkv_l hd per local token
     transient        1.5 selective layers while a layer's backward runs (2.5 when it recomputes)
 
 and the budget is 90 % of the card less what is allocated when the forward starts (weights and
@@ -32,22 +34,24 @@ MEMORY_FRACTION = 0.9  # of the card; the rest for the allocator's fragmentation
 HEAD_RESERVE = 4 * 2**30  # the head's fp32 logits and bf16 dlogits of one chunk, with room
 
 
-def layer_bytes_per_token(layout: TPLayout, sequence_parallel: bool, elem: int) -> tuple[float, float]:
-    """(selective, full) activation bytes one layer keeps per token of the micro-batch."""
+def layer_bytes_per_token(layout: TPLayout, sequence_parallel: bool, elem: int, cp: int = 1) -> tuple[float, float]:
+    """(selective, full) activation bytes one layer keeps per token of the micro-batch (per local
+    token, the rank's share, under context parallelism ``cp``)."""
     cfg, tp = layout.cfg, layout.tp
     h, hd = cfg.hidden_size, cfg.head_dim
     nh, nkv, f = layout.heads_local, layout.kv_heads_local, layout.intermediate_local
     norm_inputs = 2 * h / (tp if sequence_parallel else 1)
-    selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * nkv * hd + 2 * f) + 4 * nh + 8
+    selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * cp * nkv * hd + 2 * f) + 4 * nh + 8
     full = elem * 2 * h / (tp if sequence_parallel else 1)
     return selective, full
 
 
 def full_recompute_layers(layout: TPLayout, tokens: int, sequence_parallel: bool, elem: int,
-                          budget_bytes: float) -> int:
-    """The fewest layers to recompute in full for ``tokens`` to fit ``budget_bytes`` of activations
-    (all of them when even that does not fit: the smallest footprint there is)."""
-    selective, full = layer_bytes_per_token(layout, sequence_parallel, elem)
+                          budget_bytes: float, cp: int = 1) -> int:
+    """The fewest layers to recompute in full for ``tokens`` (the rank's, under context
+    parallelism) to fit ``budget_bytes`` of activations (all of them when even that does not fit:
+    the smallest footprint there is)."""
+    selective, full = layer_bytes_per_token(layout, sequence_parallel, elem, cp)
     layers = layout.cfg.num_layers
     for n in range(layers + 1):
         transient = (2.5 if n else 1.5) * selective

@@ -2,7 +2,8 @@
 sequence-parallel, over packed micro-batches.
 
 Notation, used in every shape comment of the model:
-    t       tokens of the packed micro-batch (all its sequences, concatenated)
+    t       tokens of the packed micro-batch (all its sequences, concatenated); under context
+            parallelism (CP) the rank's rows of it, two chunks of every sequence (parallel/context.py)
     t/tp    the rank's contiguous share of them under sequence parallelism (SP)
     h       hidden size; f MLP width; hd head dim
     nh, nkv query and key/value heads; *_local: the rank's share under tensor parallelism (TP)
@@ -46,7 +47,8 @@ from ..ops.swiglu import swiglu_linear, swiglu_linear_reference
 from ..parallel import (ColumnParallelLinear, ParallelState, RowParallelLinear, TPLayout,
                         VocabParallelEmbedding, mark_replicated)
 from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
-from .attention import causal_attention
+from ..parallel.context import ContextShard
+from .attention import causal_attention, context_attention
 from .kv_cache import KVCache
 from .memory import activation_budget, full_recompute_layers
 from .rope import RotaryEmbedding
@@ -64,6 +66,8 @@ class Pass:
     attention_backend: str
     sequence_parallel: bool  # the residual stream sharded along tokens (never while generating)
     cache: KVCache | None = None  # generating: keys and values of earlier positions
+    context: ContextShard | None = None  # context parallelism: this rank's share of the tokens
+    cp_group: object = None
 
 
 class RMSNorm(nn.Module):
@@ -101,6 +105,8 @@ class Attention(nn.Module):
         q, k, v = split_qkv_rotary(qkv, p.cos, p.sin)  # [t, nh_local, hd], [t, nkv_local, hd] x 2
         if p.cache is not None:
             o = p.cache.attend(self.layer_idx, q, k, v, p.seqs, p.attention_backend)
+        elif p.context is not None:
+            o = context_attention(q, k, v, p.context, p.cp_group, p.attention_backend)
         else:
             o = causal_attention(q, k, v, p.seqs, p.attention_backend)  # [t, nh_local, hd]
         return self.out(o.reshape(t, self.heads_local * self.head_dim), p.sequence_parallel)
@@ -172,22 +178,34 @@ class Qwen2Model(nn.Module):
         return (self.embed if self.lm_head is None else self.lm_head).weight
 
     def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False, cache=None,
-                sequence_parallel: bool | None = None):
-        """input_ids, position_ids: [t] (every rank holds all t, also under SP);
+                sequence_parallel: bool | None = None, context: ContextShard | None = None):
+        """input_ids, position_ids: [t] (every rank holds all t, also under SP and CP);
         cu_seqlens: a SeqBoundaries, or host offsets [N+1]; cache: a KVCache when generating;
         sequence_parallel: shard the residual stream along tokens (by default as the ParallelState
-        says, and never with a cache: a decode step has one token per sequence)."""
+        says, and never with a cache: a decode step has one token per sequence); context: this
+        CP rank's share of the micro-batch (parallel/context.py), which the forward then runs on
+        alone: the hidden states returned are of its rows. Without one, every CP rank runs the
+        whole micro-batch (generation), which a forward that builds gradients refuses: each
+        gradient would be counted once per CP rank."""
         seqs = SeqBoundaries.coerce(cu_seqlens, input_ids.device)
         t = input_ids.shape[0]
         if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
             raise ValueError(f"input_ids has {t} tokens, position_ids {tuple(position_ids.shape)}, "
                              f"cu_seqlens ends at {seqs.num_tokens}")
+        if context is None and self.parallel.cp_size > 1 and torch.is_grad_enabled():
+            raise ValueError("context parallelism: a forward that builds gradients needs the micro-batch's "
+                             "ContextShard (parallel.context.split), or each gradient counts once per CP rank")
+        if context is not None:
+            if cache is not None:
+                raise ValueError("context parallelism does not split generation: call without context")
+            input_ids, position_ids = input_ids[context.tokens], position_ids[context.tokens]
+            t = context.rows
         sp = (self.parallel.sequence_parallel and cache is None) if sequence_parallel is None else sequence_parallel
         if sp and t % self.parallel.tp_size:
             raise ValueError(f"sequence parallelism needs the token count ({t}) to be a multiple of "
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
         cos, sin = self.rope(position_ids)  # [t, hd]
-        p = Pass(cos, sin, seqs, self.attention_backend, sp, cache)
+        p = Pass(cos, sin, seqs, self.attention_backend, sp, cache, context, self.parallel.cp_group)
         x = self.embed(input_ids, sp)  # [t, h], or [t/tp, h] under SP
         self.full_recompute_layers = self._full_recompute_layers(t) if torch.is_grad_enabled() else 0
         delta = None
@@ -206,7 +224,8 @@ class Qwen2Model(nn.Module):
         if device.type != "cuda":
             return 0
         return full_recompute_layers(self.layout, tokens, self.parallel.sequence_parallel,
-                                     self.embed.weight.element_size(), activation_budget(device))
+                                     self.embed.weight.element_size(), activation_budget(device),
+                                     self.parallel.cp_size)
 
     def logits(self, hidden: torch.Tensor, sequence_parallel: bool | None = None) -> torch.Tensor:
         """Full-vocabulary fp32 logits ``[t, V]`` gathered over TP, from hidden states sharded along

@@ -32,7 +32,8 @@ import torch
 
 from ..ops.logprob_kernels import KERNELS
 from .collectives import group_rank, group_size, raw_all_reduce
-from .mappings import copy_to_tp, gather_tokens
+from .context import ContextShard
+from .mappings import copy_to_tp, gather_tokens, reduce_from_tp
 
 DEBUG_CHECKS = os.environ.get("MEGATRON_REDI_DEBUG", "0") == "1"
 # fp32 logits per chunk, which bounds the extra memory of the head. Larger on GPU: each chunk's
@@ -196,19 +197,25 @@ def sequence_logprobs(hidden, weight, targets, seq_index, num_seqs: int, tp_grou
 
 
 def head_logprobs(model, hidden, loss_index, targets, seq_index, num_seqs: int, seq_coeff=None,
-                  chunk_tokens: int | None = None, kernels: str | None = None):
+                  chunk_tokens: int | None = None, kernels: str | None = None, context: ContextShard | None = None):
     """The model's final hidden states -> per-sequence log-probs of a packed micro-batch.
 
     hidden: [t, h], or [t/tp, h] under sequence parallelism; loss_index [t_resp]: positions of
     response tokens (label positions), computed on the host with the batch so that selecting them
     needs no device sync; targets, seq_index [t] for the whole micro-batch; seq_coeff [num_seqs]
-    (``losses.sequence_coefficients``) selects single-pass mode.
+    (``losses.sequence_coefficients``) selects single-pass mode. Under context parallelism
+    ``hidden`` holds the rank's rows of ``context``: the head runs on its response tokens and each
+    sequence's sums are added over the CP group (forward all-reduce, backward identity: every CP
+    rank computes the same loss from the same sums, and its tokens' gradients are its own share).
     """
     parallel = model.parallel
     group = parallel.tp_group
     full = gather_tokens(hidden, group) if parallel.sequence_parallel else copy_to_tp(hidden, group)
-    rows = full.index_select(0, loss_index)  # [t_resp, h]
-    seq = seq_index.index_select(0, loss_index)
+    rows, positions = (loss_index, loss_index) if context is None else (context.loss_rows, context.loss_tokens)
+    seq = seq_index.index_select(0, positions)
     coeff = seq_coeff.float().index_select(0, seq) if seq_coeff is not None else None
-    return _logprobs(rows, model.head_weight, targets.index_select(0, loss_index), seq, num_seqs,
-                     group, coeff, chunk_tokens, kernels)
+    logp_sum, count = _logprobs(full.index_select(0, rows), model.head_weight, targets.index_select(0, positions),
+                                seq, num_seqs, group, coeff, chunk_tokens, kernels)
+    if context is None or context.cp_size == 1:
+        return logp_sum, count
+    return reduce_from_tp(logp_sum, parallel.cp_group), reduce_from_tp(count, parallel.cp_group)

@@ -1,4 +1,6 @@
 """Autograd-aware collectives over a tensor-parallel group, one Function per conjugate pair.
+(Context parallelism uses two of them over its own group: ``gather_tokens`` for the keys and
+values, ``reduce_from_tp`` for the log-prob head's per-sequence sums.)
 
 Each mapping's backward is its partner's forward:
 

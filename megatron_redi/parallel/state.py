@@ -1,9 +1,16 @@
 """Process groups, held in one validated object that is passed explicitly.
 
-Layout: ``world = tp * dp``. Tensor-parallel groups are blocks of consecutive ranks (they share a
-node, where NVLink is), data-parallel groups stride across them:
+Layout: ``world = tp * cp * dp``, ``rank = tp_rank + tp * (cp_rank + cp * dp_rank)``. Tensor-
+parallel groups are blocks of consecutive ranks (they share a node, where NVLink is), context-
+parallel groups stride over them, data-parallel groups stride over both:
 
-    world 4, tp 2:   tp groups {0,1} {2,3}     dp groups {0,2} {1,3}
+    world 4, tp 2:         tp {0,1} {2,3}                  dp {0,2} {1,3}
+    world 8, tp 2, cp 2:   tp {0,1} {2,3} {4,5} {6,7}      cp {0,2} {1,3} {4,6} {5,7}
+                           dp {0,4} {1,5} {2,6} {3,7}      dp x cp {0,2,4,6} {1,3,5,7}
+
+The ranks of a context-parallel group share one data-parallel share of the batch and split each
+micro-batch's tokens (context.py); the ranks of a ``dp x cp`` group hold the same parameters, so
+gradients are summed, and ZeRO-1's optimizer state sliced, over it.
 
 Nothing here lives in a module global: every layer receives the ``ParallelState`` it works in.
 """
@@ -31,8 +38,12 @@ class ParallelState:
     tp_rank: int = 0
     dp_size: int = 1
     dp_rank: int = 0
+    cp_size: int = 1
+    cp_rank: int = 0
     tp_group: dist.ProcessGroup | None = None  # None when tp_size == 1
     dp_group: dist.ProcessGroup | None = None  # None when dp_size == 1
+    cp_group: dist.ProcessGroup | None = None  # None when cp_size == 1
+    dp_cp_group: dist.ProcessGroup | None = None  # the parameters' replicas; None when dp_size * cp_size == 1
     # Shard activations along tokens between the TP regions (LayerNorm, residual, dropout-free
     # elementwise work), Megatron-style; only meaningful with tp_size > 1.
     sequence_parallel: bool = False
@@ -41,13 +52,25 @@ class ParallelState:
     _subgroups: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.tp_size * self.dp_size != self.world_size:
-            raise ValueError(f"tp_size ({self.tp_size}) x dp_size ({self.dp_size}) != "
+        if self.tp_size * self.cp_size * self.dp_size != self.world_size:
+            raise ValueError(f"tp_size ({self.tp_size}) x cp_size ({self.cp_size}) x dp_size ({self.dp_size}) != "
                              f"world_size ({self.world_size})")
-        if not (0 <= self.tp_rank < self.tp_size and 0 <= self.dp_rank < self.dp_size):
+        if not (0 <= self.tp_rank < self.tp_size and 0 <= self.dp_rank < self.dp_size
+                and 0 <= self.cp_rank < self.cp_size):
             raise ValueError(f"ranks out of range: {self}")
+        if self.dp_cp_group is None and self.cp_size == 1:
+            self.dp_cp_group = self.dp_group
         if self.sequence_parallel and self.tp_size == 1:
             self.sequence_parallel = False  # nothing to shard over
+
+    @property
+    def dp_cp_size(self) -> int:
+        """How many ranks hold the same parameter shard: gradients are summed over them."""
+        return self.dp_size * self.cp_size
+
+    @property
+    def dp_cp_rank(self) -> int:
+        return self.cp_rank + self.cp_size * self.dp_rank
 
     def tp_subgroup(self, size: int) -> dist.ProcessGroup | None:
         """The group of ``size`` consecutive TP ranks that this rank belongs to.
@@ -81,8 +104,9 @@ def shutdown() -> None:
 
 
 def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
-               backend: str | None = None, timeout_minutes: float = 60.0) -> ParallelState:
-    """Build the TP and DP groups from the torchrun environment.
+               backend: str | None = None, timeout_minutes: float = 60.0,
+               context_parallel_size: int = 1) -> ParallelState:
+    """Build the TP, CP and DP groups from the torchrun environment.
 
     Without torchrun (no ``WORLD_SIZE``) and without an initialised process group this returns a
     single-process state. The backend is NCCL when CUDA is available, one GPU per rank, gloo on CPU
@@ -95,9 +119,9 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
     """
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized() and env_world == 1:
-        if tensor_parallel_size != 1:
-            raise ConfigError(f"tensor_parallel_size={tensor_parallel_size} needs that many "
-                             "processes; launch with torchrun")
+        if tensor_parallel_size != 1 or context_parallel_size != 1:
+            raise ConfigError(f"tensor_parallel_size={tensor_parallel_size} x context_parallel_size="
+                              f"{context_parallel_size} needs that many processes; launch with torchrun")
         device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         return ParallelState(device=device)
 
@@ -120,23 +144,27 @@ def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     world, rank = dist.get_world_size(), dist.get_rank()
-    tp = tensor_parallel_size
-    if tp < 1 or world % tp:
-        raise ConfigError(f"tensor_parallel_size={tp} does not divide the world size {world}")
-    dp = world // tp
+    tp, cp = tensor_parallel_size, context_parallel_size
+    if tp < 1 or cp < 1 or world % (tp * cp):
+        raise ConfigError(f"tensor_parallel_size={tp} x context_parallel_size={cp} does not divide the world "
+                          f"size {world}")
+    dp = world // (tp * cp)
+    tp_rank, cp_rank, dp_rank = rank % tp, rank // tp % cp, rank // (tp * cp)
 
     # new_group is collective: every rank creates every group, in the same order.
-    tp_group = dp_group = None
-    for start in range(0, world, tp):
-        ranks = list(range(start, start + tp))
-        group = dist.new_group(ranks) if tp > 1 else None
-        if rank in ranks:
-            tp_group = group
-    for offset in range(tp):
-        ranks = list(range(offset, world, tp))
-        group = dist.new_group(ranks) if dp > 1 else None
-        if rank in ranks:
-            dp_group = group
-    return ParallelState(world_size=world, rank=rank, tp_size=tp, tp_rank=rank % tp,
-                         dp_size=dp, dp_rank=rank // tp, tp_group=tp_group, dp_group=dp_group,
-                         sequence_parallel=sequence_parallel, device=device)
+    def mine(rank_lists, wanted):
+        found = None
+        for ranks in rank_lists:
+            group = dist.new_group(ranks) if wanted else None
+            if rank in ranks:
+                found = group
+        return found
+
+    block = tp * cp
+    tp_group = mine([list(range(s, s + tp)) for s in range(0, world, tp)], tp > 1)
+    cp_group = mine([list(range(b + t, b + block, tp)) for b in range(0, world, block) for t in range(tp)], cp > 1)
+    dp_group = mine([list(range(o, world, block)) for o in range(block)], dp > 1)
+    dp_cp_group = (mine([list(range(t, world, tp)) for t in range(tp)], dp * cp > 1) if cp > 1 else dp_group)
+    return ParallelState(world_size=world, rank=rank, tp_size=tp, tp_rank=tp_rank, dp_size=dp, dp_rank=dp_rank,
+                         cp_size=cp, cp_rank=cp_rank, tp_group=tp_group, dp_group=dp_group, cp_group=cp_group,
+                         dp_cp_group=dp_cp_group, sequence_parallel=sequence_parallel, device=device)

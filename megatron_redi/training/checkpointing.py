@@ -161,7 +161,7 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             if side_files_from:
                 copy_side_files(side_files_from, tmp)
             with open(os.path.join(tmp, "training", "state.json"), "w") as f:
-                json.dump({**state, "tp_size": parallel.tp_size, "dp_size": parallel.dp_size, "zero1": zero1}, f,
+                json.dump({**state, "tp_size": parallel.tp_size, "dp_size": parallel.dp_cp_size, "zero1": zero1}, f,
                           indent=2)
             meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tp_size": parallel.tp_size,
                     "dtype": "F32", "model_config": cfg.to_hf_dict(), "training_step": step}
@@ -237,8 +237,8 @@ def keep_weights_only(path: str, dtype: torch.dtype = torch.bfloat16) -> None:
 
 
 def _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1):
-    tp, dp = parallel.tp_rank, parallel.dp_rank
-    if dp == 0:  # DP ranks hold identical weights: one copy per TP rank
+    tp, dp = parallel.tp_rank, parallel.dp_cp_rank  # the optimizer's slices: DP x CP ranks (no CP otherwise)
+    if dp == 0:  # DP (and CP) ranks hold identical weights: one copy per TP rank
         specs = [(e.native, torch.float32, tuple(master[e.native].shape)) for e in name_table(cfg)]
         writer = StreamingWriter(os.path.join(tmp, rank_file(tp)), specs)
         for name, _, _ in specs:
@@ -294,7 +294,7 @@ def load(path: str, state: dict, parallel: ParallelState, optimizer) -> tuple[di
     reader = NativeCheckpointReader(path)
     if reshard.same_layout(state, parallel, optimizer.zero1):
         master = {e.native: reader.read_shard(e.native, parallel.tp_rank) for e in name_table(reader.cfg)}
-        optim = load_file(reshard.optimizer_files(path, state)[(parallel.tp_rank, parallel.dp_rank if state["zero1"] else 0)])
+        optim = load_file(reshard.optimizer_files(path, state)[(parallel.tp_rank, parallel.dp_cp_rank if state["zero1"] else 0)])
     else:
         master = reshard.master_weights(reader, parallel)
         optim = reshard.moments(path, state, reader.cfg, parallel, [[n for n, _ in g.params] for g in optimizer.groups],

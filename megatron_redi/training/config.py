@@ -50,6 +50,7 @@ class ModelSection:
 class ParallelSection:
     tensor_parallel: int = 1  # TP size: divides the query heads, the vocabulary and the MLP width
     sequence_parallel: bool = True  # with tensor_parallel > 1
+    context_parallel: int = 1  # CP size: each micro-batch's tokens split over this many ranks (long sequences)
     zero1: bool = False  # shard the optimizer state (and the update) over data-parallel ranks
     bucket_mb: float = 100.0  # data-parallel gradient all-reduce bucket, MB of fp32
     # A dead rank ends the job instead of hanging it: the timeout must exceed one rank's longest work

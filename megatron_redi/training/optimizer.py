@@ -6,6 +6,10 @@ group (decay; no decay for biases and norm weights, as the reference's trainer).
 parameters sit in reverse registration order, roughly the order their gradients are ready in the
 backward, so the buffers split into contiguous buckets that fill one after another.
 
+"Data-parallel" below means the ranks that hold the same parameters: the data-parallel ranks times
+the context-parallel ones (``ParallelState.dp_cp_group``), whose gradients are partial sums, each
+over its own share of the batch's tokens.
+
 Gradients. A post-accumulate hook adds each micro-batch's ``p.grad`` into ``p.main_grad`` and drops
 ``p.grad``, so accumulation over micro-batches is fp32. The fused LM head writes straight into
 ``main_grad``. In the last micro-batch of a step, a bucket whose parameters have all reported is
@@ -62,7 +66,7 @@ class MasterParams:
         self.model, self.parallel, self.zero1 = model, parallel, zero1
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad][::-1]
         self.device = device = named[0][1].device
-        dp = parallel.dp_size
+        dp = parallel.dp_cp_size
         self.groups = [_Group([(n, p) for n, p in named if not no_weight_decay(n, p)], device, dp),
                        _Group([(n, p) for n, p in named if no_weight_decay(n, p)], device, dp)]
         self.weight_decay_groups = (True, False)
@@ -83,8 +87,8 @@ class MasterParams:
     def _my_slice(self, g: _Group) -> slice:
         if not self.zero1:
             return slice(0, g.numel)
-        size = g.numel // self.parallel.dp_size
-        return slice(self.parallel.dp_rank * size, (self.parallel.dp_rank + 1) * size)
+        size = g.numel // self.parallel.dp_cp_size
+        return slice(self.parallel.dp_cp_rank * size, (self.parallel.dp_cp_rank + 1) * size)
 
     def _build_buckets(self, bucket_mb):
         limit = max(1, int(bucket_mb * 2**20 / 4))
@@ -136,11 +140,11 @@ class MasterParams:
                 self._launch(i)
 
     def _launch(self, i):
-        if self._launched[i] or self.parallel.dp_size == 1:
+        if self._launched[i] or self.parallel.dp_cp_size == 1:
             self._launched[i] = True
             return
         g, start, end, _ = self.buckets[i]
-        self._handles.append(collectives.all_reduce(self.parallel, g.grad[start:end], self.parallel.dp_group,
+        self._handles.append(collectives.all_reduce(self.parallel, g.grad[start:end], self.parallel.dp_cp_group,
                                                     async_op=True))
         self._launched[i] = True
 
@@ -180,7 +184,7 @@ class MasterParams:
         self.step_count += 1
         replicated = list(self._replicated_views("master"))
         before = [view.clone() for view, _ in replicated]
-        sharded = self.zero1 and self.parallel.dp_size > 1
+        sharded = self.zero1 and self.parallel.dp_cp_size > 1
         sq = torch.zeros((), dtype=torch.float32, device=self.groups[0].master.device)
         for g, decay, sl, m, v in zip(self.groups, self.weight_decay_groups, self.slices,
                                       self.exp_avg, self.exp_avg_sq):
@@ -189,10 +193,10 @@ class MasterParams:
                                weight_decay if decay else 0.0, self.step_count, grad_scale, out)
         if sharded:
             for g, sl in zip(self.groups, self.slices):
-                collectives.all_gather(self.parallel, g.master, g.master[sl].clone(), self.parallel.dp_group)
+                collectives.all_gather(self.parallel, g.master, g.master[sl].clone(), self.parallel.dp_cp_group)
             self.copy_to_model()
         # After ZeRO-1's gather every DP rank sees the whole replicated update: let one count it.
-        if not (self.zero1 and self.parallel.dp_rank > 0):
+        if not (self.zero1 and self.parallel.dp_cp_rank > 0):
             for (view, share), old in zip(replicated, before):
                 sq -= (1 - 1 / share) * (view - old).square().sum()
         return sq
@@ -200,7 +204,7 @@ class MasterParams:
     def update_norm(self, sq: torch.Tensor) -> torch.Tensor:
         """The global norm of the step, from every rank's ``adamw_step`` share."""
         if self.zero1:
-            collectives.all_reduce(self.parallel, sq, self.parallel.dp_group)
+            collectives.all_reduce(self.parallel, sq, self.parallel.dp_cp_group)
         collectives.all_reduce(self.parallel, sq, self.parallel.tp_group)
         return sq.clamp_min(0).sqrt()
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..data import PairData, Unit, pack
 from ..parallel import ParallelState, collectives
-from .step import sequence_logps
+from .step import sequence_logps, to_rank
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def reference_logps(reference, pairs: PairData, parallel: ParallelState, micro_b
         for s in range(0, len(mine), chunk):
             units = [Unit(i, pairs[i]) for i in mine[s:s + chunk]]
             for mb in pack(units, micro_batch_tokens, pad, pad_token):
-                mb = mb.to(p.device)
+                mb = to_rank(mb, p)
                 logps, _ = sequence_logps(reference, mb)
                 items = torch.tensor(mb.items, device=p.device)
                 out[items, 0] = logps[mb.pairs.chosen]

@@ -1,6 +1,6 @@
 """Resuming at another parallel layout: a preempted job often comes back on another number of GPUs.
 
-A checkpoint saved at TP size T over D data-parallel ranks (ZeRO-1 or not) holds the fp32 master
+A checkpoint saved at TP size T over D data-parallel ranks (DP x CP; ZeRO-1 or not) holds the fp32 master
 weights one file per TP rank, and the AdamW moments as flat buffers, one per TP rank (and, with
 ZeRO-1, one slice per DP rank). For this run's TP rank and DP slice:
 
@@ -30,8 +30,9 @@ from ..parallel import ParallelState, TPLayout
 
 def same_layout(state: dict, parallel: ParallelState, zero1: bool) -> bool:
     """Whether the checkpoint's files are laid out as this run's, rank for rank (the flat buffers'
-    padding follows the DP size too)."""
-    return (state["tp_size"], state["dp_size"], state["zero1"]) == (parallel.tp_size, parallel.dp_size, zero1)
+    padding follows the DP size too). A checkpoint's "dp_size" counts the ranks its optimizer
+    state was sliced over, DP x CP: context parallelism leaves no other mark on the layout."""
+    return (state["tp_size"], state["dp_size"], state["zero1"]) == (parallel.tp_size, parallel.dp_cp_size, zero1)
 
 
 def optimizer_files(path: str, state: dict) -> dict[tuple[int, int], str]:

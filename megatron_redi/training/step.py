@@ -3,8 +3,10 @@
     forward_backward(model, master, batches, loss_cfg, total)   every micro-batch of the step:
         forward -> final hidden states -> fused head on the response rows -> per-sequence
         log-probs -> the micro-batch's loss (its pairs' loss sum / P; SFT: token NLL sum / N)
-        -> backward. Gradients are summed in the fp32 ``main_grad`` buffers, over micro-batches
-        and over data-parallel ranks (the last micro-batch's backward overlaps that all-reduce),
+        -> backward. Under context parallelism each rank runs its share of the tokens and the
+        per-sequence sums are added over the CP group, so every CP rank has the whole loss.
+        Gradients are summed in the fp32 ``main_grad`` buffers, over micro-batches and over the
+        data- and context-parallel ranks (the last micro-batch's backward overlaps that all-reduce),
         then parameters replicated over TP ranks get theirs summed over the ranks sharing them.
     optimizer_step(master, grad_norm, lr, optim)                clip to optim.clip_grad, AdamW on
         the fp32 master weights, copy to the compute-dtype parameters; returns the update's norm.
@@ -15,23 +17,34 @@ known before the forward); DPO and SimPO the two-pass one. docs/design.md has th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
 from ..batch import MicroBatch
 from ..losses import LossConfig, microbatch_loss, sequence_coefficients
-from ..parallel import sync_replicated_grads
+from ..parallel import ParallelState, sync_replicated_grads
+from ..parallel.context import split
 from ..parallel.logprob_head import head_logprobs
 from .optimizer import MasterParams
+
+
+def to_rank(mb: MicroBatch, parallel: ParallelState) -> MicroBatch:
+    """A host micro-batch on the rank's device, with its share of the tokens under context
+    parallelism (computed on the host, from the boundaries alone)."""
+    if parallel.cp_size > 1:
+        multiple = parallel.tp_size if parallel.sequence_parallel else 1
+        mb = replace(mb, context=split(mb.seqs.host, mb.loss_index, parallel.cp_size, parallel.cp_rank, multiple))
+    return mb.to(parallel.device)
 
 
 def sequence_logps(model, mb: MicroBatch, seq_coeff=None):
     """Per-sequence log-prob sums and token counts of a micro-batch's responses (single-pass head
     when ``seq_coeff``, the loss's d loss / d logp per sequence, is given)."""
-    hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
-    return head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, seq_coeff)
+    hidden = model(mb.input_ids, mb.position_ids, mb.seqs, context=mb.context)
+    return head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, seq_coeff,
+                         context=mb.context)
 
 
 @dataclass
@@ -52,18 +65,18 @@ def forward_backward(model, master: MasterParams, batches: list[MicroBatch], los
     N (SFT response tokens); ``reference``, a frozen model whose log-probs DPO compares with (else
     the micro-batches carry them); ``on_phase(name)`` is called as "forward", "head" and "backward"
     end, for a benchmark's timer."""
-    device = master.device
     master.zero_grad()
-    work = StepWork(loss=torch.zeros((), device=device))
+    work = StepWork(loss=torch.zeros((), device=master.device))
     for k, mb in enumerate(batches):
-        mb = mb.to(device)
+        mb = to_rank(mb, model.parallel)
         if k == len(batches) - 1:
             master.start_reduction()
         coeff = sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total) if loss_cfg.linear else None
-        hidden = model(mb.input_ids, mb.position_ids, mb.seqs)
+        hidden = model(mb.input_ids, mb.position_ids, mb.seqs, context=mb.context)
         if on_phase:
             on_phase("forward")
-        logp_sum, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff)
+        logp_sum, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff,
+                                        context=mb.context)
         ref = mb.ref_logps
         if reference is not None:
             with torch.no_grad():

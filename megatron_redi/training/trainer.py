@@ -1,4 +1,4 @@
-"""The training loop: SFT (stage 1) or a pairwise loss (stage 2), over TP x DP ranks.
+"""The training loop: SFT (stage 1) or a pairwise loss (stage 2), over TP x CP x DP ranks.
 
 Each step: the sampler plans the global batch (this DP rank's items and the global totals, P pairs
 or SFT's N response tokens, identical on every rank); the rank's items are packed into micro-batches
@@ -73,7 +73,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.parallel = p = initialize(tensor_parallel_size=cfg.parallel.tensor_parallel,
                                        sequence_parallel=cfg.parallel.sequence_parallel,
-                                       timeout_minutes=cfg.parallel.timeout_minutes)
+                                       timeout_minutes=cfg.parallel.timeout_minutes,
+                                       context_parallel_size=cfg.parallel.context_parallel)
         self.is_main = p.rank == 0
         # what the run reads: no output of it may be, contain or lie inside one of these
         self.inputs = tuple(path for path in (cfg.model.path, cfg.data.path, cfg.reference.path, cfg.eval.benchmark)
@@ -224,8 +225,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         out.update(lr=lr, tokens=int(tokens), tokens_per_s=tokens / elapsed, step_time_s=elapsed,
                    micro_batches=len(batches), full_recompute_layers=work.full_recompute_layers)
-        if device.type == "cuda":  # every TP rank of a DP group did the same work: count it once
-            out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.dp_size * self.parallel.tp_size)
+        if device.type == "cuda":  # the TP and CP ranks of a DP rank shared its work: counted once
+            out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.world_size)
         return out
 
     # ---- the run ----------------------------------------------------------------------------------

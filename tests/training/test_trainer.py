@@ -178,6 +178,20 @@ def test_tp2_dp2_with_zero1_equals_tp1_dp1(tiny_run_inputs, tmp_path):
         assert x["update_norm"] == pytest.approx(y["update_norm"], rel=1e-4)
 
 
+def test_cp2_training_equals_cp1(tiny_run_inputs, tmp_path):
+    """Four steps at context parallelism 2 (each micro-batch's sequences split over 2 ranks) against
+    the same run on one rank: loss, LogPS, gradient and update norms to fp32 rounding."""
+    data, model = tiny_run_inputs
+    _run(data, model, tmp_path / "cp1")
+    run_ranks(2, _run, data, model, tmp_path / "cp2", "--parallel.context_parallel", "2")
+    ref, cp = metrics(tmp_path / "cp1"), metrics(tmp_path / "cp2")
+    assert len(ref) == len(cp) == 4
+    for x, y in zip(ref, cp):
+        for key in ("loss", "logps/chosen_mean", "logps/rejected_mean", "rewards/margin", "grad_norm", "update_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (x["step"], key)
+        assert x["tokens"] == y["tokens"]  # each token counted once, not once per CP rank
+
+
 def test_zero1_run_killed_and_resumed_on_two_dp_ranks_reproduces_bit_for_bit(tiny_run_inputs, tmp_path):
     data, model = tiny_run_inputs
     zero1 = ("--parallel.zero1", "true")
@@ -209,6 +223,22 @@ def test_a_run_resumes_at_another_tp_size(tiny_run_inputs, tmp_path, before, aft
     run("full", after, "--train.max_steps", "6")
     run("cut", before, "--train.max_steps", "3", "--checkpoint.every", "3")
     run("cut", after, "--train.max_steps", "6")  # the fp32 weights and AdamW moments resharded to TP `after`
+    _resumed_at_another_layout(tmp_path, exact=False)
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_a_run_resumes_at_another_context_parallel_size(tiny_run_inputs, tmp_path, before, after):
+    """Checkpoints carry no trace of CP but ZeRO-1's slices (over DP x CP): saved at one CP size,
+    resumed at the other."""
+    data, model = tiny_run_inputs
+
+    def run(out, cp, *extra):
+        args = (data, model, tmp_path / out, "--parallel.context_parallel", str(cp), "--parallel.zero1", "true", *extra)
+        run_ranks(cp, _run, *args) if cp > 1 else _run(*args)
+
+    run("full", after, "--train.max_steps", "6")
+    run("cut", before, "--train.max_steps", "3", "--checkpoint.every", "3")
+    run("cut", after, "--train.max_steps", "6")
     _resumed_at_another_layout(tmp_path, exact=False)
 
 
