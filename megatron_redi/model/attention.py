@@ -28,9 +28,9 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from ..batch import SeqBoundaries
+from ..ops.chunk_attention import chunk_attention
 from ..parallel.context import ContextShard
 from ..parallel.mappings import gather_tokens
 
@@ -93,10 +93,7 @@ def _chunks_sdpa(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
     for qs, (r0, r1, k0, k1) in zip(q.split(lengths), shard.chunks):  # split: one concatenation in the backward
         ks, vs = k_full[k0:k1], v_full[k0:k1]
         qs, ks, vs = (x.transpose(0, 1).unsqueeze(0) for x in (qs, ks, vs))  # [1, n, s, hd]
-        square = r1 - r0 == k1 - k0  # the sequence's first chunk: plain causal attention
-        mask = None if square else causal_lower_right(r1 - r0, k1 - k0)
-        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=square, enable_gqa=True)
-        out.append(o.squeeze(0).transpose(0, 1))
+        out.append(chunk_attention(qs, ks, vs).squeeze(0).transpose(0, 1))
     return out
 
 

@@ -72,3 +72,21 @@ def test_lean_functions_save_less_for_backward():
     assert plain_norm >= 2 * lean_norm
     assert lean_mlp == t * 2 * f * 2 + h * f * 2  # gate_up and the weight only
     assert plain_mlp - lean_mlp >= 2 * t * f * 2  # silu(gate) and the product are not kept
+
+
+@pytest.mark.parametrize("m,n", [(5, 12), (1, 9), (16, 17), (7, 7)])
+def test_chunk_attention_equals_the_bottom_right_masked_reference(m, n):
+    """Context parallelism's attention of a chunk's m queries over its sequence's first n keys, in
+    two unmasked parts merged by log-sum-exp, against SDPA with the materialised mask: output and
+    every gradient."""
+    from megatron_redi.ops.chunk_attention import chunk_attention, chunk_attention_reference
+
+    g = torch.Generator().manual_seed(m * n)
+    q, k, v = (torch.randn(1, heads, length, 16, generator=g, dtype=torch.float64, requires_grad=True)
+               for heads, length in ((4, m), (2, n), (2, n)))
+    grad = torch.randn(1, 4, m, 16, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got := chunk_attention(q, k, v), (q, k, v), grad)
+    want_grads = torch.autograd.grad(want := chunk_attention_reference(q, k, v), (q, k, v), grad)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -102,3 +102,51 @@ def test_tp2_cp2_step_equals_tp1_cp1(tiny_checkpoint, loss_type):
 def test_cp4_step_equals_cp1(tiny_checkpoint):
     """Four ranks of one sequence each: some chunks empty, a sequence shorter than 2 cp = 8."""
     run_ranks(4, _check_step, tiny_checkpoint(), 1, 4, "redi")
+
+
+def _emulated(q, k, v, offsets, cp, backend, monkeypatch):
+    """Every CP rank's attention in one process: the all-gather replaced by the concatenation of
+    the ranks' K/V; the rows put back in micro-batch order."""
+    from megatron_redi.model import attention
+
+    shards = [split(offsets, torch.zeros(0, dtype=torch.int64), cp, r).to(q.device) for r in range(cp)]
+    everyone = torch.cat([torch.cat((k[s.tokens], v[s.tokens]), dim=1) for s in shards])
+    monkeypatch.setattr(attention, "gather_tokens", lambda x, group: everyone)
+    out = torch.empty_like(q)
+    for s in shards:
+        local = attention.context_attention(q[s.tokens], k[s.tokens], v[s.tokens], s, None, backend)
+        assert not local[s.real_rows:].any()  # padding rows
+        out[s.tokens[:s.real_rows]] = local[:s.real_rows]
+    return out
+
+
+def _qkv(lengths, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    t = sum(lengths)
+    q, k, v = (torch.randn(t, n, 16, generator=g).to(device, dtype) for n in (4, 2, 2))
+    return q, k, v, np.cumsum([0, *lengths]).tolist()
+
+
+@pytest.mark.parametrize("cp", [2, 3, 4])
+def test_emulated_context_attention_equals_causal_attention(monkeypatch, cp):
+    from megatron_redi.batch import SeqBoundaries
+    from megatron_redi.model.attention import causal_attention
+
+    q, k, v, offsets = _qkv([37, 3, 1, 64], "cpu", torch.float32)
+    want = causal_attention(q, k, v, SeqBoundaries.from_offsets(offsets, "cpu"), "sdpa")
+    torch.testing.assert_close(_emulated(q, k, v, offsets, cp, "sdpa", monkeypatch), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
+def test_emulated_context_attention_on_cuda(monkeypatch, backend):
+    """Both backends under CP on the GPU, bf16, against the whole sequences' fp32 attention on CPU."""
+    from megatron_redi.batch import SeqBoundaries
+    from megatron_redi.model.attention import causal_attention, varlen_available
+
+    if backend == "varlen" and not varlen_available(torch.device("cuda")):
+        pytest.skip("this torch has no varlen attention")
+    q, k, v, offsets = _qkv([1000, 3, 17, 2500], "cpu", torch.float32)
+    want = causal_attention(q, k, v, SeqBoundaries.from_offsets(offsets, "cpu"), "sdpa")
+    got = _emulated(*(x.to("cuda", torch.bfloat16) for x in (q, k, v)), offsets, 2, backend, monkeypatch)
+    torch.testing.assert_close(got.float().cpu(), want, rtol=2e-2, atol=2e-2)
