@@ -46,18 +46,45 @@ def layer_bytes_per_token(layout: TPLayout, sequence_parallel: bool, elem: int, 
     return selective, full
 
 
+def activation_bytes(layout: TPLayout, tokens: int, sequence_parallel: bool, elem: int, full_layers: int,
+                     cp: int = 1) -> float:
+    """Activations of a micro-batch with its first ``full_layers`` layers recomputed in full, the
+    backward's transient included (``tokens``: the rank's, under context parallelism)."""
+    selective, full = layer_bytes_per_token(layout, sequence_parallel, elem, cp)
+    transient = (2.5 if full_layers else 1.5) * selective
+    return tokens * ((layout.cfg.num_layers - full_layers) * selective + full_layers * full + transient)
+
+
 def full_recompute_layers(layout: TPLayout, tokens: int, sequence_parallel: bool, elem: int,
                           budget_bytes: float, cp: int = 1) -> int:
     """The fewest layers to recompute in full for ``tokens`` (the rank's, under context
     parallelism) to fit ``budget_bytes`` of activations (all of them when even that does not fit:
     the smallest footprint there is)."""
-    selective, full = layer_bytes_per_token(layout, sequence_parallel, elem, cp)
     layers = layout.cfg.num_layers
-    for n in range(layers + 1):
-        transient = (2.5 if n else 1.5) * selective
-        if tokens * ((layers - n) * selective + n * full + transient) <= budget_bytes:
-            return n
-    return layers
+    return next((n for n in range(layers + 1)
+                 if activation_bytes(layout, tokens, sequence_parallel, elem, n, cp) <= budget_bytes), layers)
+
+
+def state_bytes(cfg, tp: int, replicas: int, zero1: bool, elem: int = 2) -> float:
+    """Weights and optimizer state on one rank: the parameters in the compute dtype and their fp32
+    gradient, fp32 master copy and two AdamW moments; the last three sliced over the ``replicas``
+    (DP x CP ranks) under ZeRO-1, the fp32 gradient not (it is all-reduced whole)."""
+    params = cfg.num_parameters() / tp
+    return params * (elem + 4) + params * 12 / (replicas if zero1 else 1)
+
+
+def rank_plan(cfg, tp: int, cp: int, dp: int, tokens: int, card_bytes: float, zero1: bool = True,
+              elem: int = 2) -> dict:
+    """What one rank of a TP x CP x DP run holds for a micro-batch of ``tokens`` on a card of
+    ``card_bytes``, as ``recompute="auto"`` would plan it (sequence parallelism with TP > 1)."""
+    layout = TPLayout(cfg, tp)
+    state = state_bytes(cfg, tp, dp * cp, zero1, elem)
+    budget = MEMORY_FRACTION * card_bytes - state - HEAD_RESERVE
+    local = -(-tokens // cp)
+    full = full_recompute_layers(layout, local, tp > 1, elem, budget, cp)
+    activations = activation_bytes(layout, local, tp > 1, elem, full, cp)
+    return {"tp": tp, "cp": cp, "dp": dp, "state_bytes": state, "activation_bytes": activations,
+            "full_recompute_layers": full, "fits": activations <= budget}
 
 
 def activation_budget(device: torch.device) -> float:

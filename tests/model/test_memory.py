@@ -40,3 +40,20 @@ def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):
     assert mixed.full_recompute_layers == 1
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_context_parallelism_divides_the_activations_and_the_plan_says_what_fits():
+    """7B at 64k tokens a micro-batch (the paper's longest pairs, 2 x 32k) on 8 x 80 GB."""
+    from megatron_redi.model.memory import activation_bytes, rank_plan
+
+    cfg = preset("qwen2.5-7b")
+    layout = TPLayout(cfg, 1)
+    one = activation_bytes(layout, 65536, False, 2, 0)
+    for cp in (2, 4, 8):
+        # the rank's share of every activation, plus the gathered keys and values of the whole micro-batch
+        assert 1 / cp < activation_bytes(layout, 65536 // cp, False, 2, 0, cp) / one < 1.15 / cp
+    plans = {(p["tp"], p["cp"]): p for p in (rank_plan(cfg, tp, cp, 8 // (tp * cp), 65536, 80e9)
+                                              for tp, cp in ((1, 1), (1, 8), (2, 4), (4, 2)))}
+    assert not plans[1, 1]["fits"] and plans[1, 1]["full_recompute_layers"] == cfg.num_layers
+    assert plans[1, 8]["fits"] and plans[2, 4]["fits"] and plans[4, 2]["fits"]
+    assert plans[4, 2]["full_recompute_layers"] < plans[2, 4]["full_recompute_layers"] < plans[1, 8]["full_recompute_layers"]
