@@ -14,8 +14,8 @@
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_redi / symmetric / dpo / simpo /
-#       sft, toy_eval, multirank_shared_gpu, generation_1.5b, generation_batching, logprob_65k; install always
-#       runs)
+#       sft, toy_eval, multirank_shared_gpu, context_parallel, generation_1.5b, generation_batching,
+#       logprob_65k; install always runs)
 #
 # Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
 # end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
@@ -68,7 +68,7 @@ if [ $DRY = 1 ]; then
     PAIR=96,96 UNEVEN=32,160 ATTN_SHAPE="--heads 4 --kv-heads 2 --head-dim 16"
     HEAD_SHAPE="--hidden 128 --vocab 4096 --repeats 1" HEAD_TOKENS=1024 HEAD_LONG=2048
     HEAD_CHUNKS=64,256 HEAD_PATHS=naive,single-pass/pytorch@64,single-pass/pytorch@256
-    GEN_SHAPE="--preset tiny --batch 4 --new-tokens 32" TOY_ROWS=200
+    GEN_SHAPE="--preset tiny --batch 4 --new-tokens 32" TOY_ROWS=200 CP_TOKENS=256
     BATCHING_SHAPE="--preset tiny --jobs 16 --batch 4 --new-tokens 32 --repeats 1"
 else
     PRESET=qwen2.5-1.5b BENCH_EXTRA= PROFILE=60
@@ -76,7 +76,7 @@ else
     PAIR=8192,8192 UNEVEN=3072,13312 ATTN_SHAPE=
     HEAD_SHAPE= HEAD_TOKENS=16384 HEAD_LONG=65536 HEAD_CHUNKS=441,1765,3530,7060
     HEAD_PATHS=naive,single-pass/cuda-extension@441,single-pass/cuda-extension@1765,single-pass/cuda-extension@3530,single-pass/cuda-extension@7060,two-pass/cuda-extension@3530,single-pass/triton@3530
-    GEN_SHAPE="--preset qwen2.5-1.5b --batch 32 --new-tokens 512" TOY_ROWS=600
+    GEN_SHAPE="--preset qwen2.5-1.5b --batch 32 --new-tokens 512" TOY_ROWS=600 CP_TOKENS=32768
     BATCHING_SHAPE="--preset qwen2.5-1.5b --jobs 512 --batch 64 --new-tokens 1024 --repeats 1"
 fi
 bench="python tools/benchmark_throughput.py --preset $PRESET $BENCH_EXTRA"
@@ -139,6 +139,9 @@ step toy_eval 90 python tools/evaluate.py --run-dir "$toy/run_redi" --tokenizer 
 # checked: TP=2 + SP, DP=2 + ZeRO-1, DPO's pre-pass, SIGTERM to one rank and the resume, evaluations
 step multirank_shared_gpu 180 python tools/multirank_check.py --shared-gpu --model "$toy/student" --data "$toy/data" \
     --benchmark "$toy/benchmark.jsonl" --output "$WORK/multirank"
+# context parallelism's memory and time per rank for one long sequence, CP ranks sharing the GPU
+full_only && step context_parallel 180 env MEGATRON_REDI_SHARED_GPU=1 python tools/benchmark_context_parallel.py \
+    --tokens $CP_TOKENS --cp 1 2 4 --output "$WORK/context_parallel.json"
 # the evaluator's generator against transformers' static-cache generate, same model and prompts
 full_only && step generation_1.5b 240 python tools/benchmark_generation.py $GEN_SHAPE --json "$WORK/generation_1.5b.json"
 # continuous against static batching on long-tailed generation lengths (the same tokens both ways)

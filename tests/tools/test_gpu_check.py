@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throughput_4096", "throughput_16384",
          "throughput_19000", "attention_pair", "attention_uneven", "logprob_16k", "toy_data", "toy_redi",
          "toy_symmetric", "toy_dpo", "toy_simpo", "toy_sft", "toy_eval", "multirank_shared_gpu",
-         "generation_1.5b", "generation_batching", "logprob_65k"]
+         "context_parallel", "generation_1.5b", "generation_batching", "logprob_65k"]
 
 
 def test_every_step_runs_at_toy_sizes(tmp_path):
@@ -21,7 +21,7 @@ def test_every_step_runs_at_toy_sizes(tmp_path):
     assert [name for name, _ in outcomes] == STEPS
     failed = [name for name, rc in outcomes if rc != "0"]
     assert not failed, (tmp_path / "logs.txt").read_text()[-5000:]
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 10  # one per benchmark step
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 11  # one per benchmark step
 
 
 def test_an_unknown_option_is_refused(tmp_path):
