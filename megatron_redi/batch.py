@@ -14,12 +14,9 @@ docs/design.md describes each field and who reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from .parallel.context import ContextShard
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,9 @@ class MicroBatch:
     pairs: Pairs  # chosen/rejected sequence indices (SFT: chosen lists every sequence)
     items: tuple[int, ...]  # dataset index of each unit, in order
     ref_logps: torch.Tensor | None = None  # [N] DPO reference sums
-    context: ContextShard | None = None  # this rank's share under context parallelism (training.step.to_rank)
+    # under context parallelism, this rank's share of the tokens: a parallel.context.ContextShard
+    # (attached by training.step.to_rank; the layer above this module owns its type)
+    context: object | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -119,6 +119,8 @@ def context_attention(q, k, v, shard: ContextShard, cp_group, backend: str = "au
     nkv = k.shape[1]
     kv = gather_tokens(torch.cat((k, v), dim=1), cp_group)  # [cp n, 2 nkv, hd], rank after rank
     k_full, v_full = kv.index_select(0, shard.kv_order).split(nkv, dim=1)  # [T, nkv, hd] each, in order
+    if backend == "auto":  # varlen: one launch for every chunk, no mask built, on CUDA
+        backend = "varlen" if varlen_available(q.device) else "sdpa"
     chunked = _chunks_sdpa if _resolve(backend, q.device, len(shard.chunks)) == "sdpa" else _chunks_varlen
     out = chunked(q, k_full, v_full, shard) if shard.chunks else []
     if q.shape[0] > shard.real_rows:

@@ -192,6 +192,29 @@ def test_cp2_training_equals_cp1(tiny_run_inputs, tmp_path):
         assert x["tokens"] == y["tokens"]  # each token counted once, not once per CP rank
 
 
+def test_cp2_dpo_prepass_and_in_training_evaluation(tiny_run_inputs, tmp_path):
+    """DPO's reference pre-pass at CP 2 stores the log-probs CP 1 computes; the in-training
+    evaluation (generation is not split along tokens) runs on the CP ranks and scores every problem."""
+    import numpy as np
+
+    data, model = tiny_run_inputs
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(3)))
+    for cp in (1, 2):
+        shutil.copytree(data, tmp_path / f"data{cp}")
+        args = (str(tmp_path / f"data{cp}"), model, tmp_path / f"run{cp}", "--reference.mode", "prepass",
+                "--loss.type", "dpo", "--train.max_steps", "2", "--eval.benchmark", bench, "--eval.every", "2",
+                "--eval.max_new_tokens", "4", "--parallel.context_parallel", str(cp))
+        run_ranks(cp, _run, *args) if cp > 1 else _run(*args)
+    one, two = (np.load(tmp_path / f"data{cp}" / "pairs" / "ref_logps.npz") for cp in (1, 2))
+    np.testing.assert_allclose(two["values"], one["values"], rtol=1e-5)
+    assert [r["step"] for r in metrics(tmp_path / "run2") if "eval/pass@1" in r] == [0, 2]
+    for x, y in zip(metrics(tmp_path / "run1"), metrics(tmp_path / "run2")):
+        assert x["step"] == y["step"] and ("eval/pass@1" in x) == ("eval/pass@1" in y)
+        if "loss" in x:
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+
+
 def test_zero1_run_killed_and_resumed_on_two_dp_ranks_reproduces_bit_for_bit(tiny_run_inputs, tmp_path):
     data, model = tiny_run_inputs
     zero1 = ("--parallel.zero1", "true")
