@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # bottom to top; a unit may import from its own layer's package and from lower layers
 LAYERS = [
     {"cli"},  # the commands' shared rules: UserError (exit 2), help
-    {"config", "atomic", "batch"},
+    {"config", "atomic", "batch", "main_grad"},
     {"ops"},  # kernels and their references: no communication
     {"parallel"},  # groups, the TP layout, collectives, TP layers and autograd Functions
     {"checkpoint"},

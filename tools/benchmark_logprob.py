@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from megatron_redi import main_grad
 from megatron_redi.config import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
@@ -59,7 +60,7 @@ def naive(h, w, targets, seq_index, n, upstream):
 
 def fused(single, kernels, chunk_tokens=None):
     def run(h, w, targets, seq_index, n, upstream):
-        w.main_grad = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        main_grad.attach(w, torch.zeros(w.shape, dtype=torch.float32, device=w.device), open_=True)
         coeff = upstream[seq_index] if single else None
         logp_sum, _ = sequence_logprobs(h, w, targets, seq_index, n, token_coeff=coeff, kernels=kernels,
                                         chunk_tokens=chunk_tokens)
@@ -83,7 +84,7 @@ def measure(fn, inputs, n, repeats, reference):
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    dw = getattr(w, "main_grad", None)
+    dw = main_grad.of(w)
     dw = w.grad if dw is None else dw
     grads = h.grad.numel() * h.grad.element_size() + dw.numel() * dw.element_size()
     extra = (torch.cuda.max_memory_allocated() - base - grads) if cuda else None
@@ -131,7 +132,7 @@ def main():
     if not args.no_error:  # fp32 gradients through the exact chunked path, on fp32 copies
         h, w = (x.float().clone().requires_grad_() for x in inputs[:2])
         fused(False, "pytorch")(h, w, *inputs[2:4], args.seqs, inputs[4])
-        reference = (h.grad, w.main_grad)
+        reference = (h.grad, main_grad.of(w))
         del h, w
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}: {args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, {args.dtype}, "

@@ -50,7 +50,7 @@ from ..parallel.mappings import copy_to_tp, gather_last_dim, gather_tokens
 from ..parallel.context import ContextShard
 from .attention import causal_attention, context_attention
 from .kv_cache import KVCache
-from .memory import activation_budget, full_recompute_layers
+from . import memory
 from .rope import RotaryEmbedding
 
 RECOMPUTE_MODES = ("none", "selective", "full", "auto")
@@ -158,7 +158,6 @@ class Qwen2Model(nn.Module):
         self.cfg, self.parallel = cfg, parallel
         self.layout = TPLayout(cfg, parallel.tp_size)  # refuses a TP size the model cannot be split over
         self.recompute, self.attention_backend = recompute, attention_backend
-        self.full_recompute_layers = 0  # of the last forward (recompute="auto" plans it per micro-batch)
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
             lean = recompute in ("selective", "auto")
@@ -178,7 +177,8 @@ class Qwen2Model(nn.Module):
         return (self.embed if self.lm_head is None else self.lm_head).weight
 
     def forward(self, input_ids, position_ids, cu_seqlens, return_logits: bool = False, cache=None,
-                sequence_parallel: bool | None = None, context: ContextShard | None = None):
+                sequence_parallel: bool | None = None, context: ContextShard | None = None,
+                full_recompute_layers: int | None = None):
         """input_ids, position_ids: [t] (every rank holds all t, also under SP and CP);
         cu_seqlens: a SeqBoundaries, or host offsets [N+1]; cache: a KVCache when generating;
         sequence_parallel: shard the residual stream along tokens (by default as the ParallelState
@@ -186,7 +186,9 @@ class Qwen2Model(nn.Module):
         CP rank's share of the micro-batch (parallel/context.py), which the forward then runs on
         alone: the hidden states returned are of its rows. Without one, every CP rank runs the
         whole micro-batch (generation), which a forward that builds gradients refuses: each
-        gradient would be counted once per CP rank."""
+        gradient would be counted once per CP rank. full_recompute_layers: how many leading layers
+        to recompute in full (by default ``plan_recompute``'s answer; the step asks it first, to
+        report the plan)."""
         seqs = SeqBoundaries.coerce(cu_seqlens, input_ids.device)
         t = input_ids.shape[0]
         if seqs.num_tokens != t or position_ids.shape != input_ids.shape:
@@ -207,24 +209,29 @@ class Qwen2Model(nn.Module):
         cos, sin = self.rope(position_ids)  # [t, hd]
         p = Pass(cos, sin, seqs, self.attention_backend, sp, cache, context, self.parallel.cp_group)
         x = self.embed(input_ids, sp)  # [t, h], or [t/tp, h] under SP
-        self.full_recompute_layers = self._full_recompute_layers(t) if torch.is_grad_enabled() else 0
+        if not torch.is_grad_enabled():
+            full_recompute_layers = 0
+        elif full_recompute_layers is None:
+            full_recompute_layers = self.plan_recompute(t)
         delta = None
         for i, layer in enumerate(self.layers):
-            if i < self.full_recompute_layers:
+            if i < full_recompute_layers:
                 x, delta = checkpoint(layer, x, delta, p, use_reentrant=False)
             else:
                 x, delta = layer(x, delta, p)
         _, x = self.norm(x, delta)
         return self.logits(x, sp) if return_logits else x
 
-    def _full_recompute_layers(self, tokens: int) -> int:
+    def plan_recompute(self, tokens: int) -> int:
+        """How many leading layers a forward with gradients over ``tokens`` rows (the rank's under
+        context parallelism: ``ContextShard.rows``) recomputes in full."""
         if self.recompute != "auto":
             return self.cfg.num_layers if self.recompute == "full" else 0
         device = self.embed.weight.device
         if device.type != "cuda":
             return 0
-        return full_recompute_layers(self.layout, tokens, self.parallel.sequence_parallel,
-                                     self.embed.weight.element_size(), activation_budget(device),
+        return memory.full_recompute_layers(self.layout, tokens, self.parallel.sequence_parallel,
+                                     self.embed.weight.element_size(), memory.activation_budget(device),
                                      self.parallel.cp_size)
 
     def logits(self, hidden: torch.Tensor, sequence_parallel: bool | None = None) -> torch.Tensor:

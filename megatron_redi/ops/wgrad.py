@@ -5,19 +5,20 @@
     weight_grad(weight, dy, x)                                 dy^T x for ``weight``: returned, or
                                                                accumulated into weight.main_grad
 
-The trainer keeps an fp32 gradient for every parameter (``p.main_grad``, training/optimizer.py).
+The trainer keeps an fp32 gradient for every parameter (megatron_redi/main_grad.py).
 Through plain autograd the weight gradient of a bf16 linear is a bf16 tensor that a hook then adds
 into main_grad: one more tensor, one more pass and one more rounding per weight and micro-batch.
 ``weight_grad`` accumulates into main_grad itself (Megatron calls this gradient-accumulation
 fusion) and returns an uninitialised placeholder, so that the parameter's post-accumulate hook,
-which drives the data-parallel buckets, still fires; ``grad_in_main_grad`` tells the hook not to
-add it. Without a main_grad (no trainer: tests, inference) it returns the plain product.
+which drives the data-parallel buckets, still fires; the contract's "delivered" mark tells the hook
+not to add it. Without a main_grad (no trainer: tests, inference) it returns the plain product.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import main_grad
 from .backends import cuda_extension
 
 
@@ -38,9 +39,7 @@ def weight_grad(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor):
     """``dy^T x`` for ``weight`` [out, in] from ``dy`` [..., out] and ``x`` [..., in]: returned, or
     accumulated into ``weight.main_grad`` (then a placeholder is returned)."""
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-    main = getattr(weight, "main_grad", None)
-    if main is None:
+    if main_grad.of(weight) is None:
         return dy2.t() @ x2
-    wgrad_accumulate(main, dy2.contiguous(), x2.contiguous())
-    weight.grad_in_main_grad = True
+    wgrad_accumulate(main_grad.write(weight, replaces_grad=True), dy2.contiguous(), x2.contiguous())
     return torch.empty_like(weight)

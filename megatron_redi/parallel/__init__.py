@@ -1,9 +1,10 @@
 """Tensor, sequence and data parallelism: groups, the TP layout, autograd collectives, sharded layers."""
 
 from .layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                     mark_replicated, sync_replicated_grads)
+                     mark_replicated, replicated_regions, sync_replicated_grads)
 from .layout import LayoutError, TPLayout, divide
 from .state import ParallelState, initialize, shutdown
 
 __all__ = ["ColumnParallelLinear", "LayoutError", "ParallelState", "RowParallelLinear", "TPLayout",
-           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "shutdown", "sync_replicated_grads"]
+           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "replicated_regions", "shutdown",
+           "sync_replicated_grads"]

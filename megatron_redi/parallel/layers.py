@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .collectives import raw_all_reduce
+from .. import main_grad
+from .collectives import group_size, raw_all_reduce
 from .linear import embedding, linear
 from .mappings import reduce_from_tp, reduce_scatter_tokens
 from .state import ParallelState, divide
@@ -119,18 +120,36 @@ def mark_replicated(module: nn.Module, param_name: str, group, rows: slice | Non
     module.replicated_params.append((param_name, rows if rows is not None else slice(None), group))
 
 
+def _marks(model: nn.Module):
+    """(module name, module, parameter name, rows, group) of every replicated region."""
+    for mod_name, module in model.named_modules():
+        for param_name, rows, group in module.__dict__.get("replicated_params", ()):
+            yield mod_name, module, param_name, rows, group
+
+
+def replicated_regions(model: nn.Module) -> dict[str, list[tuple[slice, int]]]:
+    """Parameter name -> [(rows, how many TP ranks hold them)] for every parameter (or part of
+    one) replicated over TP ranks: what a gradient or update norm must count once."""
+    out = {}
+    for mod_name, _, param_name, rows, group in _marks(model):
+        full = f"{mod_name}.{param_name}" if mod_name else param_name
+        out.setdefault(full, []).append((rows, group_size(group)))
+    return out
+
+
 @torch.no_grad()
 def sync_replicated_grads(model: nn.Module) -> None:
     """Sum the gradients of replicated parameters over the ranks that share them, so that the
     copies receive the same update and never drift. Call after backward, before the optimizer.
-    Works on the trainer's fp32 ``main_grad`` when a parameter has one, else on ``.grad``."""
-    for module in model.modules():
-        for param_name, rows, group in module.__dict__.get("replicated_params", ()):
-            param = getattr(module, param_name)
-            grad = param.main_grad if getattr(param, "main_grad", None) is not None else param.grad
-            if grad is None:
-                continue
-            part = grad[rows]
-            buf = part.contiguous()
-            raw_all_reduce(buf, group)
-            part.copy_(buf)
+    Works on the trainer's fp32 gradient (megatron_redi/main_grad.py) when a parameter has one,
+    else on ``.grad``."""
+    for _, module, param_name, rows, group in _marks(model):
+        param = getattr(module, param_name)
+        grad = main_grad.of(param)
+        grad = param.grad if grad is None else grad
+        if grad is None:
+            continue
+        part = grad[rows]
+        buf = part.contiguous()
+        raw_all_reduce(buf, group)
+        part.copy_(buf)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import main_grad
 from ..ops.wgrad import weight_grad
 from .collectives import group_size, raw_all_reduce, raw_reduce_scatter
 from .mappings import all_gather_tokens
@@ -64,14 +65,13 @@ class _Embedding(torch.autograd.Function):
     def backward(ctx, dy):
         (ids,) = ctx.saved_tensors
         weight = ctx.weight
-        weight.main_grad.index_add_(0, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]).float())
-        weight.grad_in_main_grad = True
+        main_grad.write(weight, replaces_grad=True).index_add_(0, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]).float())
         return None, torch.empty_like(weight)
 
 
 def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``weight[ids]``; under the trainer its gradient goes into ``weight.main_grad``, row by row."""
-    if getattr(weight, "main_grad", None) is None or not torch.is_grad_enabled():
+    if main_grad.of(weight) is None or not torch.is_grad_enabled():
         return F.embedding(ids, weight)
     return _Embedding.apply(ids, weight)
 

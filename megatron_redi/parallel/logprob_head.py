@@ -18,8 +18,8 @@ Two modes:
 Vocab parallelism: ``weight`` is the rank's shard ``[V/tp, h]`` of rows
 ``[r V/tp, (r+1) V/tp)``. Per chunk, the row max is all-reduced (MAX) over ``tp_group``, then the
 rescaled sum-exp and the target logit (non-zero only on the owning rank) in one all-reduce (SUM).
-All reductions are fp32; dW accumulates in fp32 (into ``weight.main_grad`` when the trainer
-keeps one, so no extra buffer). The returned gradient of ``hidden`` is this rank's vocab shard's
+All reductions are fp32; dW accumulates in fp32 (into the trainer's fp32 gradient when it keeps
+one, megatron_redi/main_grad.py: so no extra buffer; a write outside a training step is refused). The returned gradient of ``hidden`` is this rank's vocab shard's
 contribution; the input mapping (``copy_to_tp``, or the token gather under sequence parallelism)
 sums it over TP, as for any column-parallel layer.
 """
@@ -30,6 +30,7 @@ import os
 
 import torch
 
+from .. import main_grad
 from ..ops.logprob_kernels import KERNELS
 from .collectives import group_rank, group_size, raw_all_reduce
 from .context import ContextShard
@@ -88,9 +89,10 @@ def _lse_and_target(logits, local, tp_group, kernels):
 
 
 def _wgrad_buffer(weight):
-    main = getattr(weight, "main_grad", None)
-    if main is not None:
-        return main, True
+    """Where dW accumulates: the trainer's fp32 gradient (no hook follows: autograd gets None for
+    the weight), else a new buffer."""
+    if main_grad.of(weight) is not None:
+        return main_grad.write(weight), True
     return torch.zeros(weight.shape, dtype=torch.float32, device=weight.device), False
 
 

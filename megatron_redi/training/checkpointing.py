@@ -297,8 +297,8 @@ def load(path: str, state: dict, parallel: ParallelState, optimizer) -> tuple[di
         optim = load_file(reshard.optimizer_files(path, state)[(parallel.tp_rank, parallel.dp_cp_rank if state["zero1"] else 0)])
     else:
         master = reshard.master_weights(reader, parallel)
-        optim = reshard.moments(path, state, reader.cfg, parallel, [[n for n, _ in g.params] for g in optimizer.groups],
-                                [g.numel for g in optimizer.groups], optimizer.slices)
+        optim = reshard.moments(path, state, reader.cfg, parallel, [[n for n, _ in lay.params] for lay in optimizer.layouts],
+                                [lay.numel for lay in optimizer.layouts], optimizer.slices)
     rng_file = os.path.join(path, "training", f"rng_rank{parallel.rank:05d}.safetensors")
     if os.path.exists(rng_file):
         rng = load_file(rng_file)

@@ -65,14 +65,15 @@ def forward_backward(model, master: MasterParams, batches: list[MicroBatch], los
     N (SFT response tokens); ``reference``, a frozen model whose log-probs DPO compares with (else
     the micro-batches carry them); ``on_phase(name)`` is called as "forward", "head" and "backward"
     end, for a benchmark's timer."""
-    master.zero_grad()
+    master.grads.zero_grad()
     work = StepWork(loss=torch.zeros((), device=master.device))
     for k, mb in enumerate(batches):
         mb = to_rank(mb, model.parallel)
         if k == len(batches) - 1:
-            master.start_reduction()
+            master.grads.start_reduction()
         coeff = sequence_coefficients(loss_cfg, mb.response_lengths, mb.pairs, total) if loss_cfg.linear else None
-        hidden = model(mb.input_ids, mb.position_ids, mb.seqs, context=mb.context)
+        layers = model.plan_recompute(mb.num_tokens if mb.context is None else mb.context.rows)
+        hidden = model(mb.input_ids, mb.position_ids, mb.seqs, context=mb.context, full_recompute_layers=layers)
         if on_phase:
             on_phase("forward")
         logp_sum, count = head_logprobs(model, hidden, mb.loss_index, mb.targets, mb.seq_index, mb.num_seqs, coeff,
@@ -85,13 +86,13 @@ def forward_backward(model, master: MasterParams, batches: list[MicroBatch], los
         if on_phase:
             on_phase("head")
         loss.backward()
-        work.full_recompute_layers = max(work.full_recompute_layers, model.full_recompute_layers)
+        work.full_recompute_layers = max(work.full_recompute_layers, layers)
         work.loss += loss.detach()
         for name, value in metrics.items():
             work.metric_sums[name] = work.metric_sums.get(name, 0) + value
         work.seq_lengths += mb.seqs.lengths[:mb.num_seqs]
         work.response_tokens += mb.num_response_tokens
-    master.finish_reduction()
+    master.grads.finish_reduction()
     sync_replicated_grads(model)
     if on_phase:
         on_phase("backward")

@@ -198,7 +198,7 @@ class Trainer:
         start = time.perf_counter()
         batches = self.micro_batches(plan.items)
         work = forward_backward(self.model, self.master, batches, cfg.loss, self._global_total(plan), self.reference)
-        grad_norm = self.master.grad_norm()
+        grad_norm = self.master.grads.norm()
 
         # one all-reduce (DP) for the loss, the metric sums and the work done, then one host sync; the grad
         # norm is already global (identical on DP ranks)

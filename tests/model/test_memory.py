@@ -2,9 +2,10 @@
 selective layers computing the same gradients."""
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from megatron_redi.config import preset
-from megatron_redi.model import Qwen2Model
+from megatron_redi.model import Qwen2Model, qwen2
 from megatron_redi.model.memory import full_recompute_layers, layer_bytes_per_token
 from megatron_redi.parallel import ParallelState, TPLayout
 
@@ -25,19 +26,21 @@ def test_estimate_for_qwen_1_5b_on_an_80gb_card():
 
 
 def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):
-    def grads(model):
+    def grads(model, **kwargs):
         torch.manual_seed(0)
         ids = torch.randint(0, 300, (24,))
-        model(ids, torch.arange(24), [0, 24]).square().mean().backward()
+        model(ids, torch.arange(24), [0, 24], **kwargs).square().mean().backward()
         return {n: p.grad for n, p in model.named_parameters()}
 
     torch.manual_seed(0)
     selective = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
     torch.manual_seed(0)
     mixed = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="auto")
-    monkeypatch.setattr(mixed, "_full_recompute_layers", lambda tokens: 1)
-    want, got = grads(selective), grads(mixed)
-    assert mixed.full_recompute_layers == 1
+    recomputed = []
+    monkeypatch.setattr(qwen2, "checkpoint", lambda layer, *args, **kw: recomputed.append(layer) or checkpoint(
+        layer, *args, **kw))
+    want, got = grads(selective), grads(mixed, full_recompute_layers=1)
+    assert recomputed == [mixed.layers[0]]
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
 

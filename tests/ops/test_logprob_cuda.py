@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from megatron_redi import main_grad
 from megatron_redi.ops import logprob_kernels as K
 from megatron_redi.ops.backends import cuda_extension
 from megatron_redi.parallel.logprob_head import sequence_logprobs
@@ -85,10 +86,10 @@ def test_head_on_gpu_matches_fp32(single):
 
     def run(hd, wt, kern, coeff):
         hd, wt = hd.clone().requires_grad_(), wt.clone().requires_grad_()
-        wt.main_grad = torch.zeros(wt.shape, device="cuda")
+        main_grad.attach(wt, torch.zeros(wt.shape, device="cuda"), open_=True)
         logp, _ = sequence_logprobs(hd, wt, targets, seq_index, n, token_coeff=coeff, kernels=kern)
         logp.backward(upstream)
-        return logp.detach(), hd.grad.float(), wt.main_grad
+        return logp.detach(), hd.grad.float(), main_grad.of(wt)
 
     want = run(hidden.float(), weight.float(), "pytorch", None)
     got = run(hidden, weight, kernels, upstream[seq_index] if single else None)

@@ -65,7 +65,7 @@ def _step(model, master, loss, sft, tp_pad):
     total = sum(u.sequences[0].response_len for u in units) if sft else len(units)
     batches = pack(units, 40, tp_pad, 0)  # several micro-batches, a sequence in the middle of each
     work = forward_backward(model, master, batches, loss, float(total))
-    for _, p in master.named_params():
+    for _, p in master.grads.named_params():
         p.grad = p.main_grad.clone()
     return work
 

@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 from multirank import assert_grads_close, gathered, merged_grads, run_ranks
 
+from megatron_redi import main_grad
 from megatron_redi.parallel import logprob_head as L
 from megatron_redi.parallel.logprob_head import sequence_logprobs
 
@@ -82,10 +83,23 @@ def test_weight_gradient_accumulates_into_main_grad():
     hidden, weight, targets, seq_index, upstream = _problem()
     _, _, _, dw = _run(hidden, weight, targets, seq_index, 5, upstream, single=True, chunk=16)
     w = weight.clone().requires_grad_()
-    w.main_grad = torch.ones_like(w, dtype=torch.float32)
+    main_grad.attach(w, torch.ones_like(w, dtype=torch.float32), open_=True)
     sequence_logprobs(hidden, w, targets, seq_index, 5, token_coeff=upstream[seq_index])[0].backward(upstream)
     assert w.grad is None
-    torch.testing.assert_close(w.main_grad, dw + 1)
+    torch.testing.assert_close(main_grad.of(w), dw + 1)
+
+
+def test_a_forward_time_gradient_write_outside_a_step_is_refused():
+    """The single-pass head writes dW during the forward: with the step's window closed (before the
+    gradients are zeroed, or after their reduction) that write would be lost or land in the next
+    step, so it raises instead, naming the contract."""
+    hidden, weight, targets, seq_index, upstream = _problem()
+    w = weight.clone().requires_grad_()
+    main_grad.attach(w, torch.zeros_like(w, dtype=torch.float32))  # as the trainer leaves it between steps
+    with pytest.raises(main_grad.GradientContractError, match="outside a training step"):
+        sequence_logprobs(hidden, w, targets, seq_index, 5, token_coeff=upstream[seq_index])
+    assert not main_grad.of(w).any()
+    sequence_logprobs(hidden, w, targets, seq_index, 5)  # two-pass: the forward writes nothing
 
 
 def test_debug_check_catches_a_gradient_that_is_not_the_plan(monkeypatch):

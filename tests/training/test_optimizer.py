@@ -29,6 +29,7 @@ def forward_backward(model):
 def test_weight_gradients_land_in_main_grad(recompute):
     plain, fused = tiny_model(recompute), tiny_model(recompute)
     master = MasterParams(fused, ParallelState())
+    master.grads.zero_grad()  # a step opens the fp32 gradients to the layers' writes
     forward_backward(plain)
     for _ in range(2):  # accumulates over micro-batches
         forward_backward(fused)
@@ -36,7 +37,7 @@ def test_weight_gradients_land_in_main_grad(recompute):
         want = 2 * dict(plain.named_parameters())[name].grad
         torch.testing.assert_close(p.main_grad, want, rtol=1e-5, atol=1e-6, msg=name)
         assert p.grad is None, name
-    master.zero_grad()
+    master.grads.zero_grad()
     assert all(not p.main_grad.any() for p in fused.parameters())
 
 
@@ -52,17 +53,17 @@ def test_adamw_step_with_clipping_matches_torch_adamw_and_reports_the_update_nor
                             lr=1e-2, betas=(0.9, 0.95), eps=1e-3)
     for step in range(3):
         before = [p.detach().clone() for p in model.parameters()]
-        master.zero_grad()
+        master.grads.zero_grad()
         forward_backward(model)
         opt.zero_grad()
         forward_backward(reference)
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
-        sq = master.adamw_step(1e-2, (0.9, 0.95), 1e-3, 0.1, grad_scale=min(1.0, 0.5 / (master.grad_norm().item() + 1e-6)))
+        sq = master.adamw_step(1e-2, (0.9, 0.95), 1e-3, 0.1, grad_scale=min(1.0, 0.5 / (master.grads.norm().item() + 1e-6)))
         opt.step()
         moved = sum((p.detach() - b).square().sum() for p, b in zip(model.parameters(), before))
         torch.testing.assert_close(master.update_norm(sq), moved.sqrt(), rtol=1e-4, atol=0)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     # the parameters are views of the flat buffer that the step writes
-    flat = {g.model.data_ptr() for g in master.groups}
+    flat = {buffer.data_ptr() for buffer in master.model}
     assert all(p.untyped_storage().data_ptr() in flat for p in model.parameters())
