@@ -61,7 +61,7 @@ def worker(args) -> None:
     import numpy as np
 
     from megatron_redi.config import preset
-    from megatron_redi.data import Unit, pack
+    from megatron_redi.data import TrainingItem, pack
     from megatron_redi.data.dataset import Sequence
     from megatron_redi.losses import LossConfig
     from megatron_redi.model.qwen2 import Qwen2Model
@@ -74,7 +74,7 @@ def worker(args) -> None:
     model = Qwen2Model(preset("tiny", **MODEL), parallel, recompute="selective")
     master = MasterParams(model, parallel)
     tokens = np.random.default_rng(0).integers(1, MODEL["vocab_size"], args.tokens)
-    batches = pack([Unit(0, (Sequence(tokens, 16),))], args.tokens, 1, 0)
+    batches = pack([TrainingItem(0, (Sequence(tokens, 16),))], args.tokens, 1, 0)
     loss, total = LossConfig(type="sft"), float(args.tokens - 16)
     before = peak_bytes(parallel.device)
     _, activations = saved_bytes(lambda: forward_backward(model, master, batches, loss, total), model.parameters())

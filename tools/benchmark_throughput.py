@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_redi.config import PRESETS, ModelConfig, preset
-from megatron_redi.data import Sequence, Unit, build_micro_batch
+from megatron_redi.data import Sequence, TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig
 from megatron_redi.model import RECOMPUTE_MODES, Qwen2Model
 from megatron_redi.parallel import ParallelState
@@ -64,7 +64,7 @@ def make_batch(cfg: ModelConfig, seq_len: int, prompt_len: int, sft: bool, devic
     g = torch.Generator().manual_seed(0)
     seqs = [Sequence(torch.randint(0, cfg.vocab_size, (n,), generator=g).numpy(), prompt_len)
             for n in ([2 * seq_len] if sft else [seq_len, seq_len])]
-    return build_micro_batch([Unit(0, tuple(seqs))])
+    return build_micro_batch([TrainingItem(0, tuple(seqs))])
 
 
 def ours(cfg, args, device, dtype):

@@ -21,7 +21,9 @@ from .dataset import Sequence
 
 
 @dataclass(frozen=True)
-class Unit:
+class TrainingItem:
+    """One item of a step's share of the batch, ready to pack: a pair, or an SFT sequence."""
+
     item: int  # index in its dataset (a pair or an SFT sequence)
     sequences: tuple[Sequence, ...]  # (chosen, rejected) for a pair, (sequence,) for SFT
     ref_logps: tuple[float, ...] | None = None  # DPO reference sums, one per sequence
@@ -31,7 +33,10 @@ class Unit:
         return sum(len(s.tokens) for s in self.sequences)
 
 
-def build_micro_batch(units: list[Unit], pad_multiple: int = 1, pad_token: int = 0) -> MicroBatch:
+Unit = TrainingItem  # the former name, kept working
+
+
+def build_micro_batch(units: list[TrainingItem], pad_multiple: int = 1, pad_token: int = 0) -> MicroBatch:
     """Concatenate the units' sequences; pad T to a multiple of ``pad_multiple`` (the TP size under
     sequence parallelism) with one dummy sequence that no loss sees."""
     seqs = [s for u in units for s in u.sequences]
@@ -64,9 +69,9 @@ def build_micro_batch(units: list[Unit], pad_multiple: int = 1, pad_token: int =
     )
 
 
-def pack(units: list[Unit], token_budget: int, pad_multiple: int = 1, pad_token: int = 0) -> list[MicroBatch]:
+def pack(units: list[TrainingItem], token_budget: int, pad_multiple: int = 1, pad_token: int = 0) -> list[MicroBatch]:
     """First-fit decreasing: each unit goes to the first micro-batch with room, longest first."""
-    bins: list[list[Unit]] = []
+    bins: list[list[TrainingItem]] = []
     room: list[int] = []
     for unit in sorted(units, key=lambda u: -u.num_tokens):
         for i, free in enumerate(room):

@@ -57,7 +57,7 @@ RECOMPUTE_MODES = ("none", "selective", "full", "auto")
 
 
 @dataclass(frozen=True)
-class Pass:
+class ForwardInputs:
     """What every layer of one forward shares."""
 
     cos: torch.Tensor  # [t, hd], the RoPE angles of each token
@@ -71,14 +71,14 @@ class Pass:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, dtype, lean: bool = False):
+    def __init__(self, dim: int, eps: float, dtype, recompute_elementwise: bool = False):
         super().__init__()
-        self.eps, self.lean = eps, lean
+        self.eps, self.recompute_elementwise = eps, recompute_elementwise
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
     def forward(self, x, delta=None):
         """``(h, norm(h))``, h = x + delta: the residual stream with a branch added, and its norm."""
-        return (rms_norm if self.lean else rms_norm_reference)(x, self.weight, self.eps, delta)
+        return (rms_norm if self.recompute_elementwise else rms_norm_reference)(x, self.weight, self.eps, delta)
 
 
 class Attention(nn.Module):
@@ -98,7 +98,7 @@ class Attention(nn.Module):
             for name in ("weight", "bias") if cfg.qkv_bias else ("weight",):
                 mark_replicated(self.qkv, name, group, kv_rows)
 
-    def forward(self, x, p: Pass):
+    def forward(self, x, p: ForwardInputs):
         qkv = self.qkv(x, p.sequence_parallel)  # [t, (nh_local + 2 nkv_local) hd]
         t = qkv.shape[0]
         qkv = qkv.view(t, self.kv_heads_local, self.queries_per_group + 2, self.head_dim)
@@ -113,31 +113,31 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, lean: bool):
+    def __init__(self, cfg: ModelConfig, parallel: ParallelState, dtype, recompute_elementwise: bool):
         super().__init__()
-        self.lean = lean
+        self.recompute_elementwise = recompute_elementwise
         self.gate_up = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.intermediate_size, parallel, dtype=dtype)
         self.down = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, parallel, dtype=dtype)
 
     def forward(self, x, sequence_parallel: bool):
         gate_up = self.gate_up(x, sequence_parallel)  # [t, 2 f_local]: [gate | up]
-        fused = swiglu_linear if self.lean else swiglu_linear_reference
+        fused = swiglu_linear if self.recompute_elementwise else swiglu_linear_reference
         return self.down.reduce_output(fused(gate_up, self.down.weight), sequence_parallel)
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block. ``lean`` (selective recompute): the norms and the SwiGLU keep
+    """Pre-norm residual block. ``recompute_elementwise`` (selective recompute): the norms and the SwiGLU keep
     only their inputs and recompute the rest in the backward (ops/rms_norm.py, ops/swiglu.py)."""
 
-    def __init__(self, layout: TPLayout, parallel: ParallelState, dtype, layer_idx: int, lean: bool):
+    def __init__(self, layout: TPLayout, parallel: ParallelState, dtype, layer_idx: int, recompute_elementwise: bool):
         super().__init__()
         cfg = layout.cfg
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, recompute_elementwise)
         self.attn = Attention(layout, parallel, dtype, layer_idx)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
-        self.mlp = MLP(cfg, parallel, dtype, lean)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, recompute_elementwise)
+        self.mlp = MLP(cfg, parallel, dtype, recompute_elementwise)
 
-    def forward(self, x, delta, p: Pass):
+    def forward(self, x, delta, p: ForwardInputs):
         """x + delta is the residual stream entering the layer (delta: the previous layer's MLP
         output, None for the first layer); returns the same pair for the next layer. Each residual
         add happens inside the norm that follows it, one pass over the stream instead of two."""
@@ -160,9 +160,9 @@ class Qwen2Model(nn.Module):
         self.recompute, self.attention_backend = recompute, attention_backend
         with torch.device(device if device is not None else parallel.device):
             self.embed = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)
-            lean = recompute in ("selective", "auto")
-            self.layers = nn.ModuleList(DecoderLayer(self.layout, parallel, dtype, i, lean) for i in range(cfg.num_layers))
-            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, lean)
+            recompute_elementwise = recompute in ("selective", "auto")
+            self.layers = nn.ModuleList(DecoderLayer(self.layout, parallel, dtype, i, recompute_elementwise) for i in range(cfg.num_layers))
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, recompute_elementwise)
             self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(
                 cfg.vocab_size, cfg.hidden_size, parallel, dtype=dtype)  # used for its weight only
         self.rope = RotaryEmbedding(cfg)
@@ -207,7 +207,7 @@ class Qwen2Model(nn.Module):
             raise ValueError(f"sequence parallelism needs the token count ({t}) to be a multiple of "
                              f"the TP size ({self.parallel.tp_size}); pad with a dummy sequence")
         cos, sin = self.rope(position_ids)  # [t, hd]
-        p = Pass(cos, sin, seqs, self.attention_backend, sp, cache, context, self.parallel.cp_group)
+        p = ForwardInputs(cos, sin, seqs, self.attention_backend, sp, cache, context, self.parallel.cp_group)
         x = self.embed(input_ids, sp)  # [t, h], or [t/tp, h] under SP
         if not torch.is_grad_enabled():
             full_recompute_layers = 0

@@ -12,7 +12,8 @@ elsewhere stops the run with the caller named. A group of None is a group of one
     all_gather(parallel, out, t, group)            the group's ``t`` concatenated along dim 0 into ``out``
     broadcast(parallel, t, src, group)             ``src``: a global rank
     all_gather_objects(parallel, obj, group)       picklable objects, one per rank of the group, in rank order
-    every_rank(parallel, flag, any_rank)           a flag agreed by the whole world (min, or max)
+    all_ranks(parallel, flag)                      whether a flag holds on every rank of the world
+    any_rank(parallel, flag)                       whether it holds on any (every_rank: the old name)
     barrier(parallel)                              the whole world, on the rank's GPU under NCCL
 
 The autograd mappings, the linear layers and the head, whose tensors are the model's own, call the
@@ -129,14 +130,28 @@ def all_gather_objects(parallel, obj, group) -> list:
     return gathered
 
 
-def every_rank(parallel, flag: bool, any_rank: bool = False) -> bool:
-    """Whether ``flag`` holds on every rank of the world (or, with ``any_rank``, on any): one
-    all-reduce, so that every rank takes the same branch after it."""
+def _agreed(parallel, flag: bool, op: str) -> bool:
+    """One all-reduce of a flag over the whole world, so that every rank takes the same branch after it."""
     if parallel.world_size == 1:
         return flag
     t = torch.tensor([int(flag)], device=parallel.device)
-    raw_all_reduce(t, dist.group.WORLD, "max" if any_rank else "min")
+    raw_all_reduce(t, dist.group.WORLD, op)
     return bool(t.item())
+
+
+def all_ranks(parallel, flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank of the world."""
+    return _agreed(parallel, flag, "min")
+
+
+def any_rank(parallel, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank of the world."""
+    return _agreed(parallel, flag, "max")
+
+
+def every_rank(parallel, flag: bool, any_rank: bool = False) -> bool:
+    """The former name of ``all_ranks`` (``any_rank=True``: of ``any_rank``), kept working."""
+    return _agreed(parallel, flag, "max" if any_rank else "min")
 
 
 def barrier(parallel) -> None:

@@ -35,7 +35,7 @@ from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, Nat
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
 from ..config import ConfigError, ModelConfig, load_json, local_directory
 from ..parallel import ParallelState
-from ..parallel.collectives import every_rank
+from ..parallel.collectives import all_ranks, any_rank
 from . import reshard
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -102,7 +102,7 @@ def lock_run_directory(output_dir: str, parallel: ParallelState):
         except OSError:  # no flock on this filesystem
             pass
     busy = parallel.rank == 0 and held is None
-    if every_rank(parallel, busy, any_rank=True):
+    if any_rank(parallel, busy):
         raise CheckpointError(f"{output_dir}: another run (process {owner or '?'}) is writing this directory; wait "
                               "for it to end (a preempted run writes its checkpoint first), or choose another "
                               "train.output_dir")
@@ -151,12 +151,12 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             os.makedirs(os.path.join(tmp, "training"))
         except OSError as e:
             error = e
-    if every_rank(parallel, error is None):
+    if all_ranks(parallel, error is None):
         try:
             _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1)
         except OSError as e:
             error = e
-    if every_rank(parallel, error is None) and parallel.rank == 0:
+    if all_ranks(parallel, error is None) and parallel.rank == 0:
         try:
             if side_files_from:
                 copy_side_files(side_files_from, tmp)
@@ -170,7 +170,7 @@ def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master
             publish(tmp, final)
         except OSError as e:
             error = e
-    if not every_rank(parallel, error is None):
+    if not all_ranks(parallel, error is None):
         if parallel.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "
@@ -277,7 +277,7 @@ def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | Non
             ok = 1
         except (CheckpointError, SafetensorsError, OSError, ValueError, KeyError) as e:
             ok, state, error = 0, None, e
-        if every_rank(parallel, ok):  # on the group's device: NCCL refuses a CPU flag
+        if all_ranks(parallel, ok):  # on the group's device: NCCL refuses a CPU flag
             return path, state
         if parallel.rank == 0:
             warnings.warn(f"checkpoint {path} is incomplete or damaged ({error if not ok else 'on another rank'}); "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from ..data import PairData, Unit, pack
+from ..data import PairData, TrainingItem, pack
 from ..parallel import ParallelState, collectives
 from .step import sequence_logps, to_rank
 
@@ -28,7 +28,7 @@ def reference_logps(reference, pairs: PairData, parallel: ParallelState, micro_b
     chunk = max(1, chunk)
     with tqdm(total=len(mine), desc="reference log-probs", disable=not progress) as bar:
         for s in range(0, len(mine), chunk):
-            units = [Unit(i, pairs[i]) for i in mine[s:s + chunk]]
+            units = [TrainingItem(i, pairs[i]) for i in mine[s:s + chunk]]
             for mb in pack(units, micro_batch_tokens, pad, pad_token):
                 mb = to_rank(mb, p)
                 logps, _ = sequence_logps(reference, mb)

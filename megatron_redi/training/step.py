@@ -48,7 +48,7 @@ def sequence_logps(model, mb: MicroBatch, seq_coeff=None):
 
 
 @dataclass
-class StepWork:
+class StepResult:
     """What ``forward_backward`` did: the loss of this rank's share of the global batch, its metric
     sums (divide by the global item count for means), and the work done."""
 
@@ -60,13 +60,13 @@ class StepWork:
 
 
 def forward_backward(model, master: MasterParams, batches: list[MicroBatch], loss_cfg: LossConfig, total: float,
-                     reference=None, on_phase: Callable[[str], None] | None = None) -> StepWork:
+                     reference=None, on_phase: Callable[[str], None] | None = None) -> StepResult:
     """Forward and backward of a step's micro-batches. ``total`` is the global batch's P (pairs) or
     N (SFT response tokens); ``reference``, a frozen model whose log-probs DPO compares with (else
     the micro-batches carry them); ``on_phase(name)`` is called as "forward", "head" and "backward"
     end, for a benchmark's timer."""
     master.grads.zero_grad()
-    work = StepWork(loss=torch.zeros((), device=master.device))
+    work = StepResult(loss=torch.zeros((), device=master.device))
     for k, mb in enumerate(batches):
         mb = to_rank(mb, model.parallel)
         if k == len(batches) - 1:

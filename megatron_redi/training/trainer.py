@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
-from ..data import DatasetError, GlobalBatchSampler, TokenizedData, Unit, pack
+from ..data import DatasetError, GlobalBatchSampler, TokenizedData, TrainingItem, pack
 from ..atomic import atomic_directory, atomic_file, check_output, fingerprint
 from ..config import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
@@ -179,9 +179,9 @@ class Trainer:
 
     def units(self, items):
         if self.sft:
-            return [Unit(i, (self.data.sft[i],)) for i in items]
+            return [TrainingItem(i, (self.data.sft[i],)) for i in items]
         ref = self.data.pairs.ref_logps
-        return [Unit(i, self.data.pairs[i], None if ref is None else tuple(float(x) for x in ref[i])) for i in items]
+        return [TrainingItem(i, self.data.pairs[i], None if ref is None else tuple(float(x) for x in ref[i])) for i in items]
 
     def micro_batches(self, items):
         pad = self.parallel.tp_size if self.parallel.sequence_parallel else 1
@@ -351,7 +351,7 @@ class Trainer:
 
     def _stop_requested(self, signals: StopSignals) -> bool:
         """Whether any rank received a signal: one answer for all, so that all take the same branch."""
-        return collectives.every_rank(self.parallel, signals.received is not None, any_rank=True)
+        return collectives.any_rank(self.parallel, signals.received is not None)
 
     def export_hf(self, checkpoint: str, out_dir: str):
         if self.is_main:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_redi.data import GlobalBatchSampler, Sequence, Unit, build_micro_batch, pack
+from megatron_redi.data import GlobalBatchSampler, Sequence, TrainingItem, build_micro_batch, pack
 
 
 def seq(prompt, response, start=1):
@@ -11,7 +11,7 @@ def seq(prompt, response, start=1):
 
 
 def pair(item, prompt, chosen, rejected):
-    return Unit(item, (seq(prompt, chosen, 100 * item), seq(prompt, rejected, 100 * item + 50)))
+    return TrainingItem(item, (seq(prompt, chosen, 100 * item), seq(prompt, rejected, 100 * item + 50)))
 
 
 def test_micro_batch_fields_are_consistent():
@@ -38,7 +38,7 @@ def test_micro_batch_fields_are_consistent():
 def test_padding_for_sequence_parallelism():
     mb = build_micro_batch([pair(0, 3, 4, 2)], pad_multiple=4)  # 7 + 5 = 12: no pad; make 13
     assert mb.num_tokens % 4 == 0
-    mb = build_micro_batch([Unit(0, (seq(2, 3),))], pad_multiple=4)  # 5 tokens -> 8
+    mb = build_micro_batch([TrainingItem(0, (seq(2, 3),))], pad_multiple=4)  # 5 tokens -> 8
     assert mb.num_tokens == 8 and list(mb.seqs.host) == [0, 5, 8] and mb.num_seqs == 1
     assert not mb.loss_mask[5:].any() and mb.seq_index[5:].tolist() == [1, 1, 1]
 
@@ -65,12 +65,12 @@ def test_a_unit_larger_than_the_budget_gets_its_own_micro_batch():
 
 
 def test_sft_units_list_every_sequence():
-    mb = build_micro_batch([Unit(0, (seq(2, 3),)), Unit(1, (seq(1, 4),))])
+    mb = build_micro_batch([TrainingItem(0, (seq(2, 3),)), TrainingItem(1, (seq(1, 4),))])
     assert mb.pairs.rejected is None and mb.pairs.chosen.tolist() == [0, 1]
 
 
 def test_reference_logps_travel_with_their_sequences():
-    units = [Unit(3, pair(3, 2, 2, 2).sequences, (-1.5, -2.5)), Unit(4, pair(4, 2, 2, 2).sequences, (-3.0, -4.0))]
+    units = [TrainingItem(3, pair(3, 2, 2, 2).sequences, (-1.5, -2.5)), TrainingItem(4, pair(4, 2, 2, 2).sequences, (-3.0, -4.0))]
     assert build_micro_batch(units).ref_logps.tolist() == [-1.5, -2.5, -3.0, -4.0]
 
 

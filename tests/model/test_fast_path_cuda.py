@@ -8,7 +8,7 @@ import torch
 
 from megatron_redi.config import preset
 from megatron_redi.data.dataset import Sequence
-from megatron_redi.data.packing import Unit, build_micro_batch
+from megatron_redi.data.packing import TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
 from megatron_redi.model import Qwen2Model
 from megatron_redi.parallel.logprob_head import head_logprobs
@@ -37,7 +37,7 @@ def compare_with_fp32_cpu(device, dtype, recompute, tol):
     model.load_state_dict(reference.state_dict())
     MasterParams(model, model.parallel).grads.zero_grad()  # a step: the fp32 gradients open to writes
     rng = np.random.default_rng(0)
-    mb = build_micro_batch([Unit(0, tuple(Sequence(rng.integers(0, 1000, n), 8) for n in (70, 45)))])
+    mb = build_micro_batch([TrainingItem(0, tuple(Sequence(rng.integers(0, 1000, n), 8) for n in (70, 45)))])
     want, got = redi_step(reference, mb), redi_step(model, mb.to(device))
     assert relative_error(got, want) < tol
     grads = dict(reference.named_parameters())

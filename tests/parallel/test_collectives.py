@@ -36,7 +36,7 @@ def test_a_group_of_one_rank_changes_nothing():
     out = torch.empty(3)
     assert collectives.all_gather(p, out, t, None).tolist() == [0, 1, 2]
     assert collectives.all_gather_objects(p, {"a": 1}, None) == [{"a": 1}]
-    assert collectives.every_rank(p, True) and not collectives.every_rank(p, False, any_rank=True)
+    assert collectives.all_ranks(p, True) and not collectives.any_rank(p, False)
     collectives.barrier(p)
 
 
@@ -71,6 +71,8 @@ def _helpers_on_two_ranks(mode="cpu"):
     b = tensor(p.rank + 10)
     assert collectives.broadcast(p, b, 1, p.dp_group).item() == 11.0
     assert collectives.all_gather_objects(p, {"rank": p.rank}, p.dp_group) == [{"rank": 0}, {"rank": 1}]
+    assert collectives.any_rank(p, p.rank == 0) and not collectives.all_ranks(p, p.rank == 0)
+    # the former name, kept working
     assert collectives.every_rank(p, p.rank == 0, any_rank=True) and not collectives.every_rank(p, p.rank == 0)
     collectives.barrier(p)
     # the raw operations, as the linear layers call them: asynchronous, waited for later

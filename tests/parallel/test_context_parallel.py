@@ -8,7 +8,7 @@ import pytest
 import torch
 from multirank import assert_grads_close, gathered, merged_grads, run_ranks
 
-from megatron_redi.data import Unit, pack
+from megatron_redi.data import TrainingItem, pack
 from megatron_redi.data.dataset import Sequence
 from megatron_redi.losses import LossConfig
 from megatron_redi.model import from_pretrained
@@ -47,16 +47,16 @@ def test_a_forward_that_builds_gradients_refuses_to_run_unsplit(tiny_checkpoint)
         model(torch.zeros(4, dtype=torch.int64), torch.arange(4), [0, 4])
 
 
-def _units(vocab: int, sft: bool, with_ref: bool) -> list[Unit]:
+def _units(vocab: int, sft: bool, with_ref: bool) -> list[TrainingItem]:
     rng = np.random.default_rng(0)
     units = []
     for i, (prompt, chosen, rejected) in enumerate(PAIRS):
         ids = [rng.integers(1, vocab, prompt + n) for n in (chosen, rejected)]
         seqs = tuple(Sequence(t, prompt) for t in ids)
         if sft:
-            units += [Unit(2 * i, seqs[:1]), Unit(2 * i + 1, seqs[1:])]
+            units += [TrainingItem(2 * i, seqs[:1]), TrainingItem(2 * i + 1, seqs[1:])]
         else:
-            units.append(Unit(i, seqs, (-30.0 - i, -41.5 + i) if with_ref else None))
+            units.append(TrainingItem(i, seqs, (-30.0 - i, -41.5 + i) if with_ref else None))
     return units
 
 
