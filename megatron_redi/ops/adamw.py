@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import tl, triton, triton_usable
+from .backends import tl, triton, choose
 
 CHUNK = 1 << 24  # elements per reference chunk: bounds its temporaries
 BLOCK = 4096  # elements per Triton program
@@ -79,5 +79,5 @@ def adamw_triton(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale=1.0,
 
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale=1.0, out=None) -> torch.Tensor:
     """The Triton kernel where it runs (CUDA, or the interpreter in tests), else the reference."""
-    fn = adamw_triton if triton_usable(p) else adamw_reference
+    fn = adamw_triton if choose(p.device) == "triton" else adamw_reference
     return fn(p, g, m, v, lr, betas, eps, weight_decay, step, grad_scale, out)

@@ -10,9 +10,10 @@ fp32 or bf16) with the chunk's ``targets [c]`` already shifted into the shard
     segment_sum(values, index, n)         -> out[n] = sum of values[i] with index[i] == n (fp32)
     wgrad_accumulate(acc, dlogits, h)     -> acc += dlogits^T h, accumulated in fp32 (wgrad.py)
 
-``KERNELS`` picks, for CUDA tensors: the CUDA extension (csrc/), else the Triton kernels below
-(row_stats and dlogits; the segment sum and the weight gradient stay in PyTorch), else the
-references, which are exact, are what CPU runs, and are what the tests compare the others with.
+``KERNELS`` picks by ops/backends.py's one rule (``choose``): the CUDA extension (csrc/), else the
+Triton kernels below (row_stats and dlogits; the segment sum and the weight gradient stay in
+PyTorch), else the references, which are exact, are what CPU runs, and are what the tests compare
+the others with.
 The Triton kernels: one program per row (row_stats, an online max and sum-exp over the row) or per
 (row, block of columns) (dlogits).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import TRITON_AVAILABLE, cuda_extension, tl, triton, triton_enabled
+from .backends import BACKENDS, available, choose, cuda_extension, tl, triton
 from .wgrad import wgrad_accumulate_reference
 
 
@@ -137,33 +138,15 @@ def _cuda_kernels():
 
 
 class KernelChoice:
-    """The fastest kernels present for a device; ``prefer`` forces "pytorch", "triton" or
-    "cuda-extension" (benchmarks, tests). MEGATRON_REDI_TRITON=0 takes Triton out of the default
-    choice, as it does for every op."""
+    """The head's kernels for a device, by ops/backends.py's rule; ``prefer`` forces "pytorch",
+    "triton" or "cuda-extension" (benchmarks, tests)."""
 
     def for_device(self, device: torch.device, prefer: str | None = None):
-        if prefer == "pytorch":
-            return _Reference
-        if prefer == "triton" and device.type != "cuda":  # Triton's CPU interpreter (tests)
-            return _Triton if TRITON_AVAILABLE else _Reference
-        if device.type != "cuda":
-            return _Reference
-        present = self._present()
-        if prefer is not None:
-            if present.get(prefer) is None:
-                raise RuntimeError(f"log-prob kernels {prefer!r} are not available here")
-            return present[prefer]
-        return present["cuda-extension"] or (present["triton"] if triton_enabled() else None) or _Reference
-
-    @staticmethod
-    def _present() -> dict:
-        return {"cuda-extension": _cuda_kernels(), "triton": _Triton if TRITON_AVAILABLE else None}
+        name = choose(device, BACKENDS, prefer)
+        return {"cuda-extension": _cuda_kernels, "triton": lambda: _Triton, "pytorch": lambda: _Reference}[name]()
 
     def available(self, device: torch.device) -> list[str]:
-        names = ["pytorch"]
-        if device.type == "cuda":
-            names += [k for k, v in self._present().items() if v is not None]
-        return names
+        return available(device)[::-1]  # pytorch first: the benchmarks' baseline
 
 
 KERNELS = KernelChoice()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import tl, triton, triton_usable
+from .backends import tl, triton, choose
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -120,6 +120,6 @@ class _SplitQKVRotary(torch.autograd.Function):
 
 
 def split_qkv_rotary(qkv, cos, sin):
-    if triton_usable(qkv):
+    if choose(qkv.device) == "triton":
         return _SplitQKVRotary.apply(qkv, cos, sin)
     return split_qkv_rotary_reference(qkv, cos, sin)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import rows_2d, tl, triton, triton_usable
+from .backends import rows_2d, tl, triton, choose
 
 
 def rms_norm_reference(x, weight, eps: float, delta=None):
@@ -99,7 +99,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, weight, eps):
         ctx.set_materialize_grads(False)
-        if triton_usable(x):
+        if choose(x.device) == "triton":
             y, h, rstd = rms_norm_forward(x, weight, eps, delta)
         else:
             h = x if delta is None else x + delta
@@ -117,7 +117,7 @@ class _RMSNorm(torch.autograd.Function):
         dh, dy = grads if ctx.add else (None, grads[0])
         if dy is None:
             dy = torch.zeros_like(h)
-        if triton_usable(h):
+        if choose(h.device) == "triton":
             dx, dweight = rms_norm_backward(dy, h, weight, rstd, dh)
         else:
             rstd = rstd.unsqueeze(-1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backends import rows_2d, tl, triton, triton_usable
+from .backends import rows_2d, tl, triton, choose
 from .wgrad import weight_grad
 
 
@@ -77,7 +77,7 @@ class _SwiGLULinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate_up, weight):
         ctx.save_for_backward(gate_up, weight)
-        if triton_usable(gate_up):
+        if choose(gate_up.device) == "triton":
             return F.linear(swiglu_forward(gate_up), weight)
         gate, up = gate_up.chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, weight)
@@ -85,7 +85,7 @@ class _SwiGLULinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         gate_up, weight = ctx.saved_tensors
-        if triton_usable(gate_up):
+        if choose(gate_up.device) == "triton":
             d_gate_up, act = swiglu_backward(dy @ weight, gate_up)  # act recomputed in the kernel
             return d_gate_up, weight_grad(weight, dy, act)
         gate, up = gate_up.float().chunk(2, dim=-1)

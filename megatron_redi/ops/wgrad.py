@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .. import main_grad
-from .backends import cuda_extension
+from .backends import choose, cuda_extension
 
 
 def wgrad_accumulate_reference(acc, dy, x):
@@ -31,8 +31,10 @@ def wgrad_accumulate_reference(acc, dy, x):
 
 def wgrad_accumulate(acc, dy, x):
     """The extension's GEMM on CUDA when it is built, else the reference."""
-    ext = cuda_extension() if dy.is_cuda else None
-    (ext.wgrad_accumulate if ext is not None else wgrad_accumulate_reference)(acc, dy, x)
+    if choose(dy.device, ("cuda-extension", "pytorch")) == "cuda-extension":
+        cuda_extension().wgrad_accumulate(acc, dy, x)
+    else:
+        wgrad_accumulate_reference(acc, dy, x)
 
 
 def weight_grad(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor):

@@ -36,7 +36,7 @@ from .collectives import group_rank, group_size, raw_all_reduce
 from .context import ContextShard
 from .mappings import copy_to_tp, gather_tokens, reduce_from_tp
 
-DEBUG_CHECKS = os.environ.get("MEGATRON_REDI_DEBUG", "0") == "1"
+DEBUG_ENV = "MEGATRON_REDI_DEBUG"  # read at each backward
 # fp32 logits per chunk, which bounds the extra memory of the head. Larger on GPU: each chunk's
 # weight-gradient GEMM reads and writes the whole fp32 [V/tp, h] accumulator, so small chunks spend
 # much of the head's time on that traffic (docs/logprob_head.md has the measurement).
@@ -137,7 +137,7 @@ class _SequenceLogprobs(torch.autograd.Function):
         none = (None,) * 7
         if ctx.single:
             d_hidden, d_weight, token_coeff, seq_index = ctx.saved_tensors
-            if DEBUG_CHECKS:
+            if os.environ.get(DEBUG_ENV) == "1":
                 upstream = grad_logp_sum[seq_index]
                 if not torch.allclose(upstream, token_coeff, rtol=1e-5, atol=1e-12):
                     raise RuntimeError("single-pass log-prob head: the loss's gradient differs from the "

@@ -103,7 +103,7 @@ def test_a_forward_time_gradient_write_outside_a_step_is_refused():
 
 
 def test_debug_check_catches_a_gradient_that_is_not_the_plan(monkeypatch):
-    monkeypatch.setattr(L, "DEBUG_CHECKS", True)
+    monkeypatch.setenv(L.DEBUG_ENV, "1")  # read at call time: set after the import, it holds
     hidden, weight, targets, seq_index, upstream = _problem()
     h = hidden.clone().requires_grad_()
     logp_sum, _ = sequence_logprobs(h, weight, targets, seq_index, 5, token_coeff=upstream[seq_index])
