@@ -28,57 +28,27 @@ LABEL/NAME.json (pass@1, sem, pass@k, the protocol) per checkpoint and benchmark
 every checkpoint's results and the best one (highest mean pass@1 over the benchmarks, or --select-by
 NAME), with curve.png when two or more checkpoints have a training step. Each file appears whole.
 Run the same command again after an interruption: results already written with the same protocol
-are kept, the rest are computed.
+are kept, the rest are computed. (The campaign itself, its layout and its resumption:
+megatron_redi/eval/campaign.py.)
 """
 
 import argparse
-import gc
-import json
 import os
 import sys
-import time
 
 import torch
 
-from megatron_redi.atomic import atomic_file, check_output, fingerprint
+from megatron_redi.atomic import check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, load_json, tokenizer_directory
+from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark, prompt_text, score, vllm_engine
-from megatron_redi.eval.rllm_grader import THINK_END
-from megatron_redi.eval.runner import benchmark_digest
+from megatron_redi.eval.campaign import Campaign, named_benchmarks
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
-from megatron_redi.eval.selection import best, plot
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize, shutdown
 from megatron_redi.training.checkpointing import list_checkpoints
 
 VLLM_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
-
-
-def named_benchmarks(specs: list[str]) -> dict[str, str]:
-    named = {}
-    for spec in specs:
-        name, _, path = spec.rpartition("=")
-        name = name or os.path.splitext(os.path.basename(path))[0]
-        if name in named:
-            raise ConfigError(f"two benchmarks named {name!r}: name them NAME=FILE")
-        named[name] = path
-    return named
-
-
-def done_before(summary_file: str, identity: dict) -> dict | None:
-    """The summary of an earlier run of this evaluation, or None. One made with another protocol or
-    seed, of a checkpoint that has changed since, or of other problems (another file under the same
-    name, another --max-problems) is an error: results are never replaced, nor kept for other inputs."""
-    if not os.path.exists(summary_file):
-        return None
-    old = load_json(summary_file, ConfigError)
-    changed = [key for key, value in identity.items() if old.get(key) != value]
-    if changed:
-        raise ConfigError(f"{summary_file}: written with another {' and '.join(changed)} (the checkpoint files "
-                          "change when retrained or kept as weights only; the benchmark's digest covers its "
-                          "problems, answers and --max-problems); choose another --output")
-    return old
 
 
 @command
@@ -120,25 +90,11 @@ def main(argv=None) -> int:
     benchmarks = {name: load_benchmark(path, args.max_problems) for name, path in named.items()}
     if args.select_by and args.select_by not in benchmarks:
         raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
-    digests = {name: benchmark_digest(problems) for name, problems in benchmarks.items()}
     for e in entries:
         tokenizer_directory(args.tokenizer or e["checkpoint"])
-        e["benchmarks"], e["identity"] = {}, {}
-        files = fingerprint(e["checkpoint"])  # once per checkpoint: it walks the whole directory
-        for name in benchmarks:
-            e["identity"][name] = {"protocol": protocol.record(), "seed": args.seed, "checkpoint_files": files,
-                                   "benchmark_sha256": digests[name]}
-            old = done_before(os.path.join(args.output, e["label"], f"{name}.json"), e["identity"][name])
-            if old:
-                e["benchmarks"][name] = old
-    work = [(e["label"], name) for e in entries for name in benchmarks if name not in e["benchmarks"]]
-    generations = protocol.samples * sum(len(benchmarks[name]) for _, name in work)
-    plan = (f"{len(work)} evaluations to run ({len(entries)} checkpoints x {len(benchmarks)} benchmarks, "
-            f"{len(entries) * len(benchmarks) - len(work)} done before), protocol {protocol.record()['name']}: "
-            f"{generations:,} generations of up to {protocol.max_new_tokens:,} new tokens "
-            f"({generations * protocol.max_new_tokens:,} tokens at most)")
+    campaign = Campaign(args.output, entries, benchmarks, protocol, args.seed)
     if args.dry_run:
-        print(plan)
+        print(campaign.plan())
         return 0
     if args.engine == "vllm":
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -152,59 +108,24 @@ def main(argv=None) -> int:
         if parallel.rank == 0:
             print(message, flush=True)
 
-    report(plan)
-    started, done = time.perf_counter(), 0
+    def open_engine(entry):
+        tokenizer_dir = args.tokenizer or entry["checkpoint"]
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        if args.engine == "builtin":
+            model = from_pretrained(entry["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval()
+            return lambda problems: evaluate(model, tokenizer, problems, protocol, args.seed, args.batch_size,
+                                             progress=not args.no_progress)
 
-    for e in entries:
-        todo = [name for name in benchmarks if name not in e["benchmarks"]]
-        if not todo:
-            report(f"{e['label']}: done before, kept")
-            continue
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or e["checkpoint"])
-        model = from_pretrained(e["checkpoint"], parallel, dtype=DTYPES[args.dtype]).eval() if args.engine == "builtin" \
-            else None
-        for name in todo:
-            if model is not None:
-                results, summary = evaluate(model, tokenizer, benchmarks[name], protocol, args.seed, args.batch_size,
-                                            progress=not args.no_progress)
-            else:
-                prompts = [prompt_text(tokenizer, p["problem"], protocol.prompt, protocol.force_think)
-                           for p in benchmarks[name]]
-                texts, lengths = vllm_engine.generate_texts(e["checkpoint"], args.tokenizer or e["checkpoint"], prompts,
-                                                            protocol, args.seed, args.tp, VLLM_DTYPES[args.dtype])
-                results, summary = score(benchmarks[name], texts, lengths, protocol)
-            summary.update(checkpoint=e["checkpoint"], step=e["step"], benchmark=name, **e["identity"][name])
-            if parallel.rank == 0:  # the results first: the summary's presence means both are whole
-                with atomic_file(os.path.join(args.output, e["label"], f"{name}.jsonl")) as f:
-                    f.writelines(json.dumps(r) + "\n" for r in results)
-                with atomic_file(os.path.join(args.output, e["label"], f"{name}.json")) as f:
-                    json.dump(summary, f, indent=2)
-            e["benchmarks"][name] = summary
-            sem = "n/a" if summary["sem"] is None else f"{100 * summary['sem']:.1f}"
-            k = summary["samples"]
-            report(f"{e['label']} {name}: pass@1 {100 * summary['pass@1']:.1f} ± {sem} (SEM, k={k}), "
-                   f"pass@{k} {100 * summary[f'pass@{k}']:.1f}, {summary['problems']} problems")
-            if protocol.checker == "rllm" and not any(THINK_END in g for r in results for g in r["generations"]):
-                report(f"warning: no generation of {e['label']} on {name} wrote {THINK_END}, after which alone the "
-                       "rllm grader reads an answer: all count as wrong (for a model that does not think first, "
-                       "--checker math-verify)")
-            done += k * summary["problems"]
-            if done < generations:  # the whole campaign's time left, at the pace so far
-                left = (time.perf_counter() - started) / done * (generations - done)
-                report(f"{generations - done:,} generations left: about {left / 60:.0f} min at the pace so far")
-        del model
-        gc.collect()
+        def generate(problems):
+            prompts = [prompt_text(tokenizer, p["problem"], protocol.prompt, protocol.force_think) for p in problems]
+            texts, lengths = vllm_engine.generate_texts(entry["checkpoint"], tokenizer_dir, prompts, protocol,
+                                                        args.seed, args.tp, VLLM_DTYPES[args.dtype])
+            return score(problems, texts, lengths, protocol)
+        return generate
 
-    chosen = best(entries, args.select_by)
-    if parallel.rank == 0:
-        compact = [{"label": e["label"], "checkpoint": e["checkpoint"], "step": e["step"],
-                    "benchmarks": {n: {k: s[k] for k in ("pass@1", "sem", f"pass@{s['samples']}", "samples", "problems")}
-                                   for n, s in e["benchmarks"].items()}} for e in entries]
-        with atomic_file(os.path.join(args.output, "summary.json")) as f:
-            json.dump({"protocol": protocol.record(), "seed": args.seed, "checkpoints": compact, "best": chosen}, f,
-                      indent=2)
-        if sum(e["step"] is not None for e in entries) >= 2:
-            plot(entries, chosen, os.path.join(args.output, "curve.png"))
+    report(campaign.plan())
+    campaign.run(open_engine, writer=parallel.rank == 0, report=report)
+    chosen = campaign.finish(args.select_by, writer=parallel.rank == 0)
     if len(entries) > 1:
         report(f"best: {chosen['label']} (step {chosen['step']}), {100 * chosen['score']:.1f} by {chosen['selected_by']}")
     return 0

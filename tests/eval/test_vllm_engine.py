@@ -1,12 +1,12 @@
-"""tools/evaluate.py --engine vllm, against a stand-in module with vLLM's documented offline interface
+"""tools/evaluate.py --engine vllm, run as a user runs it, against a stand-in module with vLLM's documented offline interface
 (LLM, SamplingParams, generate's outputs) that records what it receives and answers known texts:
 the prompts are the built-in engine's byte for byte, the protocol's sampling reaches vLLM, a native
 checkpoint is exported and the export removed, replicas share the problems, and the scoring is the
 built-in engine's."""
 
-import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -17,11 +17,12 @@ from megatron_redi.eval.protocol import named
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def evaluate_main(argv):
-    spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(ROOT, "tools", "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main([str(a) for a in argv])
+def evaluate(argv, vllm_dir):
+    """tools/evaluate.py as a user runs it, with ``vllm_dir`` (a directory holding a ``vllm``
+    package) first on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(vllm_dir), ROOT))}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), *map(str, argv)], env=env,
+                          capture_output=True, text=True)
 
 STAND_IN = '''
 import json, os, re
@@ -67,15 +68,20 @@ class LLM:
 
 @pytest.fixture
 def fake_vllm(tmp_path, monkeypatch):
+    """The stand-in's directory (on this process's path too); ``fake_vllm.calls()``: what it received."""
     (tmp_path / "fake" / "vllm").mkdir(parents=True)
     (tmp_path / "fake" / "vllm" / "__init__.py").write_text(STAND_IN)
     monkeypatch.syspath_prepend(str(tmp_path / "fake"))
     monkeypatch.setenv("FAKE_VLLM_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
 
-    def calls():
-        return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
-    return calls
+    class Fake:
+        path = tmp_path / "fake"
+
+        @staticmethod
+        def calls():
+            return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    return Fake
 
 
 def _benchmark(path, n=5):
@@ -91,9 +97,10 @@ def test_evaluate_with_vllm_scores_as_the_builtin_engine(fake_vllm, tiny_run, ti
     tokenizer = os.path.join(data, "tokenizer")
     checkpoint = tiny_run / "checkpoints" / "step_00000003"  # native: exported for vLLM, then removed
     bench, out = _benchmark(tmp_path / "b.jsonl"), tmp_path / "eval"
-    assert evaluate_main(["--checkpoint", checkpoint, "--benchmark", bench, "--tokenizer", tokenizer, "--output", out,
-                          "--engine", "vllm", "--samples", "4", "--max-new-tokens", "64", "--no-progress"]) == 0
-    (call,) = fake_vllm()
+    done = evaluate(["--checkpoint", checkpoint, "--benchmark", bench, "--tokenizer", tokenizer, "--output", out,
+                     "--engine", "vllm", "--samples", "4", "--max-new-tokens", "64", "--no-progress"], fake_vllm.path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (call,) = fake_vllm.calls()
     assert "config.json" in call["model_files"] and not os.path.exists(call["model"])  # an HF export, gone now
     assert call["tokenizer"] == tokenizer and call["tensor_parallel_size"] == 1 and call["seed"] == 0
     protocol = named("final", samples=4, max_new_tokens=64)
@@ -114,17 +121,18 @@ def test_replicas_share_the_problems_and_results_keep_their_order(fake_vllm, tin
     one = vllm_engine.generate_texts(tiny_checkpoint(), "tok", prompts, protocol, seed=3, devices=[[]])
     two = vllm_engine.generate_texts(tiny_checkpoint(), "tok", prompts, protocol, seed=3, devices=[["0"], ["1"]])
     assert one == two and one[0][5] == ["<think>adding</think> so \\boxed{10}", "<think>adding</think> so \\boxed{11}"]
-    calls = fake_vllm()
+    calls = fake_vllm.calls()
     assert sorted(c["visible"] or "" for c in calls[1:]) == ["0", "1"]  # one process per GPU group
     assert sorted(s for c in calls[1:] for s in (p["seed"] for p in c["params"])) == \
         [p["seed"] for p in calls[0]["params"]]  # each problem's seed whatever the replica
 
 
-def test_without_vllm_the_engine_is_refused_with_how_to_install(monkeypatch, tiny_checkpoint, tiny_tokenizer_dir,
-                                                                 tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "vllm", None)  # an import of it fails
-    code = evaluate_main(["--checkpoint", tiny_checkpoint(), "--benchmark", _benchmark(tmp_path / "b.jsonl"),
-                          "--tokenizer", tiny_tokenizer_dir, "--output", tmp_path / "out", "--engine", "vllm"])
-    err = capsys.readouterr().err
-    assert code == 2 and "vLLM is not installed" in err and "megatron_redi[vllm]" in err
+def test_without_vllm_the_engine_is_refused_with_how_to_install(tiny_checkpoint, tiny_tokenizer_dir, tmp_path):
+    (tmp_path / "none" / "vllm").mkdir(parents=True)
+    (tmp_path / "none" / "vllm" / "__init__.py").write_text("raise ImportError('no module named vllm')\n")
+    done = evaluate(["--checkpoint", tiny_checkpoint(), "--benchmark", _benchmark(tmp_path / "b.jsonl"),
+                     "--tokenizer", tiny_tokenizer_dir, "--output", tmp_path / "out", "--engine", "vllm"],
+                    tmp_path / "none")
+    err = done.stderr
+    assert done.returncode == 2 and "vLLM is not installed" in err and "megatron_redi[vllm]" in err
     assert not (tmp_path / "out").exists()
