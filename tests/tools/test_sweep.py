@@ -5,31 +5,36 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+from megatron_redi.recipe.sweep import PRESETS, grid_runs
 
-import sweep  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def sweep(*args, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
 
 CONFIG = os.path.join(ROOT, "examples", "configs", "paper", "qwen2.5-math-1.5b_redi.yaml")
 
 
 def test_presets_are_appendix_c4():
-    redi = {(r["loss.alpha"], r["optim.lr"]) for r in sweep.PRESETS["redi"]}
+    redi = {(r["loss.alpha"], r["optim.lr"]) for r in PRESETS["redi"]}
     assert redi == {(0.2, 1e-6), (0.5, 1e-6), (0.5, 2e-6), (0.8, 1e-6), (1.0, 1e-6), (1.0, 2e-7), (1.0, 1e-7)}
-    assert len(sweep.PRESETS["dpo"]) == 11 and {r["loss.beta"] for r in sweep.PRESETS["dpo"]} == {0.1, 0.01, 0.001}
-    assert [(r["loss.beta"], r["loss.gamma"], r["optim.lr"]) for r in sweep.PRESETS["simpo"]] == [(2.0, 1.0, 5e-7),
+    assert len(PRESETS["dpo"]) == 11 and {r["loss.beta"] for r in PRESETS["dpo"]} == {0.1, 0.01, 0.001}
+    assert [(r["loss.beta"], r["loss.gamma"], r["optim.lr"]) for r in PRESETS["simpo"]] == [(2.0, 1.0, 5e-7),
                                                                                                 (10.0, 5.0, 3e-7)]
 
 
 def test_a_grid_is_the_product_of_its_axes():
-    runs = sweep.grid_runs(["optim.lr=1e-6,2e-6", "loss.alpha=0.5,0.8,1.0"])
+    runs = grid_runs(["optim.lr=1e-6,2e-6", "loss.alpha=0.5,0.8,1.0"])
     assert len(runs) == 6 and {"optim.lr": "2e-6", "loss.alpha": "0.8"} in runs
 
 
 def test_slurm_array_script(tmp_path):
     script = tmp_path / "sweep.sbatch"
-    assert sweep.main(["--config", CONFIG, "--preset", "redi", "--model", "m", "--data", "d", "--out",
-                       str(tmp_path / "runs"), "--slurm", str(script)]) == 0
+    done = sweep("--config", CONFIG, "--preset", "redi", "--model", "m", "--data", "d", "--out", tmp_path / "runs",
+                 "--slurm", script)
+    assert done.returncode == 0, done.stderr
     text = script.read_text()
     assert "#SBATCH --array=0-6" in text and text.count("bash examples/launch.sh") == 7
     assert "--loss.alpha 0.5 --optim.lr 2e-06" in text
@@ -42,15 +47,15 @@ def test_run_launches_each_in_turn(tmp_path):
     stub = tmp_path / "launch.sh"
     log = tmp_path / "calls.txt"
     stub.write_text(f'echo "$OUT $*" >> {log}\n')
-    assert sweep.main(["--config", CONFIG, "--grid", "optim.lr=1e-6,2e-6", "--model", "m", "--data", "d",
-                       "--out", str(tmp_path / "runs"), "--run", "--launcher", str(stub), "--", "--train.seed", "7"]) == 0
+    done = sweep("--config", CONFIG, "--grid", "optim.lr=1e-6,2e-6", "--model", "m", "--data", "d",
+                 "--out", tmp_path / "runs", "--run", "--launcher", stub, "--", "--train.seed", "7")
+    assert done.returncode == 0, done.stderr
     calls = log.read_text().splitlines()
     assert calls == [f"{tmp_path}/runs/lr1e-6 --optim.lr 1e-6 --train.seed 7",
                      f"{tmp_path}/runs/lr2e-6 --optim.lr 2e-6 --train.seed 7"]
 
 
-def test_missing_inputs_are_named(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("MODEL", raising=False)
-    monkeypatch.delenv("DATA", raising=False)
-    assert sweep.main(["--config", CONFIG, "--preset", "dpo", "--out", str(tmp_path)]) == 2
-    assert "give --model and --data" in capsys.readouterr().err
+def test_missing_inputs_are_named(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL", "DATA")}
+    done = sweep("--config", CONFIG, "--preset", "dpo", "--out", tmp_path, env=env)
+    assert done.returncode == 2 and "give --model and --data" in done.stderr

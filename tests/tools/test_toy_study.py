@@ -1,24 +1,17 @@
 """The toy study's pieces that decide its outcome: the decoy method, the problem draws, the
 exact-label rows the pipeline reads, and the pre-registered decision rule (docs/toy_study.md)."""
 
-import importlib.util
 import os
 import random
-
-import pytest
+import subprocess
+import sys
 
 from megatron_redi.data import synthetic
 from megatron_redi.data.preprocess import Options, preprocess
 from megatron_redi.data.dataset import TokenizedData
+from megatron_redi.eval import toy_study as rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("toy_study", os.path.join(ROOT, "tools", "toy_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_decoy_is_wrong_and_shares_no_step_with_the_correct_method():
@@ -50,24 +43,22 @@ def row(arm, kind, lr, seed, value):
 
 
 def test_the_pre_registered_rule():
-    tool = _tool()
     results = []
     for lr, redi in ((1e-5, [70.0, 71.0, 72.0]), (2e-5, [70.0, 71.0, 72.0]), (4e-5, [60.0, 75.0, 66.0])):
         for seed in range(3):
             results += [row("more SFT", None, lr, seed, 65.0 + seed), row("alpha 0.0", "planted", lr, seed, 66.0),
                         row("alpha 0.8", "planted", lr, seed, redi[seed])]
-    v = tool.verdict(results, [1e-5, 2e-5, 4e-5], ["planted"])["planted"]
+    v = rules.verdict(results, [1e-5, 2e-5, 4e-5], ["planted"])["planted"]
     by_lr = v["by_lr"]
     # gain 71 - 66 = 5 > 2 x max(std 1.0, std 0.0): helps at the two quiet learning rates
     assert by_lr["1e-05"]["gain"] == 5.0 and by_lr["1e-05"]["helps"] and by_lr["2e-05"]["helps"]
     assert not by_lr["4e-05"]["helps"]  # the same mean gain, but a seed spread of 7.5
     assert v["helps"]  # two of three learning rates
-    text = tool.table(results, [1e-5])
+    text = rules.table(results, [1e-5])
     assert "| alpha 0.8 | planted | 71.0 ± 1.0 (SEM 0.5) |" in text
 
 
 def test_the_registered_test_of_the_explanation():
-    tool = _tool()
 
     def report(redi_minus_a0, std, decoy_share):
         by_lr = {lr: {"alpha0.8_minus_alpha0": d, "larger_std": s}
@@ -77,37 +68,34 @@ def test_the_registered_test_of_the_explanation():
 
     slips = report([-3.0, -3.0, -3.0], [0.5, 0.5, 0.5], 0.0)
     decoys = report([-1.0, -2.5, 0.0], [0.5, 0.1, 2.0], 1.0)
-    v = tool.mechanism(slips, decoys)
+    v = rules.mechanism(slips, decoys)
     # differences +2.0 (> 2 x 0.5), +0.5 (not > 1.0), +3.0 (not > 4.0): holds at one lr only
     assert [x["holds"] for x in v["planted"]["by_lr"].values()] == [True, False, False]
     assert v["planted"]["decoys"] and not v["planted"]["supports"] and not v["sibling"]["decoys"]
     decoys = report([-1.0, -1.5, 0.0], [0.5, 0.1, 0.5], 1.0)
-    v = tool.mechanism(slips, decoys)
-    assert v["planted"]["supports"] and "is supported (decoy kinds: planted)" in tool.mechanism_table(v)
+    v = rules.mechanism(slips, decoys)
+    assert v["planted"]["supports"] and "is supported (decoy kinds: planted)" in rules.mechanism_table(v)
     # the same gains from negatives that are slips in task B too do not count
     no_decoys = report([-1.0, -1.5, 0.0], [0.5, 0.1, 0.5], 0.0)
-    assert "not supported (decoy kinds: none)" in tool.mechanism_table(tool.mechanism(slips, no_decoys))
+    assert "not supported (decoy kinds: none)" in rules.mechanism_table(rules.mechanism(slips, no_decoys))
 
 
 def test_the_plateau_rules_on_a_curve_that_stalls_early():
-    tool = _tool()
     # a slow start, a noisy rise and a settled end: like both tasks' stage 1 in run 1
     curve = list(enumerate([0.0, 0.0, 0.0, 0.0, 34.0, 68.0, 86.0, 85.8, 92.0, 97.0, 99.5, 99.8, 99.6, 99.8]))
-    assert tool.plateau_epoch(curve, "registered") == 7  # 86.0 -> 85.8 adds under 0.5 point
-    assert tool.plateau_epoch(curve, "settled") == 10  # 99.5 is within 0.5 of the best after it (99.8)
-    assert tool.plateau_epoch([(0, 0.0), (1, 10.0), (2, 20.0)], "settled") == 2  # still rising: the end
+    assert rules.plateau_epoch(curve, "registered") == 7  # 86.0 -> 85.8 adds under 0.5 point
+    assert rules.plateau_epoch(curve, "settled") == 10  # 99.5 is within 0.5 of the best after it (99.8)
+    assert rules.plateau_epoch([(0, 0.0), (1, 10.0), (2, 20.0)], "settled") == 2  # still rising: the end
     lucky = list(enumerate([0.0, 0.0, 0.0, 41.5, 67.4, 98.6, 89.4, 87.0, 97.0, 99.0, 98.8, 98.8]))
-    assert tool.plateau_epoch(lucky, "settled") == 9  # not the lucky 98.6 at epoch 5
+    assert rules.plateau_epoch(lucky, "settled") == 9  # not the lucky 98.6 at epoch 5
 
 
-def test_the_explanations_test_names_a_file_it_cannot_use(tmp_path, capsys):
-    tool = _tool()
+def test_the_explanations_test_names_a_file_it_cannot_use(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     for paths, expected in (([str(tmp_path / "missing.json"), str(empty)], "cannot read"),
                             ([str(empty), str(empty)], "not the results.json")):
-        with pytest.raises(SystemExit) as stop:
-            tool.main(["--mechanism", *paths])
-        assert stop.value.code == 2
-        err = capsys.readouterr().err
-        assert expected in err and paths[0] in err
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "toy_study.py"), "--mechanism", *paths],
+                              capture_output=True, text=True)
+        assert done.returncode == 2
+        assert expected in done.stderr and paths[0] in done.stderr
