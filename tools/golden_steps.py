@@ -28,12 +28,10 @@ import tempfile
 
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
+from megatron_redi.training.golden import SERIES, compare
 from megatron_redi.training.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERIES = {"sft": ("loss", "grad_norm", "update_norm"),
-          "redi": ("loss", "logps/chosen_mean", "logps/rejected_mean", "grad_norm", "update_norm")}
-
 
 def run(cmd: list[str]) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
@@ -84,24 +82,6 @@ def record(work: str, sft_steps: int, redi_steps: int) -> dict:
             "weights_sha256": {"sft": weights_digest(os.path.join(work, "sft")),
                                "redi": weights_digest(os.path.join(work, "redi"))},
             "parity_max_abs_diff": float(diff.group(1)) if diff else parity.strip()}
-
-
-def compare(got: dict, want: dict, tolerance: float) -> bool:
-    ok = True
-    for run_name, keys in SERIES.items():
-        for key in keys:
-            a, b = got[run_name][key], want[run_name][key]
-            worst = max((abs(x - y) for x, y in zip(a, b)), default=0.0) if len(a) == len(b) else float("inf")
-            same = "bit-identical" if a == b else f"max |diff| {worst:.3e}"
-            print(f"  {run_name:4s} {key:20s} {len(a):3d} steps: {same}")
-            ok &= worst <= tolerance
-    for run_name, digest in got["weights_sha256"].items():
-        same = digest == want["weights_sha256"][run_name]
-        print(f"  {run_name:4s} final weights and AdamW moments: {'bit-identical' if same else 'DIFFERENT'}")
-        ok &= same or tolerance > 0
-    print(f"  parity (TP=2 + SP vs transformers, max |logit diff|): {got['parity_max_abs_diff']} "
-          f"(recorded: {want['parity_max_abs_diff']})")
-    return ok
 
 
 @command

@@ -181,22 +181,24 @@ def test_unreadable_file_is_counted_or_fatal(tiny_tokenizer_dir, tmp_path):
         preprocess(inputs, str(tmp_path / "out2"), Options(tokenizer=tiny_tokenizer_dir, strict=True), progress=False)
 
 
-def test_command_line_errors_exit_2(tiny_tokenizer_dir, tmp_path, capsys):
-    import importlib.util
+def test_command_line_errors_exit_2(tiny_tokenizer_dir, tmp_path):
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location(
-        "preprocess_data", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "preprocess_data.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main(["--input", str(tmp_path / "missing.jsonl"), "--tokenizer", tiny_tokenizer_dir,
-                      "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
-    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    def tool(*args):
+        return subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "..", "tools",
+                                                            "preprocess_data.py"), *map(str, args)],
+                              capture_output=True, text=True)
+
+    done = tool("--input", tmp_path / "missing.jsonl", "--tokenizer", tiny_tokenizer_dir, "--output-dir", tmp_path / "o",
+                "--no-progress")
+    assert done.returncode == 2 and "missing.jsonl: no such file" in done.stderr
     _write(tmp_path / "a.jsonl", [row()])
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("keep")
-    assert tool.main(["--input", str(tmp_path / "a.jsonl"), "--tokenizer", tiny_tokenizer_dir,
-                      "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
-    assert "not empty" in capsys.readouterr().err
+    done = tool("--input", tmp_path / "a.jsonl", "--tokenizer", tiny_tokenizer_dir, "--output-dir", tmp_path / "o",
+                "--no-progress")
+    assert done.returncode == 2 and "not empty" in done.stderr
 
 
 def test_an_unreachable_hub_input_is_a_clear_error(tiny_tokenizer_dir, tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from megatron_redi.training.profiling import device_idle, idle_report, summarize_clocks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -40,16 +42,7 @@ def test_logprob_benchmark_runs_every_path(tmp_path):
             assert r["grad_rel_err_dw"] < 1e-3, name
 
 
-def _load_tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_device_idle_finds_the_gaps_and_the_late_launches():
-    bench = _load_tool("benchmark_throughput")
     kernel = lambda name, ts, dur, c: {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur,
                                         "args": {"correlation": c}}
     launch = lambda ts, c: {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 5,
@@ -61,20 +54,19 @@ def test_device_idle_finds_the_gaps_and_the_late_launches():
               kernel("e", 450, 50, 5),                             # a 50 us gap, launched in time
               launch(-10, 1), launch(-5, 2), launch(0, 3), launch(290, 4), launch(100, 5),
               op("outer", 280, 20), op("aten::mm", 285, 10), op("other", 90, 20)]
-    busy, span, gaps = bench.device_idle(events)
+    busy, span, gaps = device_idle(events)
     assert (busy, span) == (150 + 40 + 100 + 50, 500)
     assert [(g["us"], g["late"], g["before"]) for g in gaps] == [(100, True, "d"), (50, False, "e")]
     assert gaps[0]["host"] == ["outer", "aten::mm"] and gaps[0]["after"] == "c"
-    report = bench.idle_report(events)
+    report = idle_report(events)
     assert "busy 0.3 of 0.5 ms" in report and "0.10  outer > aten::mm" in report
 
 
 def test_clock_summary_keeps_the_busy_samples():
-    summarize = _load_tool("clock_summary").summarize
-    line = summarize(["1980, 120.5", "1755, 690.1", "1740, 699.9", "1800, 650", "[N/A], 1", "17"])
+    line = summarize_clocks(["1980, 120.5", "1755, 690.1", "1740, 699.9", "1800, 650", "[N/A], 1", "17"])
     assert line.startswith("clocks while busy (3 of 4 samples): SM 1740 / 1755 / 1800 MHz")
     assert "power median 690 W, max 700 W" in line
-    assert summarize([]) == "clocks: no samples"
+    assert summarize_clocks([]) == "clocks: no samples"
 
 
 def test_attention_benchmark_times_every_variant_on_the_same_inputs(tmp_path):

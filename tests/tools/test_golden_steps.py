@@ -9,21 +9,15 @@ leaves room for another CPU's summation order; a change of the arithmetic itself
 series by far more within a few steps."""
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+from megatron_redi.training.golden import compare
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "demo_first_steps.json")
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("golden_steps", os.path.join(ROOT, "tools", "golden_steps.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_demo_s_first_steps_are_the_recorded_ones(tmp_path):
@@ -35,13 +29,12 @@ def test_the_demo_s_first_steps_are_the_recorded_ones(tmp_path):
 
 
 def test_a_changed_step_is_reported():
-    tool = _tool()
     with open(GOLDEN) as f:
         golden = json.load(f)
-    assert tool.compare(golden, golden, 0.0)
+    assert compare(golden, golden, 0.0)
     changed = copy.deepcopy(golden)
     changed["redi"]["logps/rejected_mean"][7] += 1e-3
-    assert not tool.compare(changed, golden, 1e-4)
+    assert not compare(changed, golden, 1e-4)
     changed = copy.deepcopy(golden)
     changed["sft"]["loss"] = changed["sft"]["loss"][:-1]  # a step missing
-    assert not tool.compare(changed, golden, 1e-4)
+    assert not compare(changed, golden, 1e-4)

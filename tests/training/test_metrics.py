@@ -34,13 +34,13 @@ def test_flop_count_of_qwen_1_5b():
 
 
 def test_plot_metrics_draws_the_figure6_panels(tmp_path):
-    import importlib.util
     import os
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location(
-        "plot_metrics", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "plot_metrics.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from megatron_redi.training.figures import plot
+
+    tool = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "plot_metrics.py")
     for name, slope in (("a0.8", 0.0), ("a1.0", -0.1)):
         run = tmp_path / name
         run.mkdir()
@@ -49,13 +49,15 @@ def test_plot_metrics_draws_the_figure6_panels(tmp_path):
             for s in range(1, 20)]
         (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "fig.png"
-    assert tool.main([str(tmp_path / "a0.8"), str(tmp_path / "a1.0"), "--output", str(out)]) == 0
+    done = subprocess.run([sys.executable, tool, str(tmp_path / "a0.8"), str(tmp_path / "a1.0"), "--output", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
-    titles = tool.plot([str(tmp_path / "a1.0")], ["a1.0"], str(out), smooth=5)
+    titles = plot([str(tmp_path / "a1.0")], ["a1.0"], str(out), smooth=5)
     assert titles[1:] == ["chosen LogPS (5-step moving average)", "rejected LogPS (5-step moving average)",
                           "update size (5-step moving average)"]
     (tmp_path / "a1.0" / "config.json").write_text(json.dumps({"eval": {"temperature": 0.0, "max_problems": 100}}))
-    assert tool.plot([str(tmp_path / "a1.0")], ["a1.0"], str(out))[0] == "in-training accuracy (greedy, 100 problems)"
+    assert plot([str(tmp_path / "a1.0")], ["a1.0"], str(out))[0] == "in-training accuracy (greedy, 100 problems)"
 
 
 def _exact_sums():
