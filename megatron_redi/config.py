@@ -32,17 +32,36 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = ("bf16", "fp32")
 
 
-def choice(default: str, options) -> str:
-    """A dataclass field that must hold one of ``options``: the one constant naming them, checked
-    by ``check_choices`` in the dataclass's ``__post_init__``."""
-    return field(default=default, metadata={"choices": tuple(options)})
+def setting(default, help: str, *, choices=None, at_least=None, positive: bool = False):
+    """A dataclass field with its meaning (what ``--help`` shows) and its limits, declared once:
+    ``choices`` (the one constant naming them), ``at_least`` (an integer floor), ``positive`` (a
+    number above 0); ``check_settings`` enforces them. A limit applies to a value that is set (an
+    optional field's None passes)."""
+    meta = {"help": help, "choices": None if choices is None else tuple(choices), "at_least": at_least,
+            "positive": positive}
+    return field(default=default, metadata=meta)
 
 
-def check_choices(obj) -> None:
+def choice(default: str, options, help: str = "") -> str:
+    """A field that must hold one of ``options``."""
+    return setting(default, help, choices=options)
+
+
+def check_settings(obj, prefix: str = "") -> None:
+    """Every declared limit of a dataclass's fields; the error names the field (``prefix``: its
+    section, as in "optim.lr"; by default the class's ``SETTINGS_PREFIX``, if it has one)."""
+    prefix = prefix or getattr(obj, "SETTINGS_PREFIX", "")
     for f in dataclasses.fields(obj):
-        options = f.metadata.get("choices")
-        if options is not None and getattr(obj, f.name) not in options:
-            raise ConfigError(f"{f.name} must be one of {', '.join(options)}; got {getattr(obj, f.name)!r}")
+        value, name = getattr(obj, f.name), prefix + f.name
+        options, low = f.metadata.get("choices"), f.metadata.get("at_least")
+        if options is not None and value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+        if value is None or isinstance(value, str):
+            continue
+        if low is not None and value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+        if f.metadata.get("positive") and not value > 0:
+            raise ConfigError(f"{name} must be a positive number, got {value}")
 
 
 def local_directory(path: str, what: str) -> str:

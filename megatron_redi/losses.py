@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Pairs
-from .config import check_choices, choice
+from .config import check_settings, choice, setting
 
 LOSS_TYPES = ("redi", "symmetric", "dpo", "simpo", "sft")
 # Each loss's own defaults are the paper's best configuration of it (Appendix C.4); no loss takes
@@ -66,15 +66,15 @@ def sft(logps, lengths, per_sequence_mean: bool = False):
 
 @dataclass(frozen=True)
 class LossConfig:
-    type: str = choice("redi", LOSS_TYPES)  # symmetric: REDI with alpha 1; sft for stage 1
-    alpha: float = REDI_ALPHA  # REDI: weight of the rejected trace's normalised log-prob, in [0, 1]
-    beta: float | None = None  # DPO / SimPO inverse temperature (default: the loss's own, DPO 0.001, SimPO 2)
-    gamma: float = SIMPO_GAMMA  # SimPO target margin
-    label_smoothing: float = 0.0  # DPO / SimPO
-    per_sequence_mean: bool = False  # SFT: average per sequence instead of per token
+    type: str = choice("redi", LOSS_TYPES, "symmetric: REDI with alpha 1; sft for stage 1")
+    alpha: float = setting(REDI_ALPHA, "REDI: weight of the rejected trace's normalised log-prob, in [0, 1]")
+    beta: float | None = setting(None, "DPO / SimPO inverse temperature (default: the loss's own, DPO 0.001, SimPO 2)")
+    gamma: float = setting(SIMPO_GAMMA, "SimPO target margin")
+    label_smoothing: float = setting(0.0, "DPO / SimPO")
+    per_sequence_mean: bool = setting(False, "SFT: average per sequence instead of per token")
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
         if self.beta is None and self.type in ("dpo", "simpo"):
             object.__setattr__(self, "beta", DPO_BETA if self.type == "dpo" else SIMPO_BETA)
         if not 0.0 <= self.alpha <= 1.0:

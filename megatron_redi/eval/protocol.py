@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import ConfigError, check_choices, choice
+from ..config import ConfigError, check_settings, choice, setting
 from .answers import CHECKERS, checker_in_use
 
 PROMPT_STYLES = ("lighteval", "chat", "raw")
@@ -15,17 +15,17 @@ PROMPT_STYLES = ("lighteval", "chat", "raw")
 
 @dataclass
 class Protocol:
-    samples: int = 16  # generations per problem (k): pass@1 is their mean, the SEM their spread
-    temperature: float = 0.6  # 0: greedy
-    top_p: float = 0.95  # nucleus sampling
-    max_new_tokens: int = 32768  # per generation
-    prompt: str = choice("lighteval", PROMPT_STYLES)  # lighteval: the paper's math template in the chat turn
-    force_think: bool = True  # "<think>" as the start of the answer, as the paper's models were prompted
-    sem_ddof: int = 0  # the SEM's standard deviation: 0 population (the reference's numpy default), 1 sample
-    checker: str = choice("math-verify", CHECKERS)  # how a boxed answer is compared with the reference
+    samples: int = setting(16, "generations per problem (k): pass@1 is their mean, the SEM their spread")
+    temperature: float = setting(0.6, "0: greedy")
+    top_p: float = setting(0.95, "nucleus sampling")
+    max_new_tokens: int = setting(32768, "per generation")
+    prompt: str = choice("lighteval", PROMPT_STYLES, "lighteval: the paper's math template in the chat turn")
+    force_think: bool = setting(True, "\"<think>\" as the start of the answer, as the paper's models were prompted")
+    sem_ddof: int = setting(0, "the SEM's standard deviation: 0 population (the reference's numpy default), 1 sample")
+    checker: str = choice("math-verify", CHECKERS, "how a boxed answer is compared with the reference")
 
     def __post_init__(self):
-        check_choices(self)
+        check_settings(self)
         if self.samples < 1 or self.max_new_tokens < 1 or self.sem_ddof not in (0, 1):
             raise ConfigError(f"samples and max_new_tokens must be positive and sem_ddof 0 or 1: {self}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0 and 0 < self.top_p <= 1):

@@ -10,15 +10,15 @@ twice, a value of the wrong type (a list for a path, an infinite number) are err
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import yaml
 
 from ..cli import UserError
-from ..config import COMPUTE_DTYPES, check_choices, choice, load_yaml
+from ..config import COMPUTE_DTYPES, ConfigError, check_settings, choice, load_yaml, setting
 from ..eval.protocol import Protocol
 from ..losses import LossConfig
 from ..model import RECOMPUTE_MODES
@@ -35,83 +35,78 @@ class TrainConfigError(UserError):
 
 @dataclass
 class ModelSection:
-    path: str = ""  # HF or native checkpoint to start from
-    dtype: str = choice("bf16", COMPUTE_DTYPES)  # compute dtype of the forward/backward (master weights are fp32)
-    recompute: str = choice("auto", RECOMPUTE_MODES)  # auto: selective, + full where memory needs it
-    attention_backend: str = choice("auto", BACKENDS)  # auto: SDPA per sequence, varlen for many short ones
-    rope_theta: float | None = None  # override the checkpoint's (stage 1 of the paper: 300000)
-    max_position_embeddings: int | None = None  # override (stage 1: 32768)
-
-    def __post_init__(self):
-        check_choices(self)
-
+    path: str = setting("", "HF or native checkpoint to start from")
+    dtype: str = choice("bf16", COMPUTE_DTYPES, "compute dtype of the forward/backward (master weights are fp32)")
+    recompute: str = choice("auto", RECOMPUTE_MODES, "auto: selective, + full where memory needs it")
+    attention_backend: str = choice("auto", BACKENDS, "auto: SDPA per sequence, varlen for many short ones")
+    rope_theta: float | None = setting(None, "override the checkpoint's (stage 1 of the paper: 300000)", positive=True)
+    max_position_embeddings: int | None = setting(None, "override (stage 1: 32768)", at_least=1)
 
 @dataclass
 class ParallelSection:
-    tensor_parallel: int = 1  # TP size: divides the query heads, the vocabulary and the MLP width
-    sequence_parallel: bool = True  # with tensor_parallel > 1
-    context_parallel: int = 1  # CP size: each micro-batch's tokens split over this many ranks (long sequences)
-    zero1: bool = False  # shard the optimizer state (and the update) over data-parallel ranks
-    bucket_mb: float = 100.0  # data-parallel gradient all-reduce bucket, MB of fp32
+    tensor_parallel: int = setting(1, "TP size: divides the query heads, the vocabulary and the MLP width", at_least=1)
+    sequence_parallel: bool = setting(True, "with tensor_parallel > 1")
+    context_parallel: int = setting(1, "CP size: each micro-batch's tokens split over this many ranks (long sequences)", at_least=1)
+    zero1: bool = setting(False, "shard the optimizer state (and the update) over data-parallel ranks")
+    bucket_mb: float = setting(100.0, "data-parallel gradient all-reduce bucket, MB of fp32", positive=True)
     # A dead rank ends the job instead of hanging it: the timeout must exceed one rank's longest work
     # alone (an HF export of the model, the slowest share of an evaluation or of DPO's pre-pass).
-    timeout_minutes: float = 60.0  # how long a collective may wait for the other ranks before the run ends
+    timeout_minutes: float = setting(60.0, "how long a collective may wait for the other ranks before the run ends", positive=True)
 
 
 @dataclass
 class DataSection:
-    path: str = ""  # directory written by tools/preprocess_data.py
-    global_batch: int = 32  # pairs (stage 2) or sequences (stage 1) per optimizer step
-    micro_batch_tokens: int = 16384  # token budget of one packed micro-batch per rank
-    seed: int = 0  # the sampler's: the order of items over epochs
-    shuffle: bool = True  # a new random order of items every epoch (false: dataset order)
+    path: str = setting("", "directory written by tools/preprocess_data.py")
+    global_batch: int = setting(32, "pairs (stage 2) or sequences (stage 1) per optimizer step", at_least=1)
+    micro_batch_tokens: int = setting(16384, "token budget of one packed micro-batch per rank", at_least=1)
+    seed: int = setting(0, "the sampler's: the order of items over epochs")
+    shuffle: bool = setting(True, "a new random order of items every epoch (false: dataset order)")
 
 
 @dataclass
 class OptimSection:
-    lr: float = 1e-6  # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's
-    eps: float = 1e-8  # AdamW's
-    weight_decay: float = 1e-4  # not applied to biases and norm weights
-    warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay to 0
-    clip_grad: float = 1.0  # max global gradient norm (0: no clipping)
+    lr: float = setting(1e-6, "peak learning rate")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW's")
+    eps: float = setting(1e-8, "AdamW's", at_least=0)
+    weight_decay: float = setting(1e-4, "not applied to biases and norm weights", at_least=0)
+    warmup_ratio: float = setting(0.1, "linear warmup over this share of the steps, then linear decay to 0")
+    clip_grad: float = setting(1.0, "max global gradient norm (0: no clipping)", at_least=0)
 
 
 @dataclass
 class CollapseSection:
     """The paper's collapse signature: chosen and rejected LogPS falling together (Section 4.3)."""
 
-    window: int = 10  # steps averaged on each side of the comparison
-    drop: float = 0.1  # nats per token below the first window's chosen LogPS that raise the alarm
-    stop: bool = False  # stop the run when the alarm fires
+    window: int = setting(10, "steps averaged on each side of the comparison", at_least=1)
+    drop: float = setting(0.1, "nats per token below the first window's chosen LogPS that raise the alarm", positive=True)
+    stop: bool = setting(False, "stop the run when the alarm fires")
 
 
 @dataclass
 class TrainSection:
-    stage: str = choice("pairwise", STAGES)  # sft (stage 1) or pairwise (stage 2: loss.type says which)
-    epochs: int = 1  # passes over the data; the learning-rate schedule spans them
-    max_steps: int | None = None  # stop after this many steps; the schedule still spans the epochs unless...
-    schedule: str = choice("epochs", SCHEDULES)  # ...max_steps: warmup and decay over max_steps (HF's behaviour)
-    output_dir: str = "runs/default"  # checkpoints, metrics.jsonl, tensorboard/, config.json
-    export_hf: str | None = None  # write an HF checkpoint here at the end (a new or empty directory)
-    export_overwrite: bool = False  # replace a non-empty export_hf directory (never one holding checkpoints)
-    seed: int = 1234  # torch's, and generation's during evaluation
-    max_bad_steps: int = 5  # consecutive non-finite steps (skipped) that stop the run
-    log_every: int = 1  # steps between metrics.jsonl lines
-    tensorboard: bool = True  # also write TensorBoard logs (when tensorboard is installed)
-    peak_tflops: float = 793.0  # for MFU on GPU: the dense bf16 rate of the card (docs/performance.md)
-    progress: bool = True  # a progress line (rank 0) with loss and LogPS
-
-    def __post_init__(self):
-        check_choices(self)
-
+    stage: str = choice("pairwise", STAGES, "sft (stage 1) or pairwise (stage 2: loss.type says which)")
+    epochs: int = setting(1, "passes over the data; the learning-rate schedule spans them", at_least=1)
+    max_steps: int | None = setting(None, "stop after this many steps; the schedule still spans the epochs unless...", at_least=1)
+    schedule: str = choice("epochs", SCHEDULES, "...max_steps: warmup and decay over max_steps (HF's behaviour)")
+    output_dir: str = setting("runs/default", "checkpoints, metrics.jsonl, tensorboard/, config.json")
+    export_hf: str | None = setting(None, "write an HF checkpoint here at the end (a new or empty directory)")
+    export_overwrite: bool = setting(False, "replace a non-empty export_hf directory (never one holding checkpoints)")
+    seed: int = setting(1234, "torch's, and generation's during evaluation")
+    max_bad_steps: int = setting(5, "consecutive non-finite steps (skipped) that stop the run", at_least=1)
+    log_every: int = setting(1, "steps between metrics.jsonl lines", at_least=1)
+    tensorboard: bool = setting(True, "also write TensorBoard logs (when tensorboard is installed)")
+    peak_tflops: float = setting(793.0, "for MFU on GPU: the dense bf16 rate of the card (docs/performance.md)", positive=True)
+    progress: bool = setting(True, "a progress line (rank 0) with loss and LogPS")
 
 @dataclass
 class CheckpointSection:
-    every: int | str = 0  # steps between checkpoints (0: only at the end), or "epoch": at the end of each epoch
-    keep: int = 3  # newest checkpoints kept whole (weights and training state: resumable)
-    keep_weights: bool = True  # older ones keep their weights (bf16, no training state) for picking the best step
-    resume: bool = True  # continue from the newest good checkpoint in output_dir (false: output_dir must hold none)
+    every: int | str = setting(0,
+        "steps between checkpoints (0: only at the end), or \"epoch\": at the end of each epoch", at_least=0)
+    keep: int = setting(3, "newest checkpoints kept whole (weights and training state: resumable)", at_least=1)
+    keep_weights: bool = setting(True,
+        "older ones keep their weights (bf16, no training state) for picking the best step")
+    resume: bool = setting(True,
+        "continue from the newest good checkpoint in output_dir (false: output_dir must hold none)")
 
 
 @dataclass
@@ -119,12 +114,8 @@ class ReferenceSection:
     """DPO's reference model: its log-probs computed once before training ("prepass", stored
     beside the data) or by a frozen copy run in every step ("model")."""
 
-    mode: str = choice("prepass", REFERENCE_MODES)  # prepass: computed once, stored beside the data
-    path: str | None = None  # reference checkpoint (default: model.path)
-
-    def __post_init__(self):
-        check_choices(self)
-
+    mode: str = choice("prepass", REFERENCE_MODES, "prepass: computed once, stored beside the data")
+    path: str | None = setting(None, "reference checkpoint (default: model.path)")
 
 @dataclass
 class EvalSection(Protocol):
@@ -135,11 +126,12 @@ class EvalSection(Protocol):
     paper's protocols run on the saved checkpoints: tools/evaluate.py. The first evaluation of a
     run says what each costs."""
 
-    samples: int = 1  # generations per problem
-    max_new_tokens: int = 4096  # per generation
-    every: int = 0  # steps between evaluations on the benchmark (0: never)
-    benchmark: str | None = None  # JSONL of {"problem", "answer"}
-    max_problems: int | None = 100  # the benchmark's first N problems only (None: all)
+    SETTINGS_PREFIX: ClassVar[str] = "eval."  # its checks run in Protocol's __post_init__: name the section
+    samples: int = setting(1, "generations per problem")
+    max_new_tokens: int = setting(4096, "per generation")
+    every: int = setting(0, "steps between evaluations on the benchmark (0: never)", at_least=0)
+    benchmark: str | None = setting(None, "JSONL of {\"problem\", \"answer\"}")
+    max_problems: int | None = setting(100, "the benchmark's first N problems only (None: all)", at_least=1)
 
 
 @dataclass
@@ -156,6 +148,12 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> TrainConfig:
+        """Every field's declared choices and limits (``setting``), then the rules across fields."""
+        for section in dataclasses.fields(self):  # every field's declared choices and limits
+            try:
+                check_settings(getattr(self, section.name), section.name + ".")
+            except ConfigError as e:
+                raise TrainConfigError(str(e)) from None
         if not self.model.path:
             raise TrainConfigError("model.path is required (an HF or native checkpoint)")
         if not self.data.path:
@@ -164,29 +162,8 @@ class TrainConfig:
             raise TrainConfigError("train.schedule max_steps needs train.max_steps")
         if (self.train.stage == "sft") != (self.loss.type == "sft"):
             raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
-        at_least = {"data.global_batch": (self.data.global_batch, 1), "train.epochs": (self.train.epochs, 1),
-                    "data.micro_batch_tokens": (self.data.micro_batch_tokens, 1),
-                    "checkpoint.keep": (self.checkpoint.keep, 1),  # 0 would delete even the final checkpoint
-                    "train.log_every": (self.train.log_every, 1),
-                    "train.max_bad_steps": (self.train.max_bad_steps, 1), "eval.every": (self.eval.every, 0),
-                    "eval.samples": (self.eval.samples, 1), "collapse.window": (self.collapse.window, 1)}
-        if self.checkpoint.every != "epoch":
-            if isinstance(self.checkpoint.every, str):
-                raise TrainConfigError(f"checkpoint.every must be a number of steps or epoch, got {self.checkpoint.every!r}")
-            at_least["checkpoint.every"] = (self.checkpoint.every, 0)
-        # optional ones: when set
-        for name, value in {"train.max_steps": self.train.max_steps, "eval.max_problems": self.eval.max_problems,
-                            "model.max_position_embeddings": self.model.max_position_embeddings}.items():
-            if value is not None:
-                at_least[name] = (value, 1)
-        for name, (value, low) in at_least.items():
-            if value < low:
-                raise TrainConfigError(f"{name} must be at least {low}, got {value}")
-        positive = {"parallel.bucket_mb": self.parallel.bucket_mb, "train.peak_tflops": self.train.peak_tflops,
-                    "model.rope_theta": self.model.rope_theta, "collapse.drop": self.collapse.drop}
-        for name, value in positive.items():
-            if value is not None and not value > 0:
-                raise TrainConfigError(f"{name} must be a positive number, got {value}")
+        if isinstance(self.checkpoint.every, str) and self.checkpoint.every != "epoch":
+            raise TrainConfigError(f"checkpoint.every must be a number of steps or epoch, got {self.checkpoint.every!r}")
         o = self.optim
         if not 0 < o.lr <= 1:  # above 1, AdamW moves every weight by more than its own scale per step
             raise TrainConfigError(f"optim.lr must be in (0, 1], got {o.lr}")
@@ -194,11 +171,6 @@ class TrainConfig:
             raise TrainConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
             raise TrainConfigError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
-        for name, value in (("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay), ("optim.clip_grad", o.clip_grad)):
-            if not (math.isfinite(value) and value >= 0):
-                raise TrainConfigError(f"{name} must be a finite number >= 0, got {value}")
-        if not (math.isfinite(self.parallel.timeout_minutes) and self.parallel.timeout_minutes > 0):
-            raise TrainConfigError(f"parallel.timeout_minutes must be a positive number, got {self.parallel.timeout_minutes}")
         return self
 
 
@@ -298,18 +270,6 @@ def _sections() -> dict[str, dict[str, dataclasses.Field]]:
     return {f.name: {g.name: g for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(TrainConfig)}
 
 
-def _comments(cls) -> dict[str, str]:
-    """The comment after each field of a dataclass's source: its one-line meaning, read from the
-    code itself so that the help cannot drift from it."""
-    out = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # inherited fields too
-        for line in inspect.getsource(klass).splitlines():
-            m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-            if m:
-                out[m.group(1)] = m.group(2).strip()
-    return out
-
-
 def describe() -> str:
     """Every section and key with its type, default and meaning: the trainer's --help."""
     lines = []
@@ -318,11 +278,10 @@ def describe() -> str:
         own = cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(")  # not the one dataclasses invent
         doc = cls.__doc__.strip().splitlines()[0] if own else ""
         lines.append(f"{section}:" + (f"  {doc}" if doc else ""))
-        comments = _comments(cls)
         for name, f in fields.items():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f.metadata.get("choices")
             kind = " | ".join(choices) if choices else str(f.type)
-            lines.append(f"  {section + '.' + name:<33} {kind:<24} {default!r:<14} {comments.get(name, '')}".rstrip())
+            lines.append(f"  {section + '.' + name:<33} {kind:<24} {default!r:<14} {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)
 

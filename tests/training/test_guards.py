@@ -69,7 +69,7 @@ def test_a_directory_holding_checkpoints_is_never_an_export_target(finished_run,
     (("--optim.warmup_ratio", "nan"), "optim.warmup_ratio"),
     (("--optim.betas", "[0.9, 0.99, 0.999]"), "optim.betas must be two numbers"),
     (("--optim.weight_decay", "inf"), "optim.weight_decay: 'inf' is not a valid float"),
-    (("--optim.weight_decay", "-1"), "optim.weight_decay must be a finite number >= 0"),
+    (("--optim.weight_decay", "-1"), "optim.weight_decay must be at least 0"),
 ])
 def test_config_values_that_lose_data_or_train_on_nonsense_are_refused(override, message):
     with pytest.raises(TrainConfigError, match=message):
