@@ -39,13 +39,16 @@ def tiny_tokenizer_dir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """CUDA tests run where a GPU is; elsewhere they are reported as skipped, with the reason."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run tools/gpu_check.sh on a GPU machine)")
+    """CUDA tests run where a GPU is; elsewhere they are reported as skipped, with the reason.
+    Benchmarks (minutes each) run only when the -m expression names them."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run tools/gpu_check.sh on a GPU machine)")
+    not_asked = pytest.mark.skip(reason="a benchmark of minutes: run it with pytest -m benchmark")
+    asked = "benchmark" in (config.getoption("markexpr") or "")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "benchmark" in item.keywords and not asked:
+            item.add_marker(not_asked)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Issue target: on CPU, hidden 256, vocab 151,936, 16,384 tokens, the reference path's peak RSS
-stays under 2 GB. Slow (minutes on 2 cores): run with ``pytest -m slow``."""
+stays under 2 GB. Minutes on 2 cores: run with ``pytest -m benchmark``."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_reference_path_peak_rss_under_2gb(tmp_path):
     out = tmp_path / "mem.json"
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark_logprob.py"), "--tokens", "16384",

@@ -103,6 +103,7 @@ def test_torchrun_passes_the_evaluations_arguments_intact(tmp_path):
     assert final[final.index("--protocol") + 1] == "final" and "olympiadbench=" in " ".join(final)
 
 
+@pytest.mark.slow
 def test_stages_sft_and_students(tmp_path):
     inputs = _missing_inputs(tmp_path)
     assert list(_commands(_run(DRY_RUN=1, STAGES="sft,data", **inputs).stdout)) == ["data", "sft"]
@@ -169,6 +170,7 @@ def toy_run(tmp_path_factory):
     return first_output, second, out
 
 
+@pytest.mark.slow
 def test_toy_preempted_stops_with_a_checkpoint(toy_run):
     first, _, out = toy_run
     assert first.endswith("exit 3"), first[-3000:]
@@ -189,6 +191,7 @@ def test_a_second_invocation_stops_at_once(tmp_path):
     assert os.listdir(out) == [".lock"]  # it made nothing, not even the toy's inputs
 
 
+@pytest.mark.slow
 def test_toy_rerun_resumes_and_keeps_the_stages_done(toy_run):
     _, second, out = toy_run
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -199,6 +202,7 @@ def test_toy_rerun_resumes_and_keeps_the_stages_done(toy_run):
         assert f"{stage}: starting" in text
 
 
+@pytest.mark.slow
 def test_toy_runs_every_stage_to_the_table(toy_run):
     _, second, out = toy_run
     table = (out / "table" / "table.md").read_text().splitlines()
@@ -216,6 +220,7 @@ def test_toy_runs_every_stage_to_the_table(toy_run):
     assert "== outputs" in second.stdout and "D_SFT 2,185 sequences" in second.stdout
 
 
+@pytest.mark.slow
 def test_toy_third_run_does_nothing_and_a_changed_input_is_refused(toy_run):
     _, _, out = toy_run
     again = _run(TOY=1, OUT=out, timeout=120)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -14,6 +16,7 @@ def run(*args, check=True):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, check=check, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_the_three_analyses_on_a_run(tiny_run, tiny_run_inputs, tmp_path):
     data, _ = tiny_run_inputs
     tokenizer = os.path.join(data, "tokenizer")

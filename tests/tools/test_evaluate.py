@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from megatron_redi.eval.selection import best, score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,6 +17,7 @@ def run(*args, check=True):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, check=check, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(tiny_run, tiny_run_inputs, tmp_path):
     data, _ = tiny_run_inputs
     for name in ("a", "b"):

@@ -14,12 +14,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from megatron_redi.training.golden import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "demo_first_steps.json")
 
 
+@pytest.mark.slow
 def test_the_demo_s_first_steps_are_the_recorded_ones(tmp_path):
     proc = subprocess.run([sys.executable, "tools/golden_steps.py", "--output", str(tmp_path / "now.json"),
                            "--compare", GOLDEN, "--tolerance", "1e-4"], cwd=ROOT, capture_output=True, text=True)

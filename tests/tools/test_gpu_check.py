@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throughput_4096", "throughput_16384",
          "throughput_19000", "attention_pair", "attention_uneven", "logprob_16k", "toy_data", "toy_redi",
@@ -12,6 +14,7 @@ STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throug
          "context_parallel", "generation_1.5b", "generation_batching", "logprob_65k"]
 
 
+@pytest.mark.slow
 def test_every_step_runs_at_toy_sizes(tmp_path):
     done = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--dry-run"], capture_output=True,
                           text=True, env={**os.environ, "OUT": str(tmp_path)}, timeout=600)

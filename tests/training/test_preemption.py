@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = ("loss", "grad_norm", "update_norm", "logps/chosen", "lr")
 
@@ -38,6 +40,7 @@ def _workers(pid):
     return [int(p) for p in found]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_checkpoints_and_resumes_bit_for_bit(tiny_run_inputs, tmp_path):
     data, model = tiny_run_inputs
     full, cut = tmp_path / "full", tmp_path / "cut"
