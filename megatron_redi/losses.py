@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Pairs
-from .config import check_settings, choice, setting
+from .settings import check_settings, choice, setting
 
 LOSS_TYPES = ("redi", "symmetric", "dpo", "simpo", "sft")
 # Each loss's own defaults are the paper's best configuration of it (Appendix C.4); no loss takes

@@ -11,7 +11,9 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # bottom to top; a unit may import from its own layer's package and from lower layers
 LAYERS = [
     {"cli"},  # the commands' shared rules: UserError (exit 2), help
-    {"config", "atomic", "batch", "main_grad"},
+    {"settings"},  # what every configuration shares: ConfigError, declared settings, file readers
+    {"model_config", "atomic", "batch", "main_grad"},
+    {"config"},  # the former name of settings + model_config, kept as an alias
     {"ops"},  # kernels and their references: no communication
     {"parallel"},  # groups, the TP layout, collectives, TP layers and autograd Functions
     {"checkpoint"},

@@ -29,7 +29,7 @@ import torch
 
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
-from megatron_redi.config import ConfigError, load_json, local_directory, tokenizer_directory
+from megatron_redi.settings import ConfigError, load_json, local_directory, tokenizer_directory
 from megatron_redi.data.dataset import DatasetError, TokenizedData
 from megatron_redi.eval import build_prompt, generate, load_benchmark
 from megatron_redi.eval.analysis import (REFLECTION_WORDS, generation_statistics, pearson, token_statistics,

@@ -60,7 +60,7 @@ def peak_bytes(device) -> int:
 def worker(args) -> None:
     import numpy as np
 
-    from megatron_redi.config import preset
+    from megatron_redi.model_config import preset
     from megatron_redi.data import TrainingItem, pack
     from megatron_redi.data.dataset import Sequence
     from megatron_redi.losses import LossConfig

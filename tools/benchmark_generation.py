@@ -29,7 +29,7 @@ import torch
 
 from megatron_redi.atomic import atomic_file
 from megatron_redi.cli import HelpFormatter, command
-from megatron_redi.config import PRESETS, preset
+from megatron_redi.model_config import PRESETS, preset
 from megatron_redi.eval.generate import generate, generate_samples
 from megatron_redi.fixtures import write_random_hf_checkpoint
 from megatron_redi.model import from_pretrained

@@ -29,7 +29,7 @@ import time
 import torch
 
 from megatron_redi import main_grad
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES
+from megatron_redi.settings import COMPUTE_DTYPES, DTYPES
 from megatron_redi.ops.logprob_kernels import KERNELS
 from megatron_redi.parallel.logprob_head import sequence_logprobs
 from megatron_redi.atomic import atomic_file

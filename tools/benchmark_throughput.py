@@ -37,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from megatron_redi.config import PRESETS, ModelConfig, preset
+from megatron_redi.model_config import PRESETS, ModelConfig, preset
 from megatron_redi.data import Sequence, TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig
 from megatron_redi.model import RECOMPUTE_MODES, Qwen2Model

@@ -20,7 +20,7 @@ import json
 import sys
 
 from megatron_redi.atomic import atomic_file, check_output
-from megatron_redi.config import ConfigError
+from megatron_redi.settings import ConfigError
 from megatron_redi.data.raw import local_inputs
 from megatron_redi.eval.decontaminate import decontaminate
 from megatron_redi.cli import HelpFormatter, command, positive_int

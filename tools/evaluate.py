@@ -40,7 +40,7 @@ import torch
 
 from megatron_redi.atomic import check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, ConfigError, tokenizer_directory
+from megatron_redi.settings import COMPUTE_DTYPES, DTYPES, ConfigError, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark, prompt_text, score, vllm_engine
 from megatron_redi.eval.campaign import Campaign, named_benchmarks
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments

@@ -7,7 +7,8 @@
 import argparse
 import sys
 
-from megatron_redi.config import COMPUTE_DTYPES, DTYPES, PRESETS, preset
+from megatron_redi.model_config import PRESETS, preset
+from megatron_redi.settings import COMPUTE_DTYPES, DTYPES
 from megatron_redi.fixtures import write_random_hf_checkpoint
 from megatron_redi.cli import HelpFormatter, command, positive_int
 

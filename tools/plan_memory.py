@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from megatron_redi.cli import HelpFormatter, command, positive_int
-from megatron_redi.config import PRESETS, ModelConfig, preset
+from megatron_redi.model_config import PRESETS, ModelConfig, preset
 from megatron_redi.model.memory import rank_plan
 from megatron_redi.parallel import LayoutError
 

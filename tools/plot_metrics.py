@@ -17,7 +17,7 @@ import sys
 
 from megatron_redi.atomic import check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
-from megatron_redi.config import ConfigError
+from megatron_redi.settings import ConfigError
 from megatron_redi.training.figures import plot
 
 @command

@@ -17,7 +17,7 @@ import sys
 
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command
-from megatron_redi.config import ConfigError, load_json
+from megatron_redi.settings import ConfigError, load_json
 from megatron_redi.eval.paper_results import BENCHMARK_NAMES, PAPER_ROWS
 
 

@@ -26,7 +26,7 @@ import sys
 
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command
-from megatron_redi.config import ConfigError
+from megatron_redi.settings import ConfigError
 from megatron_redi.recipe.sweep import PRESETS, grid_runs, run_name
 from megatron_redi.training import TrainConfigError, load_config
 

@@ -17,7 +17,7 @@ import sys
 
 from ..atomic import atomic_directory, check_output
 from ..cli import HelpFormatter, command
-from ..config import DTYPES, local_directory
+from ..settings import DTYPES, local_directory
 from ..parallel.layout import TPLayout
 from .hf_mapping import CheckpointError
 from .native import (

@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 
 from ..cli import UserError
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from ..parallel.layout import TPLayout, chunk
 from .safetensors_io import SafetensorsFile
 

@@ -25,7 +25,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from ..config import ModelConfig, load_json
+from ..model_config import ModelConfig
+from ..settings import load_json
 from ..parallel.layout import LayoutError, TPLayout
 from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_directory
 from ..cli import UserError
-from ..config import ConfigError, tokenizer_directory
+from ..settings import ConfigError, tokenizer_directory
 from .raw import RawDataError, RawRow, count_rows, expand_inputs, local_inputs, read_rows
 
 FORMAT_VERSION = 1

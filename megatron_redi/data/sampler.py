@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ConfigError
+from ..settings import ConfigError
 
 
 @dataclass(frozen=True)

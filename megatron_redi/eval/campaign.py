@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from ..atomic import atomic_file, fingerprint
-from ..config import ConfigError, load_json
+from ..settings import ConfigError, load_json
 from .rllm_grader import THINK_END
 from .runner import benchmark_digest
 from .selection import best, plot

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import ConfigError, check_settings, choice, setting
+from ..settings import ConfigError, check_settings, choice, setting
 from .answers import CHECKERS, checker_in_use
 
 PROMPT_STYLES = ("lighteval", "chat", "raw")

@@ -14,7 +14,7 @@ earlier step: no more training than the score needs.
 from __future__ import annotations
 
 from ..atomic import atomic_file
-from ..config import ConfigError
+from ..settings import ConfigError
 
 
 def score(entry: dict, by: str | None = None) -> float:

@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import tempfile
 
-from ..config import ConfigError
+from ..settings import ConfigError
 
 INSTALL = "pip install 'megatron_redi[vllm]' on a machine with CUDA GPUs"
 

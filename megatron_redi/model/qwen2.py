@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..batch import SeqBoundaries
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from ..ops.qkv_rotary import split_qkv_rotary
 from ..ops.rms_norm import rms_norm, rms_norm_reference
 from ..ops.swiglu import swiglu_linear, swiglu_linear_reference

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cli import UserError
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 
 
 class LayoutError(UserError):

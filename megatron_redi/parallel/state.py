@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
+from ..settings import ConfigError
 from .layout import divide
 
 SHARED_GPU_ENV = "MEGATRON_REDI_SHARED_GPU"

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 
-from ..config import load_yaml
+from ..settings import load_yaml
 from ..eval.protocol import NAMED, Protocol, named
 from ..training.checkpointing import checkpoint_dirs
 from ..training.metrics import read_metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from ..config import ConfigError
+from ..settings import ConfigError
 
 PRESETS = {
     "redi": [{"loss.alpha": a, "optim.lr": lr} for a, lrs in ((0.2, (1e-6,)), (0.5, (1e-6, 2e-6)), (0.8, (1e-6,)),

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from ..atomic import atomic_directory
-from ..config import preset
+from ..model_config import preset
 from ..data import synthetic
 from ..eval.paper_results import BENCHMARK_NAMES
 from ..fixtures import make_tiny_tokenizer, write_random_hf_checkpoint

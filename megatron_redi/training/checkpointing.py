@@ -33,7 +33,8 @@ from ..checkpoint.hf_mapping import CheckpointError, name_table
 from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, NativeCheckpointReader,
                                  copy_side_files, rank_file, write_native)
 from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
-from ..config import ConfigError, ModelConfig, load_json, local_directory
+from ..model_config import ModelConfig
+from ..settings import ConfigError, load_json, local_directory
 from ..parallel import ParallelState
 from ..parallel.collectives import all_ranks, any_rank
 from . import reshard

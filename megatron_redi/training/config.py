@@ -18,7 +18,7 @@ from typing import ClassVar
 import yaml
 
 from ..cli import UserError
-from ..config import COMPUTE_DTYPES, ConfigError, check_settings, choice, load_yaml, setting
+from ..settings import COMPUTE_DTYPES, ConfigError, check_settings, choice, load_yaml, setting
 from ..eval.protocol import Protocol
 from ..losses import LossConfig
 from ..model import RECOMPUTE_MODES

@@ -23,7 +23,8 @@ import warnings
 import torch
 
 from ..atomic import atomic_file
-from ..config import ConfigError, ModelConfig
+from ..model_config import ModelConfig
+from ..settings import ConfigError
 from ..parallel import collectives
 
 

@@ -25,7 +25,7 @@ from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, TrainingItem, pack
 from ..atomic import atomic_directory, atomic_file, check_output, fingerprint
-from ..config import DTYPES, ConfigError, local_directory, tokenizer_directory
+from ..settings import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing

@@ -12,7 +12,7 @@ from nothing_lost import ROOT, refused, snapshot, tool
 from megatron_redi import atomic
 from megatron_redi.checkpoint.convert import main as convert
 from megatron_redi.cli import UserError, command
-from megatron_redi.config import ConfigError
+from megatron_redi.settings import ConfigError
 
 CONFIG = os.path.join(ROOT, "examples", "configs", "paper", "qwen2.5-math-1.5b_redi.yaml")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.data.dataset import Sequence
 from megatron_redi.data.packing import TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients

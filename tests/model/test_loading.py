@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megatron_redi.checkpoint import CheckpointError
-from megatron_redi.config import ConfigError, ModelConfig
+from megatron_redi.model_config import ModelConfig
+from megatron_redi.settings import ConfigError
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import ParallelState
 

@@ -4,7 +4,7 @@ selective layers computing the same gradients."""
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.model import Qwen2Model, qwen2
 from megatron_redi.model.memory import full_recompute_layers, layer_bytes_per_token
 from megatron_redi.parallel import ParallelState, TPLayout

@@ -121,7 +121,7 @@ print("triton kernels match")
 ROTARY_CHECK = r'''
 import itertools
 import torch
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.model.rope import RotaryEmbedding
 from megatron_redi.ops.qkv_rotary import split_qkv_rotary, split_qkv_rotary_reference
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_redi import main_grad
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.model import Qwen2Model
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.grad_buffer import GradBuffer, flat_layouts, no_weight_decay

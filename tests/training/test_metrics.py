@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.training.metrics import CollapseAlarm, step_flops
 
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from megatron_redi.config import preset
+from megatron_redi.model_config import preset
 from megatron_redi.model import Qwen2Model
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.optimizer import MasterParams, no_weight_decay
