@@ -100,7 +100,11 @@ def measure(cp: int, args) -> list[dict]:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"CP={cp} failed:\n{done.stderr[-3000:]}")
-        return [json.load(open(os.path.join(tmp, f"rank{r}.json"))) for r in range(cp)]
+        ranks = []
+        for r in range(cp):
+            with open(os.path.join(tmp, f"rank{r}.json")) as f:
+                ranks.append(json.load(f))
+        return ranks
 
 
 @command

@@ -100,17 +100,11 @@ def _chunks_sdpa(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
 def _chunks_varlen(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
     if not varlen_available(q.device):
         raise RuntimeError("varlen attention needs CUDA and torch.nn.attention.varlen")
-    q_bounds, k_bounds = [0], [0]
-    for r0, r1, k0, k1 in shard.chunks:
-        q_bounds.append(q_bounds[-1] + r1 - r0)
-        k_bounds.append(k_bounds[-1] + k1 - k0)
-    cu_q, cu_k = (torch.tensor(b, dtype=torch.int32).to(q.device, non_blocking=True) for b in (q_bounds, k_bounds))
-    max_q = max(b - a for a, b in zip(q_bounds, q_bounds[1:]))
-    max_k = max(b - a for a, b in zip(k_bounds, k_bounds[1:]))
-    ks, vs = (x.index_select(0, shard.chunk_keys) for x in (k_full, v_full))
+    qs, ks = shard.query_spans, shard.key_spans  # built with the shard: no host-to-device copy per layer
+    k_chunks, v_chunks = (x.index_select(0, shard.chunk_keys) for x in (k_full, v_full))
     # flash attention's causal mask with fewer queries than keys is aligned to the bottom right
-    return [_varlen_attn(q[:shard.real_rows], ks, vs, cu_q, cu_k, max_q, max_k, window_size=(-1, 0),
-                         **_VARLEN_GQA_KWARGS)]
+    return [_varlen_attn(q[:shard.real_rows], k_chunks, v_chunks, qs.cu_seqlens, ks.cu_seqlens, qs.max_seqlen,
+                         ks.max_seqlen, window_size=(-1, 0), **_VARLEN_GQA_KWARGS)]
 
 
 def context_attention(q, k, v, shard: ContextShard, cp_group, backend: str = "auto") -> torch.Tensor:

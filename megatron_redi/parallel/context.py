@@ -20,7 +20,9 @@ What each consumer reads (``ContextShard``):
     kv_order     [T]        the row of each micro-batch token in the all-gathered [cp n] K/V
     chunks       host       (local row start, end, key start, key end): the keys a chunk attends to
                             are its sequence's from the first token through the chunk's last
-    chunk_keys   [sum of key spans]   those keys' micro-batch positions, chunk after chunk (varlen)
+    chunk_keys   [sum of key spans]   those keys' micro-batch positions, chunk after chunk, and
+    query_spans, key_spans            the chunks' boundaries in the rows and in those keys (varlen's
+                                      cu_seqlens; None when the rank holds no token)
     loss_rows    [t_resp_local]   local rows of this rank's response tokens (for the LM head)
     loss_tokens  [t_resp_local]   their micro-batch positions (targets, sequence of each token)
 
@@ -34,6 +36,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..batch import SeqBoundaries
+
 
 @dataclass(frozen=True)
 class ContextShard:
@@ -44,6 +48,8 @@ class ContextShard:
     loss_rows: torch.Tensor  # [t_resp_local] int64
     loss_tokens: torch.Tensor  # [t_resp_local] int64
     chunk_keys: torch.Tensor  # [sum of key spans] int64
+    query_spans: SeqBoundaries | None
+    key_spans: SeqBoundaries | None
     chunks: tuple[tuple[int, int, int, int], ...]  # (row start, row end, key start, key end), non-empty only
     real_rows: int  # local rows before the padding
 
@@ -54,7 +60,12 @@ class ContextShard:
     def to(self, device) -> ContextShard:
         move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
         return replace(self, tokens=move(self.tokens), kv_order=move(self.kv_order), loss_rows=move(self.loss_rows),
-                       loss_tokens=move(self.loss_tokens), chunk_keys=move(self.chunk_keys))
+                       loss_tokens=move(self.loss_tokens), chunk_keys=move(self.chunk_keys),
+                       query_spans=_spans_on(self.query_spans, device), key_spans=_spans_on(self.key_spans, device))
+
+
+def _spans_on(spans: SeqBoundaries | None, device) -> SeqBoundaries | None:
+    return None if spans is None else SeqBoundaries.from_offsets(spans.host, device)
 
 
 def chunk_bounds(length: int, cp_size: int) -> list[int]:
@@ -99,4 +110,7 @@ def split(offsets, loss_index, cp_size: int, cp_rank: int, multiple: int = 1) ->
     loss_rows = torch.nonzero(is_loss[local]).flatten()
     padded = torch.cat((local, torch.zeros(n - row, dtype=torch.int64)))
     keys = torch.cat([torch.arange(k0, k1) for _, _, k0, k1 in chunks]) if chunks else local
-    return ContextShard(cp_size, cp_rank, padded, kv_order, loss_rows, local[loss_rows], keys, tuple(chunks), row)
+    spans = [SeqBoundaries.from_lengths(lengths, "cpu") if chunks else None
+             for lengths in ([r1 - r0 for r0, r1, _, _ in chunks], [k1 - k0 for _, _, k0, k1 in chunks])]
+    return ContextShard(cp_size, cp_rank, padded, kv_order, loss_rows, local[loss_rows], keys, *spans, tuple(chunks),
+                        row)
