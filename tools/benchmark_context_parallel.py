@@ -7,8 +7,10 @@ For each CP size it starts that many ranks (torchrun, gloo on CPU; one GPU each 
 a few SFT steps of one sequence of --tokens tokens on a synthetic Qwen2-shaped model, and reports
 per rank: the bytes the forward saves for the backward (counted exactly, each storage once, through
 autograd's saved-tensor hooks: the activations), the rise of the process's peak memory during the
-first step (CPU: resident set; CUDA: the allocator's peak), and the median time of the later steps.
-The goal of context parallelism is the first of these near 1/CP of CP=1's.
+first step (CPU: resident set; CUDA: the allocator's peak), the median time of the later steps, and,
+for one layer's forward, the time of the K/V all-gather against the whole context-parallel attention
+(the gather's share: what a ring exchange could hide). The goal of context parallelism is the first
+of these near 1/CP of CP=1's.
 """
 
 from __future__ import annotations
@@ -57,6 +59,34 @@ def peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def attention_times(parallel, tokens: int, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of one layer's K/V all-gather and of its whole CP attention (gather included),
+    forward only, at the model's head shapes for one sequence of ``tokens``."""
+    from megatron_redi.model.attention import context_attention
+    from megatron_redi.parallel.context import split
+    from megatron_redi.parallel.mappings import gather_tokens
+
+    heads, kv_heads = MODEL["num_attention_heads"], MODEL["num_key_value_heads"]
+    hd = MODEL["hidden_size"] // heads
+    shard = split([0, tokens], torch.zeros(0, dtype=torch.int64), parallel.cp_size, parallel.cp_rank).to(parallel.device)
+    q, k, v = (torch.randn(shard.rows, n, hd, device=parallel.device) for n in (heads, kv_heads, kv_heads))
+    kv = torch.cat((k, v), dim=1)
+
+    def timed(fn):
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            fn()
+            if parallel.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])  # the first call warms up
+
+    with torch.no_grad():
+        return (timed(lambda: gather_tokens(kv, parallel.cp_group)),
+                timed(lambda: context_attention(q, k, v, shard, parallel.cp_group)))
+
+
 def worker(args) -> None:
     import numpy as np
 
@@ -86,9 +116,10 @@ def worker(args) -> None:
         if parallel.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    gather_s, attention_s = attention_times(parallel, args.tokens)
     with open(os.path.join(args.worker, f"rank{parallel.rank}.json"), "w") as f:
         json.dump({"cp": args.cp, "rank": parallel.rank, "activation_bytes": activations, "peak_rise_bytes": rise,
-                   "step_s": statistics.median(times)}, f)
+                   "step_s": statistics.median(times), "layer_gather_s": gather_s, "layer_attention_s": attention_s}, f)
     shutdown()
 
 
@@ -122,7 +153,8 @@ def main(argv=None) -> int:
         return 0
     rows, base = [], None
     print(f"one sequence of {args.tokens} tokens, model {MODEL}")
-    print("CP  activations/rank (max)  vs CP=1   peak rise/rank (max)   step time (max rank)")
+    print("CP  activations/rank (max)  vs CP=1   peak rise/rank (max)   step time (max rank)   "
+          "one layer: K/V gather / CP attention (max rank)")
     for cp in args.cp:
         ranks = measure(cp, args)
         rows += ranks
@@ -130,7 +162,8 @@ def main(argv=None) -> int:
         base = base or (act if cp == 1 else None)
         ratio = f"{act / base:.3f}" if base else "-"
         print(f"{cp:<3} {act / 2**20:>18.1f} MB  {ratio:>7}   {max(r['peak_rise_bytes'] for r in ranks) / 2**20:>16.1f} MB"
-              f"   {max(r['step_s'] for r in ranks):>10.2f} s", flush=True)
+              f"   {max(r['step_s'] for r in ranks):>10.2f} s   {1e3 * max(r['layer_gather_s'] for r in ranks):>8.2f} / "
+              f"{1e3 * max(r['layer_attention_s'] for r in ranks):.2f} ms", flush=True)
     if args.output:  # a benchmark's figures: replaced whole, never half written
         with atomic_file(args.output) as f:
             json.dump({"tokens": args.tokens, "model": MODEL, "torch": torch.__version__, "ranks": rows}, f, indent=2)
