@@ -14,8 +14,6 @@ import yaml
 
 from .cli import UserError
 
-# architectures (HF ``architectures[0]``) -> whether q/k/v carry biases by default
-
 
 class ConfigError(UserError):
     """A config that names an unsupported model or contradicts itself."""

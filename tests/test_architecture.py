@@ -24,6 +24,7 @@ LAYERS = [
     {"training"},
     {"train"},
     {"recipe"},  # the paper's recipes: pipelines of the tools above
+    {"commands"},  # the command-line programs (tools/NAME.py runs commands.NAME)
 ]
 RANK = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 

@@ -80,7 +80,7 @@ def measure(run, leaves, want, device, repeats):
 
 
 @command
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--seq-lens", default="8192,8192", help="lengths of the packed sequences")
     p.add_argument("--heads", type=int, default=12)
@@ -88,7 +88,7 @@ def main():
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lengths = [int(n) for n in args.seq_lens.split(",")]
@@ -126,6 +126,7 @@ def main():
         with atomic_file(args.json) as f:
             json.dump({"device": card, "seq_lens": lengths, "heads": args.heads, "kv_heads": args.kv_heads,
                        "head_dim": args.head_dim, "results": results}, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def measure(fn, inputs, n, repeats, reference):
 
 
 @command
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--hidden", type=int, default=1536)
@@ -110,7 +110,7 @@ def main():
     p.add_argument("--chunk-tokens", help="comma-separated chunk sizes to time the fused paths at "
                    "(0: the library's own choice, the default), each but 0 labelled @size")
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
     inputs = make_inputs(args.tokens, args.hidden, args.vocab, args.seqs, dtype, device)
@@ -149,6 +149,7 @@ def main():
     if args.json:
         with atomic_file(args.json) as f:
             json.dump({"device": name, "args": vars(args), "results": results, "peak_rss_gib": peak_rss_gb}, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def ceiling(cfg, seq_lengths, response_tokens, device, dtype) -> dict[str, float
 
 
 @command
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=sorted(PRESETS))
@@ -255,7 +255,7 @@ def main():
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="profile one more step and print its ROWS most expensive kernels")
     p.add_argument("--json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.compare == "hf-liger" and importlib.util.find_spec("liger_kernel") is None:
         p.error("--compare hf-liger needs liger-kernel (pip install liger-kernel, or the package's [gpu] extra); "
                 "--compare hf runs without it")
@@ -303,6 +303,7 @@ def main():
                    hf_peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None)
         print(f"  {args.compare:15s} {out['hf_tokens_per_s']:10,.0f} tokens/s   speedup {out['speedup_vs_hf']:.2f}x")
     save(out, args.json)
+    return 0
 
 
 def save(out: dict, path: str | None):

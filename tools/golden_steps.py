@@ -85,14 +85,14 @@ def record(work: str, sft_steps: int, redi_steps: int) -> dict:
 
 
 @command
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output", required=True, help="JSON file for the values of this run")
     p.add_argument("--compare", help="a recorded JSON file to compare with")
     p.add_argument("--tolerance", type=float, default=0.0, help="largest difference accepted")
     p.add_argument("--sft-steps", type=positive_int, default=20)
     p.add_argument("--redi-steps", type=positive_int, default=10)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     check_output(args.output, overwrite=True, keep=(args.compare,) if args.compare else ())
     with tempfile.TemporaryDirectory(prefix="golden_") as work:
         values = record(work, args.sft_steps, args.redi_steps)
@@ -102,8 +102,9 @@ def main():
     if args.compare:
         with open(args.compare) as f:
             want = json.load(f)
-        sys.exit(0 if compare(values, want, args.tolerance) else 1)
+        return 0 if compare(values, want, args.tolerance) else 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

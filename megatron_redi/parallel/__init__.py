@@ -3,8 +3,8 @@
 from .layers import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                      mark_replicated, replicated_regions, sync_replicated_grads)
 from .layout import LayoutError, TPLayout, divide
-from .state import ParallelState, initialize, shutdown
+from .state import ParallelState, initialize, leaves_the_process_group, shutdown
 
 __all__ = ["ColumnParallelLinear", "LayoutError", "ParallelState", "RowParallelLinear", "TPLayout",
-           "VocabParallelEmbedding", "divide", "initialize", "mark_replicated", "replicated_regions", "shutdown",
-           "sync_replicated_grads"]
+           "VocabParallelEmbedding", "divide", "initialize", "leaves_the_process_group", "mark_replicated",
+           "replicated_regions", "shutdown", "sync_replicated_grads"]

@@ -18,6 +18,7 @@ Nothing here lives in a module global: every layer receives the ``ParallelState`
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -101,6 +102,20 @@ def shutdown() -> None:
     rank whose peers have gone while its group still lives can abort at exit)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leaves_the_process_group(main):
+    """Decorate a command's ``main`` that may join a process group: it calls ``shutdown`` on
+    every exit path, returns and errors alike."""
+
+    @functools.wraps(main)
+    def entry(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        finally:
+            shutdown()
+
+    return entry
 
 
 def initialize(tensor_parallel_size: int = 1, sequence_parallel: bool = False,

@@ -1,20 +1,28 @@
-"""What the hostile-input tests share: a command run as its user runs it (in this process, through
-its ``main`` and the one entry wrapper), and a snapshot of what lies on disk, to show that a
+"""What the hostile-input tests share: a command run as its user runs it (a program of
+megatron_redi.commands in this process, through its ``main`` and the one entry wrapper; a script of
+the checkout's tools/ in a process of its own), and a snapshot of what lies on disk, to show that a
 refused command lost nothing and left nothing that looks finished."""
 
 import hashlib
-import importlib.util
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def tool(name: str):
-    """tools/NAME.py as a module (its main takes argv)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(name: str, timeout: float = 60):
+    """tools/NAME.py, a script of this checkout, as a ``main``: it runs in a process of its own and
+    its output is passed on (a refusal comes in seconds; ``timeout`` stops one that went to work)."""
+
+    def main(argv) -> int:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *argv], capture_output=True,
+                              text=True, timeout=timeout)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return done.returncode
+
+    return main
 
 
 def refused(main, *args, capsys) -> str:

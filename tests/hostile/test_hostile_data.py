@@ -6,19 +6,20 @@ import json
 import os
 
 import pytest
-from nothing_lost import refused, snapshot, tool
+from nothing_lost import refused, snapshot
 
 from megatron_redi.data import synthetic
+from megatron_redi.commands import decontaminate as decontaminate_command, preprocess_data
 
 
 @pytest.fixture(scope="module")
 def preprocess():
-    return tool("preprocess_data").main
+    return preprocess_data.main
 
 
 @pytest.fixture(scope="module")
 def decontaminate():
-    return tool("decontaminate").main
+    return decontaminate_command.main
 
 
 @pytest.fixture

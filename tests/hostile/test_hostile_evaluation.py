@@ -6,12 +6,14 @@ is loaded where it can be, and loses nothing."""
 import json
 
 import pytest
-from nothing_lost import refused, snapshot, tool
+from nothing_lost import refused, snapshot
+
+from megatron_redi.commands import evaluate as evaluate_command, summary_table
 
 
 @pytest.fixture(scope="module")
 def evaluate():
-    return tool("evaluate").main
+    return evaluate_command.main
 
 
 def _bench(path, answers=("2", "4")):
@@ -95,6 +97,6 @@ def test_summary_table_output_inside_its_input(tmp_path, capsys):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.json").write_text('{"checkpoints": [], "best": null, "protocol": {}}')
     kept = snapshot(tmp_path / "eval")
-    err = refused(tool("summary_table").main, f"run={tmp_path / 'eval'}", "--output", tmp_path / "eval" / "table.md",
+    err = refused(summary_table.main, f"run={tmp_path / 'eval'}", "--output", tmp_path / "eval" / "table.md",
                   capsys=capsys)
     assert "refused, it would overwrite" in err and snapshot(tmp_path / "eval") == kept

@@ -7,11 +7,12 @@ import os
 import shutil
 
 import pytest
-from nothing_lost import ROOT, refused, snapshot, tool
+from nothing_lost import ROOT, refused, script, snapshot
 
 from megatron_redi import atomic
 from megatron_redi.checkpoint.convert import main as convert
 from megatron_redi.cli import UserError, command
+from megatron_redi.commands import plot_metrics
 from megatron_redi.settings import ConfigError
 
 CONFIG = os.path.join(ROOT, "examples", "configs", "paper", "qwen2.5-math-1.5b_redi.yaml")
@@ -67,7 +68,7 @@ def test_an_hf_index_with_the_wrong_types(hf_copy, tmp_path, capsys, index):
 
 @pytest.fixture(scope="module")
 def sweep():
-    return tool("sweep").main
+    return script("sweep")
 
 
 def test_sweep_script_onto_its_config(sweep, tmp_path, capsys):
@@ -107,24 +108,21 @@ def test_plot_metrics_onto_its_metrics(tmp_path, capsys):
     metrics.parent.mkdir()
     metrics.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
     kept = snapshot(metrics)
-    err = refused(tool("plot_metrics").main, metrics.parent, "--output", metrics, capsys=capsys)
+    err = refused(plot_metrics.main, metrics.parent, "--output", metrics, capsys=capsys)
     assert "refused, it would overwrite" in err and snapshot(metrics) == kept
 
 
 def test_plot_metrics_names_a_broken_line(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo\n{"step": 3}\n')
-    err = refused(tool("plot_metrics").main, tmp_path / "metrics.jsonl", "--output", tmp_path / "f.png", capsys=capsys)
+    err = refused(plot_metrics.main, tmp_path / "metrics.jsonl", "--output", tmp_path / "f.png", capsys=capsys)
     assert "metrics.jsonl: line 2 is not JSON" in err and not (tmp_path / "f.png").exists()
 
 
-def test_golden_steps_output_onto_the_recording_it_compares_with(tmp_path, capsys, monkeypatch):
-    golden = tool("golden_steps")
+def test_golden_steps_output_onto_the_recording_it_compares_with(tmp_path, capsys):
     recorded = tmp_path / "golden.json"
     recorded.write_text('{"recorded": true}')
-    monkeypatch.setattr("sys.argv", ["golden_steps.py", "--output", str(recorded), "--compare", str(recorded)])
-    monkeypatch.setattr(golden, "record", lambda *a: pytest.fail("ran before refusing"))
-    assert golden.main() == 2 and "refused, it would overwrite" in capsys.readouterr().err
-    assert recorded.read_text() == '{"recorded": true}'
+    err = refused(script("golden_steps"), "--output", recorded, "--compare", recorded, capsys=capsys)
+    assert "refused, it would overwrite" in err and recorded.read_text() == '{"recorded": true}'
 
 
 def test_the_recipe_s_outputs_over_its_inputs(tmp_path, monkeypatch, capsys):
