@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default: the paper's whole recipe at toy scale, on CPU, TP=2 over 2 processes.
 #
-#   bash examples/run_redi_tiny.sh [OUT_DIR]        (default runs/tiny; about 9 minutes on 2 cores)
+#   bash examples/run_redi_tiny.sh [OUT_DIR]        (default runs/tiny; 6 to 9 minutes on 2 cores)
 #
 # 1. synthetic teacher traces (digit-by-digit additions; some teacher traces carry a planted slip),
 #    a tokenizer, and a held-out benchmark;  2. preprocessing into D_SFT and D_Pref;
