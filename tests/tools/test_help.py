@@ -64,15 +64,19 @@ def test_a_command_line_typo_is_named_as_the_command_line_s(train):
     assert code == 2 and "command line: --optimm.lr: no section 'optimm'" in err
 
 
+def _text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 COMMANDS = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "tools", "*.py"))
-                 if f"megatron_redi.commands.{os.path.basename(p)[:-3]} import main" not in open(p).read())
+                 if f"megatron_redi.commands.{os.path.basename(p)[:-3]} import main" not in _text(p))
 
 
 def test_every_command_has_its_launcher_in_tools():
     for name in COMMANDS:
-        with open(os.path.join(ROOT, "tools", f"{name}.py")) as f:
-            assert f"from megatron_redi.commands.{name} import main" in f.read(), name
+        assert f"from megatron_redi.commands.{name} import main" in _text(os.path.join(ROOT, "tools", f"{name}.py")), name
 
 
 def _help(main, capsys) -> str:
@@ -88,7 +92,7 @@ def test_every_command_has_help_without_rest_markup(name, capsys):
     assert "usage:" in out and "``" not in out
 
 
-@pytest.mark.parametrize("tool", [p for p in SCRIPTS if "argparse" in open(p).read()], ids=os.path.basename)
+@pytest.mark.parametrize("tool", [p for p in SCRIPTS if "argparse" in _text(p)], ids=os.path.basename)
 def test_every_script_has_help_without_rest_markup(tool):
     """The checkout's own scripts run as their users run them: from a path, in a process."""
     out = subprocess.run([sys.executable, tool, "--help"], capture_output=True, text=True, cwd=ROOT)
