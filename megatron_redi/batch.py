@@ -108,7 +108,9 @@ class MicroBatch:
         return self.loss_index.shape[0]
 
     def to(self, device) -> MicroBatch:
-        move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
+        def move(t):
+            return t.to(device, non_blocking=True)  # the tensor itself when already there
+
         return replace(
             self,
             input_ids=move(self.input_ids), position_ids=move(self.position_ids), targets=move(self.targets),

@@ -73,9 +73,9 @@ def attention_varlen(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
                         **_VARLEN_GQA_KWARGS)
 
 
-def _resolve(backend: str, device: torch.device, num_seqs: int) -> str:
+def _resolve(backend: str, device: torch.device, num_seqs: int, varlen_min_seqs: int = VARLEN_MIN_SEQS) -> str:
     if backend == "auto":
-        return "varlen" if varlen_available(device) and num_seqs >= VARLEN_MIN_SEQS else "sdpa"
+        return "varlen" if varlen_available(device) and num_seqs >= varlen_min_seqs else "sdpa"
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
     return backend
@@ -113,9 +113,8 @@ def context_attention(q, k, v, shard: ContextShard, cp_group, backend: str = "au
     nkv = k.shape[1]
     kv = gather_tokens(torch.cat((k, v), dim=1), cp_group)  # [cp n, 2 nkv, hd], rank after rank
     k_full, v_full = kv.index_select(0, shard.kv_order).split(nkv, dim=1)  # [T, nkv, hd] each, in order
-    if backend == "auto":  # varlen: one launch for every chunk, no mask built, on CUDA
-        backend = "varlen" if varlen_available(q.device) else "sdpa"
-    chunked = _chunks_sdpa if _resolve(backend, q.device, len(shard.chunks)) == "sdpa" else _chunks_varlen
+    # auto: varlen wherever it exists, whatever the number of chunks (one launch for all, no mask built)
+    chunked = _chunks_sdpa if _resolve(backend, q.device, len(shard.chunks), 0) == "sdpa" else _chunks_varlen
     out = chunked(q, k_full, v_full, shard) if shard.chunks else []
     if q.shape[0] > shard.real_rows:
         out.append(q.new_zeros((q.shape[0] - shard.real_rows, *q.shape[1:])))

@@ -58,7 +58,9 @@ class ContextShard:
         return self.tokens.shape[0]
 
     def to(self, device) -> ContextShard:
-        move = (lambda t: t.to(device, non_blocking=True)) if torch.device(device).type != "cpu" else (lambda t: t)
+        def move(t):
+            return t.to(device, non_blocking=True)  # the tensor itself when already there
+
         return replace(self, tokens=move(self.tokens), kv_order=move(self.kv_order), loss_rows=move(self.loss_rows),
                        loss_tokens=move(self.loss_tokens), chunk_keys=move(self.chunk_keys),
                        query_spans=_spans_on(self.query_spans, device), key_spans=_spans_on(self.key_spans, device))

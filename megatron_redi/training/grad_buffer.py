@@ -27,6 +27,15 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.dim() < 2  # biases and norm weights
 
 
+def counted_once(sum_sq: torch.Tensor, regions) -> torch.Tensor:
+    """A sum of squares taken on every TP rank, less what it counts too often: ``regions`` yields
+    (values, ranks sharing them) for each region replicated over ``share`` TP ranks, whose squares
+    each rank then keeps 1/share of (the TP all-reduce that follows counts them once)."""
+    for values, share in regions:
+        sum_sq = sum_sq - (1 - 1 / share) * values.square().sum()
+    return sum_sq
+
+
 class FlatLayout:
     """Where each parameter of one weight-decay group sits in a flat buffer of ``numel`` values."""
 
@@ -138,7 +147,7 @@ class GradBuffer:
         """Global L2 norm of the gradient (fp32), each parameter counted once across TP ranks."""
         # one reduction per buffer, no squared copy of it (4 bytes a parameter); padding is zero
         total = sum(torch.linalg.vector_norm(buf).square() for buf in self.buffers)
-        for i, name, rows, share in self.replicated:
-            total = total - (1 - 1 / share) * self.layouts[i].view(self.buffers[i], name)[rows].square().sum()
+        total = counted_once(total, ((self.layouts[i].view(self.buffers[i], name)[rows], share)
+                                     for i, name, rows, share in self.replicated))
         collectives.all_reduce(self.parallel, total, self.parallel.tp_group)
         return total.sqrt()

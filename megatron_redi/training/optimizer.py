@@ -25,7 +25,7 @@ import torch
 
 from ..ops.adamw import adamw_update
 from ..parallel import ParallelState, collectives
-from .grad_buffer import FlatLayout, GradBuffer, flat_layouts, no_weight_decay
+from .grad_buffer import FlatLayout, GradBuffer, counted_once, flat_layouts, no_weight_decay
 
 __all__ = ["FlatAdamW", "MasterParams", "lr_at", "no_weight_decay"]
 
@@ -82,8 +82,7 @@ class FlatAdamW:
             self.copy_to_model()
         # After ZeRO-1's gather every replica sees the whole replicated update: let one count it.
         if not (self.zero1 and self.parallel.dp_cp_rank > 0):
-            for (view, share), old in zip(replicated, before):
-                sq -= (1 - 1 / share) * (view - old).square().sum()
+            sq = counted_once(sq, ((view - old, share) for (view, share), old in zip(replicated, before)))
         return sq
 
     def update_norm(self, sq: torch.Tensor) -> torch.Tensor:
