@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 
+from .. import slurm
 from ..atomic import check_output
 from ..cli import command
 from .paper import RECIPES, STUDENTS, Settings, raw_files
@@ -58,10 +59,11 @@ def settings_from(env, recipe: str, root: str) -> Settings:
         raw, bench = env.get("RAW") or "OpenR1-Math-Raw", env.get("BENCH") or "benchmarks"
         check_output(out, overwrite=True, keep=tuple(p for p in (model, raw, bench, env.get("SFT"), env.get("TOKENIZER"))
                                                      if p))
-        ngpu = _positive(env, "NGPU", gpu_count() or 8)
+        ngpu = _positive(env, "NGPU", int(env.get("SLURM_GPUS_ON_NODE") or 0) or gpu_count() or 8)
     return Settings(root=root, out=out, model=model, raw=raw, bench=bench, tokenizer=env.get("TOKENIZER") or model,
                     sft=env.get("SFT") or None, ngpu=ngpu, workers=_positive(env, "WORKERS", min(16, os.cpu_count() or 1)),
                     student=STUDENTS[student_name], toy=toy,
+                    every_node=tuple(slurm.srun_prefix(env)) if slurm.in_job(env) else (),
                     configs=os.path.normpath(os.path.join(root, "examples", "configs", "toy" if toy else "paper")))
 
 

@@ -68,6 +68,13 @@ class Settings:
     student: Student
     configs: str  # the directory of the YAML configs (paper/ or toy/)
     toy: bool = False
+    every_node: tuple[str, ...] = ()  # inside a SLURM job: what runs a command once on each of its nodes
+
+    def torchrun(self) -> list[str]:
+        """torchrun over this node's NGPU processes, or over every node of the SLURM job (its
+        rendezvous from megatron_redi.slurm)."""
+        rendezvous = [] if self.every_node else ["--standalone"]
+        return [*self.every_node, "torchrun", *rendezvous, "--nproc-per-node", str(self.ngpu)]
 
     def config(self, name: str) -> str:
         return os.path.join(self.configs, name + ".yaml")
@@ -128,7 +135,7 @@ def data_stage(s: Settings) -> Stage:
 def training_stage(s: Settings, name: str, config: str, start: str, what: str, start_stage: str | None = None) -> Stage:
     """``start``: the model it starts from, an input of the run, or the HF export of ``start_stage``."""
     run = os.path.join(s.out, name)
-    command = Command(["bash", os.path.normpath(os.path.join(s.root, "examples", "launch.sh"))],
+    command = Command([*s.every_node, "bash", os.path.normpath(os.path.join(s.root, "examples", "launch.sh"))],
                       {**s.env, "CONFIG": s.config(config), "MODEL": start, "DATA": _tokenized(s), "OUT": run,
                        "NGPU": str(s.ngpu)})
     return Stage(name, f"{what} ({config})", lambda: [command], inputs=() if start_stage else (start,),
@@ -329,14 +336,14 @@ def _protocol_settings(p: dict) -> dict:
 
 
 def _evaluate(s: Settings, which: list[str], p: dict, out: str) -> Command:
-    """tools/evaluate.py with a protocol of evaluation.yaml, data-parallel over the GPUs."""
+    """tools/evaluate.py with a protocol of evaluation.yaml, data-parallel over the GPUs (of every node)."""
     flags = ["--benchmark", *[f"{b}={os.path.join(s.bench, b + '.jsonl')}" for b in p["benchmarks"]]]
     for key, value in p.items():
         if key == "force_think":
             flags += [] if value else ["--no-force-think"]
         elif key != "benchmarks":
             flags += [f"--{key.replace('_', '-')}", str(value)]
-    return Command(["torchrun", "--standalone", "--nproc-per-node", str(s.ngpu), s.tool("evaluate.py"), *which,
+    return Command([*s.torchrun(), s.tool("evaluate.py"), *which,
                     "--tokenizer", os.path.join(_tokenized(s), "tokenizer"), "--output", out, *flags], s.env)
 
 

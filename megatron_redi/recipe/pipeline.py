@@ -20,8 +20,9 @@ same run. Started again, the pipeline
 
 The whole run holds OUT/.lock, so a second invocation while the first still runs stops at once.
 SIGTERM or SIGINT reaching the pipeline is passed to the running command as SIGTERM (the trainer
-then ends its step and writes a checkpoint) and the pipeline stops with exit 3; the same command
-continues. Errors a user can fix raise RecipeError (exit 2).
+then ends its step and writes a checkpoint) and the pipeline stops with exit 3; so does a command
+that exits 3 itself, stopped by a signal that reached it first (under SLURM, every process of a job
+step gets the scheduler's). The same command continues. Errors a user can fix raise RecipeError (exit 2).
 """
 
 from __future__ import annotations
@@ -192,8 +193,9 @@ class Pipeline:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if received:
-            raise RecipeStopped(f"stopped ({received[0]}) in stage {stage.name}: run the same command to continue",
+        if received or code == EXIT_STOPPED:  # a signal here, or one that reached the command first (SLURM's)
+            why = received[0] if received else "a signal to its command"
+            raise RecipeStopped(f"stopped ({why}) in stage {stage.name}: run the same command to continue",
                                 EXIT_STOPPED)
         if code != 0:
             raise RecipeStopped(f"stage {stage.name} failed (exit {code}) in: {command}\n"
