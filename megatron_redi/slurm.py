@@ -1,6 +1,6 @@
 """Several nodes under SLURM: one torchrun per node, joined by torchrun's c10d rendezvous.
 
-    srun --ntasks-per-node 1 --kill-on-bad-exit=1 python -m megatron_redi.slurm torchrun --nproc-per-node P ...
+    srun --ntasks-per-node 1 python -m megatron_redi.slurm torchrun --nproc-per-node P ...
     python -m megatron_redi.slurm --every-node COMMAND...      (the same srun line, from a batch script)
 
 runs the command on every node of the job step with torchrun's rendezvous filled in from SLURM's
@@ -20,6 +20,10 @@ On this node the wrapper also keeps two promises the recipe and examples/slurm_r
   of whatever is left in it, ends only when every worker has finished its checkpoint.
 
 A failed node says which it is (its SLURM name and address) under torchrun's report of the failed rank.
+srun runs without --kill-on-bad-exit: it would count a stopped node's exit 3 as a failure and kill
+the others in the middle of their checkpoint. A rank lost on one node ends the ranks elsewhere
+through their next collective instead: at once where the connection drops (gloo), within
+parallel.timeout_minutes where it hangs.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def node_address(name: str) -> str:
 def srun_prefix(env=os.environ) -> list[str]:
     """What runs a command once per node of the job, through this module's wrapper."""
     return ["srun", "--nodes", env["SLURM_JOB_NUM_NODES"] if "SLURM_JOB_NUM_NODES" in env else env["SLURM_NNODES"],
-            "--ntasks-per-node", "1", "--kill-on-bad-exit=1", sys.executable, "-m", "megatron_redi.slurm"]
+            "--ntasks-per-node", "1", sys.executable, "-m", "megatron_redi.slurm"]
 
 
 def rendezvous(env=os.environ) -> dict[str, str]:
@@ -136,8 +140,8 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         return EXIT_STOPPED
     if code != 0:
-        print(f"megatron_redi.slurm: node {node} ({address}): {argv[0]} exited {code}; the rank that failed first "
-              "is named above", file=sys.stderr, flush=True)
+        print(f"megatron_redi.slurm: node {node} ({address}) failed: its command exited {code}; torchrun's report "
+              "above names the rank that failed first", file=sys.stderr, flush=True)
     return code if code >= 0 else 128 - code
 
 
