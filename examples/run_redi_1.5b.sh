@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's Table 1 recipe in one command, on one node: Qwen2.5-Math-1.5B -> SFT 5 epochs on D_SFT ->
+# The paper's Table 1 recipe in one command, on one node (on several under SLURM: examples/slurm_redi.sbatch
+# runs this script; inside a SLURM job training and evaluation run on every node): Qwen2.5-Math-1.5B -> SFT 5 epochs on D_SFT ->
 # REDI 1 epoch on D_Pref (a checkpoint every 200 steps) -> every kept checkpoint on MATH-500 by the
 # intermediate protocol, the best named -> the best on the five benchmarks by the final protocol ->
 # a row in the shape of Table 1 beside the paper's own.
@@ -12,7 +13,7 @@
 #   MODEL=Qwen2.5-Math-1.5B  RAW=OpenR1-Math-Raw  BENCH=benchmarks   local directories: the base model,
 #                            the raw traces, the benchmarks as NAME.jsonl (missing ones: exit 2 with
 #                            the download commands)
-#   OUT=runs/redi_1.5b       the run           NGPU=(nvidia-smi's count)   WORKERS=16 (preprocessing)
+#   OUT=runs/redi_1.5b       the run           NGPU=(nvidia-smi's count; per node)   WORKERS=16 (preprocessing)
 #   SFT=DIR                  start stage 2 from an existing stage-1 model (the sft stage is left out)
 #   STAGES=data,sft          run only these (data, sft, redi, redi_select, redi_final, table)
 #   STUDENT=llama-3.2-3b | qwen2.5-math-7b    Table 4's students (their configs of configs/paper/;

@@ -10,6 +10,7 @@ import functools
 import sys
 
 USER_ERROR_EXIT = 2
+STOPPED_EXIT = 3  # stopped on purpose (a signal, an alarm): the same command continues
 
 
 class UserError(ValueError):

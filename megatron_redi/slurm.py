@@ -34,7 +34,8 @@ import signal
 import subprocess
 import sys
 
-EXIT_STOPPED = 3  # the trainer's and the recipe's: stopped on purpose, the same command continues
+from .cli import STOPPED_EXIT
+
 DEFAULT_RDZV_PORT = 29400
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     if received and code != 0:
         print(f"megatron_redi.slurm: node {node} ({address}): stopped by {received[0]} (its command exited {code})",
               file=sys.stderr, flush=True)
-        return EXIT_STOPPED
+        return STOPPED_EXIT
     if code != 0:
         print(f"megatron_redi.slurm: node {node} ({address}) failed: its command exited {code}; torchrun's report "
               "above names the rank that failed first", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import sys
 
 import yaml
 
-from .cli import command
+from .cli import STOPPED_EXIT, command
 from .training import TrainConfigError, TrainingStopped, load_config, train
 from .training.config import describe, to_dict
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         checkpoint = train(cfg)
     except TrainingStopped as e:
         print(f"stopped: {e}", file=sys.stderr)
-        return 3
+        return STOPPED_EXIT
     if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per rank
         print(f"done: {checkpoint}")
     return 0

@@ -22,7 +22,7 @@ LAYERS = [
     {"data"},
     {"eval"},
     {"training"},
-    {"train"},
+    {"train", "slurm"},  # the trainer's entry; what srun runs on each node of a SLURM job
     {"recipe"},  # the paper's recipes: pipelines of the tools above
     {"commands"},  # the command-line programs (tools/NAME.py runs commands.NAME)
 ]

@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..atomic import atomic_file, fingerprint
-from ..cli import UserError
+from ..cli import STOPPED_EXIT, UserError
 
 STAMP = "stage.json"
-EXIT_STOPPED = 3  # as the trainer's: stopped on purpose, the same command continues
 
 
 class RecipeError(UserError):
@@ -193,10 +192,10 @@ class Pipeline:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if received or code == EXIT_STOPPED:  # a signal here, or one that reached the command first (SLURM's)
+        if received or code == STOPPED_EXIT:  # a signal here, or one that reached the command first (SLURM's)
             why = received[0] if received else "a signal to its command"
             raise RecipeStopped(f"stopped ({why}) in stage {stage.name}: run the same command to continue",
-                                EXIT_STOPPED)
+                                STOPPED_EXIT)
         if code != 0:
             raise RecipeStopped(f"stage {stage.name} failed (exit {code}) in: {command}\n"
                                 "the error is above; once fixed, the same command continues", 2 if code == 2 else 1)

@@ -46,10 +46,5 @@ class Cluster:
             time.sleep(poll)
         return time.time()
 
-    def release(self, job: str) -> None:
-        """A requeued job waits about two minutes before it may start again (SLURM's hold): start it now."""
-        self.wait(lambda: self.state(job) == "PENDING", 120, f"job {job} requeued")
-        self.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-
     def finished(self, job: str) -> bool:
         return self.state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")

@@ -56,7 +56,6 @@ def test_a_rank_killed_on_one_node_ends_the_job_and_the_requeued_job_resumes(slu
     assert "megatron_redi.slurm: node n2 (127.0.0.1) failed" in text
     print(f"\nrank {rank} killed on n2: the job step ended {ended - killed:.1f} s later")
 
-    slurm_cluster.release(job)
     slurm_cluster.wait(lambda: slurm_cluster.finished(job), 600, "the requeued job's end", poll=1)
     text = _read(log)
     assert "(restart 1)" in text and text.count("== done,") == 1, text[-3000:]
