@@ -78,6 +78,12 @@ def srun_prefix(env=os.environ) -> list[str]:
             "--ntasks-per-node", "1", sys.executable, "-m", "megatron_redi.slurm"]
 
 
+def stop_job_steps(env=os.environ) -> None:
+    """SIGTERM to every process of this job's steps, not to the batch script (scancel's default):
+    the graceful stop. A SIGTERM to srun itself would make it kill its step at once."""
+    subprocess.run(["scancel", "--signal=TERM", env["SLURM_JOB_ID"]], timeout=60, check=False)
+
+
 def rendezvous(env=os.environ) -> dict[str, str]:
     """torchrun's rendezvous for this job step, as the PET_* variables torchrun reads."""
     nodes = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]

@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 
+from .. import slurm
 from ..settings import load_yaml
 from ..eval.protocol import NAMED, Protocol, named
 from ..training.checkpointing import checkpoint_dirs
@@ -70,11 +71,17 @@ class Settings:
     toy: bool = False
     every_node: tuple[str, ...] = ()  # inside a SLURM job: what runs a command once on each of its nodes
 
-    def torchrun(self) -> list[str]:
+    def on_every_node(self, argv: list[str], env: dict[str, str]) -> Command:
+        """A command run on this node, or on every node of the SLURM job (stopped through SLURM)."""
+        if not self.every_node:
+            return Command(argv, env)
+        return Command([*self.every_node, *argv], env, stop=slurm.stop_job_steps)
+
+    def torchrun(self, argv: list[str], env: dict[str, str]) -> Command:
         """torchrun over this node's NGPU processes, or over every node of the SLURM job (its
         rendezvous from megatron_redi.slurm)."""
         rendezvous = [] if self.every_node else ["--standalone"]
-        return [*self.every_node, "torchrun", *rendezvous, "--nproc-per-node", str(self.ngpu)]
+        return self.on_every_node(["torchrun", *rendezvous, "--nproc-per-node", str(self.ngpu), *argv], env)
 
     def config(self, name: str) -> str:
         return os.path.join(self.configs, name + ".yaml")
@@ -135,9 +142,9 @@ def data_stage(s: Settings) -> Stage:
 def training_stage(s: Settings, name: str, config: str, start: str, what: str, start_stage: str | None = None) -> Stage:
     """``start``: the model it starts from, an input of the run, or the HF export of ``start_stage``."""
     run = os.path.join(s.out, name)
-    command = Command([*s.every_node, "bash", os.path.normpath(os.path.join(s.root, "examples", "launch.sh"))],
-                      {**s.env, "CONFIG": s.config(config), "MODEL": start, "DATA": _tokenized(s), "OUT": run,
-                       "NGPU": str(s.ngpu)})
+    command = s.on_every_node(["bash", os.path.normpath(os.path.join(s.root, "examples", "launch.sh"))],
+                              {**s.env, "CONFIG": s.config(config), "MODEL": start, "DATA": _tokenized(s), "OUT": run,
+                               "NGPU": str(s.ngpu)})
     return Stage(name, f"{what} ({config})", lambda: [command], inputs=() if start_stage else (start,),
                  configs=(s.config(config),), after=("data",) + ((start_stage,) if start_stage else ()),
                  plan=lambda: training_plan(s, s.config(config), run),
@@ -343,8 +350,8 @@ def _evaluate(s: Settings, which: list[str], p: dict, out: str) -> Command:
             flags += [] if value else ["--no-force-think"]
         elif key != "benchmarks":
             flags += [f"--{key.replace('_', '-')}", str(value)]
-    return Command([*s.torchrun(), s.tool("evaluate.py"), *which,
-                    "--tokenizer", os.path.join(_tokenized(s), "tokenizer"), "--output", out, *flags], s.env)
+    return s.torchrun([s.tool("evaluate.py"), *which, "--tokenizer", os.path.join(_tokenized(s), "tokenizer"),
+                       "--output", out, *flags], s.env)
 
 
 def _summary(out: str) -> dict:

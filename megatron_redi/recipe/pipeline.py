@@ -62,6 +62,9 @@ class RecipeStopped(Exception):
 class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the environment
+    # How a signal reaching the pipeline stops the command: by default a SIGTERM to it; a command on
+    # every node of a SLURM job is stopped through SLURM instead (srun answers a SIGTERM by killing its step)
+    stop: Callable[[], None] | None = None
 
     def __str__(self) -> str:
         argv = ["python" if a == sys.executable else a for a in self.argv]  # as a user would type it
@@ -183,8 +186,11 @@ class Pipeline:
 
         def forward(signum, frame):
             received.append(signal.Signals(signum).name)
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+            if command.stop:
+                command.stop()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -95,3 +95,24 @@ def test_the_requeued_run_equals_the_uninterrupted_one_node_run(runs):
              for run in (one_node, two_nodes)]
     assert final[0] == final[1]
     assert _read(one_node / "table" / "table.md") == _read(two_nodes / "table" / "table.md")
+
+
+def test_the_time_limits_signal_stops_the_recipe_s_stage_through_slurm(runs, slurm_cluster, tmp_path):
+    """SIGUSR1 to the batch shell (what --signal=B:USR1@300 sends) reaches the recipe, which stops its
+    training stage through SLURM (a SIGTERM to srun would kill the step): one checkpoint, requeued,
+    resumed, and the stage's losses those of the uninterrupted stage."""
+    _, two_nodes, _, _ = runs
+    out, log = tmp_path / "run", str(tmp_path / "job.log")
+    job = slurm_cluster.submit("examples/slurm_redi.sbatch", log, ["--nodes", "2"],
+                               env=_env(TOY=1, NPROC=2, OUT=out, STAGES="data,redi", SFT=two_nodes / "sft" / "hf"))
+    slurm_cluster.wait(lambda: glob.glob(str(out / "redi" / "checkpoints" / "step_*")) or slurm_cluster.finished(job),
+                       300, "the REDI stage's first checkpoint")
+    slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)
+    slurm_cluster.wait(lambda: slurm_cluster.finished(job) and "(restart 1)" in _read(log), 600, "the requeued job's end",
+                       poll=1)
+    text = _read(log)
+    assert "the time limit is near (SIGUSR1): stopping with a checkpoint" in text, text[-3000:]
+    stops = re.findall(r"SIGTERM after step (\d+): checkpoint \S+ written", text)
+    assert len(stops) == 4 and len(set(stops)) == 1, stops
+    assert "stopped with a checkpoint: requeueing job" in text and "forcing job termination" not in text
+    assert text.count("== done,") == 1 and _losses(out / "redi") == _losses(two_nodes / "redi")
