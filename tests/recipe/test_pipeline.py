@@ -129,3 +129,41 @@ def test_a_signal_is_passed_on_and_the_stage_stays_started(tmp_path):
     assert stopped.value.exit_code == 3 and got.read_text() == "TERM"
     assert _stamp(tmp_path, "long")["state"] == "running"
     assert signal.getsignal(signal.SIGTERM) == before  # the pipeline's handler is gone
+
+
+
+def test_a_command_with_its_own_stop_is_stopped_that_way(tmp_path, monkeypatch):
+    """A command on every node of a SLURM job is stopped through SLURM (Command.stop: scancel), never
+    by a SIGTERM to srun, which would kill its step at once."""
+    import subprocess
+
+    started, asked = tmp_path / "started", tmp_path / "asked"
+    script = f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(60)\n"
+    children = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: children.append(popen(*a, **k)) or children[-1])
+
+    def stop():  # as scancel would: the command's processes end, stopped (exit 3)
+        asked.write_text("asked")
+        children[0].kill()
+
+    stage = Stage("long", "waits", lambda: [Command([sys.executable, "-c", script], stop=stop)])
+
+    def preempt():
+        while not started.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    with pytest.raises(RecipeStopped, match="stopped \\(SIGTERM\\) in stage long") as stopped:
+        Pipeline(str(tmp_path / "out"), [stage]).run(["long"], log=lambda line: None)
+    assert stopped.value.exit_code == 3 and asked.read_text() == "asked"
+    assert children[0].returncode == -signal.SIGKILL  # stopped by its own stop, not sent a SIGTERM
+
+
+def test_a_command_that_exits_3_was_stopped(tmp_path):
+    """A signal that reached the command first (SLURM signals every process of a job step): exit 3."""
+    stage = Stage("node", "a node stopped", lambda: [Command([sys.executable, "-c", "raise SystemExit(3)"])])
+    with pytest.raises(RecipeStopped, match="stopped \\(a signal to its command\\) in stage node") as stopped:
+        Pipeline(str(tmp_path / "out"), [stage]).run(["node"], log=lambda line: None)
+    assert stopped.value.exit_code == 3 and _stamp(tmp_path, "node")["state"] == "running"

@@ -103,6 +103,23 @@ def test_torchrun_passes_the_evaluations_arguments_intact(tmp_path):
     assert final[final.index("--protocol") + 1] == "final" and "olympiadbench=" in " ".join(final)
 
 
+def test_inside_a_slurm_job_training_and_evaluation_run_on_every_node(tmp_path):
+    """With SLURM's environment the multi-process stages go through srun and megatron_redi.slurm (its
+    rendezvous, no --standalone); the one-process stages stay on this node."""
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_NNODES": "2"}
+    commands = _commands(_run(DRY_RUN=1, **slurm, **{**_missing_inputs(tmp_path), "NGPU": 4}).stdout)
+    every_node = ["srun", "--nodes", "2", "--ntasks-per-node", "1", "python", "-m", "megatron_redi.slurm"]
+    for stage in ("sft", "redi", "redi_select", "redi_final"):
+        argv = [a for a in commands[stage][0] if not re.match(r"^[A-Z_]+=", a)]
+        assert argv[:len(every_node)] == every_node, (stage, argv)
+        assert "--standalone" not in argv and "--kill-on-bad-exit=1" not in argv
+    evaluate = commands["redi_select"][0]
+    assert evaluate[evaluate.index("torchrun") + 1:evaluate.index("torchrun") + 3] == ["--nproc-per-node", "4"]
+    assert _assignments(commands["redi"][0])["NGPU"] == "4"
+    for stage in ("data", "table"):  # this node, one process
+        assert "srun" not in commands[stage][0] and "megatron_redi.slurm" not in commands[stage][0], commands[stage]
+
+
 @pytest.mark.slow
 def test_stages_sft_and_students(tmp_path):
     inputs = _missing_inputs(tmp_path)
