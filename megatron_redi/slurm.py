@@ -74,8 +74,8 @@ def node_address(name: str) -> str:
 
 def srun_prefix(env=os.environ) -> list[str]:
     """What runs a command once per node of the job, through this module's wrapper."""
-    return ["srun", "--nodes", env["SLURM_JOB_NUM_NODES"] if "SLURM_JOB_NUM_NODES" in env else env["SLURM_NNODES"],
-            "--ntasks-per-node", "1", sys.executable, "-m", "megatron_redi.slurm"]
+    nodes = env.get("SLURM_JOB_NUM_NODES") or env["SLURM_NNODES"]
+    return ["srun", "--nodes", nodes, "--ntasks-per-node", "1", sys.executable, "-m", "megatron_redi.slurm"]
 
 
 def stop_job_steps(env=os.environ) -> None:
@@ -91,8 +91,9 @@ def rendezvous(env=os.environ) -> dict[str, str]:
     port = env.get("RDZV_PORT") or str(DEFAULT_RDZV_PORT)
     run = f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
     me = env.get("SLURMD_NODENAME")
-    return {"PET_NNODES": count, "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ENDPOINT": f"{node_address(hostnames(nodes)[0])}:{port}",
-            "PET_RDZV_ID": run, **({"PET_LOCAL_ADDR": node_address(me)} if me else {})}
+    endpoint = f"{node_address(hostnames(nodes)[0])}:{port}"
+    return {"PET_NNODES": count, "PET_RDZV_BACKEND": "c10d", "PET_RDZV_ENDPOINT": endpoint, "PET_RDZV_ID": run,
+            **({"PET_LOCAL_ADDR": node_address(me)} if me else {})}
 
 
 def _become_subreaper() -> None:
