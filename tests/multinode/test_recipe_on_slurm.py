@@ -17,6 +17,8 @@ import pytest
 
 from local_cluster import ROOT
 
+pytestmark = pytest.mark.slow  # end to end, minutes: the whole suite runs it, -m "not slow" leaves it out
+
 RECIPE_VARIABLES = ("MODEL", "RAW", "BENCH", "OUT", "NGPU", "NPROC", "SFT", "STAGES", "STUDENT", "TOKENIZER", "DRY_RUN",
                     "TOY", "WORKERS", "CONFIG", "DATA")
 

@@ -8,8 +8,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from megatron_redi.data import synthetic
 from local_cluster import ROOT
+
+pytestmark = pytest.mark.slow  # end to end, minutes: the whole suite runs it, -m "not slow" leaves it out
 
 TRAIN = ["-m", "megatron_redi.train", "--model.dtype", "fp32", "--data.global_batch", "8", "--train.max_steps", "6",
          "--train.progress", "false", "--train.tensorboard", "false", "--parallel.tensor_parallel", "2"]

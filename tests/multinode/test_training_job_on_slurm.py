@@ -10,7 +10,11 @@ import re
 import signal
 import time
 
+import pytest
+
 from local_cluster import ROOT
+
+pytestmark = pytest.mark.slow  # end to end, minutes: the whole suite runs it, -m "not slow" leaves it out
 
 TIMEOUT_MINUTES = 1
 
