@@ -10,6 +10,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LOCAL_SLURM = os.path.join(ROOT, "tools", "local_slurm.sh")
 
 
+def read(path) -> str:
+    """A job's log or a file it writes, as it is now (a log may end in the middle of a character)."""
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
 def skip_without_slurm():
     if subprocess.run(["bash", LOCAL_SLURM, "check"], capture_output=True, text=True).returncode != 0:
         pytest.skip("SLURM is not installed here (Debian: apt-get install slurm-wlm munge; .ci/run installs them)")

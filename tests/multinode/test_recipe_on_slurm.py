@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from local_cluster import ROOT
+from local_cluster import ROOT, read as _read
 
 pytestmark = pytest.mark.slow  # end to end, minutes: the whole suite runs it, -m "not slow" leaves it out
 
@@ -39,11 +39,6 @@ def _steps_logged(run):
         return 0
     with open(path) as f:
         return max([json.loads(line)["step"] for line in f if line.endswith("\n")] or [0])
-
-
-def _read(path):
-    with open(path, errors="replace") as f:
-        return f.read()
 
 
 @pytest.fixture(scope="module")

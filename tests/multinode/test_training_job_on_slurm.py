@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from local_cluster import ROOT
+from local_cluster import ROOT, read as _read
 
 pytestmark = pytest.mark.slow  # end to end, minutes: the whole suite runs it, -m "not slow" leaves it out
 
@@ -31,11 +31,6 @@ def _worker(job: str, node: str, local_rank: str) -> tuple[int, str]:
                 and env.get(b"LOCAL_RANK") == local_rank.encode() and b"TORCHELASTIC_RUN_ID" in env):
             return int(pid), env[b"RANK"].decode()
     return 0, ""
-
-
-def _read(path):
-    with open(path, errors="replace") as f:
-        return f.read()
 
 
 def _submit(cluster, inputs, tmp_path):
