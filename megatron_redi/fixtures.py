@@ -1,7 +1,7 @@
 """Tiny models and a tiny tokenizer, made locally, so that no test or demo needs a download.
 
-- ``make_tiny_hf_checkpoint``: a random Qwen2 (tied or untied) or Llama-3 checkpoint written by
-  ``transformers`` itself, so its layout is the real one.
+- ``make_tiny_hf_checkpoint``: a random Qwen2, Llama-3 or Qwen3 checkpoint (tied or untied) written
+  by ``transformers`` itself, so its layout is the real one.
 - ``make_tiny_tokenizer``: a byte-level BPE trained with ``tokenizers`` on arithmetic text and saved
   as an HF fast tokenizer with a Qwen2.5-Math-style chat template.
 """
@@ -74,12 +74,14 @@ def make_tiny_hf_checkpoint(path: str, arch: str = "qwen2", tie_word_embeddings:
                             intermediate_size: int = 96, num_layers: int = 2, vocab_size: int = 384,
                             rope_theta: float = 10000.0, seed: int = 0,
                             dtype: torch.dtype = torch.float32, max_shard_size: str | None = None) -> str:
-    """Write a random HF checkpoint (``arch`` qwen2 or llama3) to ``path`` and return the path.
+    """Write a random HF checkpoint (``arch`` qwen2, llama3 or qwen3) to ``path`` and return the path.
+    Qwen3's heads are 24 wide, so that heads x head_dim (96) is not the hidden size, as in Qwen3-4B.
 
     Every parameter is drawn at a scale that makes logits and attention patterns non-trivial
     (HF's own init leaves biases at zero and logits near uniform, which would test little).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
                   num_hidden_layers=num_layers, num_attention_heads=num_heads,
@@ -92,8 +94,10 @@ def make_tiny_hf_checkpoint(path: str, arch: str = "qwen2", tie_word_embeddings:
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
         config = LlamaConfig(rope_theta=500000.0, rope_scaling=scaling, **common)
         cls = LlamaForCausalLM
+    elif arch == "qwen3":
+        config, cls = Qwen3Config(rope_theta=rope_theta, head_dim=24, **common), Qwen3ForCausalLM
     else:
-        raise ValueError(f"arch must be qwen2 or llama3, got {arch!r}")
+        raise ValueError(f"arch must be qwen2, llama3 or qwen3, got {arch!r}")
     gen = torch.Generator().manual_seed(seed)
     model = cls(config)
     with torch.no_grad():

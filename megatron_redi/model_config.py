@@ -1,20 +1,26 @@
 """Model configuration, read from a Hugging Face ``config.json``.
 
-One dataclass describes every supported decoder (Qwen2 and Llama-3 share the architecture:
-GQA, RMSNorm, SwiGLU, RoPE; they differ in biases, RoPE scaling and tying). Each field is
-documented once, here; validation sits in ``__post_init__`` next to the fields it checks.
-Parallel and training settings live elsewhere (``parallel.ParallelState``, the trainer's config).
+One dataclass describes every supported decoder (Qwen2, Llama-3 and Qwen3 share the architecture:
+GQA, RMSNorm, SwiGLU, RoPE; they differ in biases, q/k norms, RoPE scaling and tying). What differs
+between families, and how each spells its config.json, is its record in families.py; this module
+reads and writes config.json through that record. Each field is documented once, here; validation
+sits in ``__post_init__`` next to the fields it checks. Parallel and training settings live
+elsewhere (``parallel.ParallelState``, the trainer's config).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 
+from .families import ARCHITECTURES, FAMILIES, MLP_MATRICES, Family, family_of
 from .settings import ConfigError, load_json
 
-SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": True, "LlamaForCausalLM": False}
+# The former name of ``families.ARCHITECTURES`` (HF architecture -> its Family record; until the
+# families' seam it mapped to the default of qkv_bias), kept for callers of the old import path.
+SUPPORTED_ARCHITECTURES = ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,13 @@ _HF_FIELD_TYPES = {**{k: (int,) for k in ("vocab_size", "hidden_size", "intermed
                                           "max_position_embeddings")},
                    **{k: (int, float) for k in ("rope_theta", "rms_norm_eps")},
                    **{k: (bool,) for k in ("attention_bias", "tie_word_embeddings", "use_sliding_window", "mlp_bias")},
-                   "architectures": (list,), "model_type": (str,), "hidden_act": (str,),
+                   "architectures": (list,), "layer_types": (list,), "model_type": (str,), "hidden_act": (str,),
                    "rope_scaling": (dict,), "rope_parameters": (dict,)}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str  # "Qwen2ForCausalLM" or "LlamaForCausalLM"
+    architecture: str  # an HF architecture of families.py: "Qwen2ForCausalLM", "LlamaForCausalLM", ...
     vocab_size: int  # rows of the embedding and the LM head
     hidden_size: int  # width of the residual stream, h
     intermediate_size: int  # width of the SwiGLU MLP, f
@@ -51,17 +57,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 32768
-    qkv_bias: bool = True  # Qwen2: biases on q/k/v projections; Llama: none
+    qkv_bias: bool = True  # biases on the q/k/v projections (Qwen2); by default as the family says
+    qk_norm: bool = False  # an RMSNorm over each query and key head before RoPE (Qwen3)
     tie_word_embeddings: bool = False  # LM head shares the embedding matrix
     # keys of the original config.json that we do not interpret, written back on export
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ConfigError(
-                f"architecture {self.architecture!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
+        if family_of(self.architecture) is None:
+            raise ConfigError(f"architecture {self.architecture!r} is not supported; supported: {_supported()}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                      "num_heads", "num_kv_heads", "head_dim"):
             if getattr(self, name) <= 0:
@@ -74,18 +78,23 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
+    @property
+    def family(self) -> Family:
+        return family_of(self.architecture)
+
     def layer_matrix_parameters(self) -> int:
-        """The weight matrices of one decoder layer (QKV, output, gate/up and down projections):
+        """The weight matrices of one decoder layer (QKV, output and the MLP's projections):
         what its GEMMs multiply by, so what the FLOP count of a step counts."""
         h, hd = self.hidden_size, self.head_dim
         qkv = h * (self.num_heads + 2 * self.num_kv_heads) * hd
-        return qkv + self.num_heads * hd * h + 3 * h * self.intermediate_size
+        return qkv + self.num_heads * hd * h + MLP_MATRICES[self.family.mlp] * h * self.intermediate_size
 
     def num_parameters(self) -> int:
         """Parameter count (the tied head counted once)."""
         h = self.hidden_size
         bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
-        layer = self.layer_matrix_parameters() + bias + 2 * h  # + the two norms' weights
+        qk_norm = 2 * self.head_dim if self.qk_norm else 0
+        layer = self.layer_matrix_parameters() + bias + qk_norm + 2 * h  # + the two norms' weights
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * layer + h + head
 
@@ -101,17 +110,26 @@ class ModelConfig:
                 raise ConfigError(f"{source}: field {key!r} is {value!r}; expected {' or '.join(t.__name__ for t in want)}")
         archs = cfg.get("architectures") or []
         model_type = cfg.get("model_type")
-        arch = archs[0] if archs else {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}.get(model_type)
-        if arch is None:
-            raise ConfigError(f"{source}: cannot tell the architecture (architectures={archs}, "
-                              f"model_type={model_type!r})")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ConfigError(f"{source}: architecture {arch!r} is not supported; "
-                              f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        family = family_of(archs[0]) if archs else FAMILIES.get(model_type)
+        if family is None:
+            what = f"architecture {archs[0]!r}" if archs else f"model_type {model_type!r}"
+            raise ConfigError(f"{source}: {what} is not supported; supported: {_supported()}")
+
+        def read(key):  # a key of the family's, as its HF config class reads it
+            return family.defaults[key] if cfg.get(key) is None else cfg[key]
+
+        for key, accepted in family.only.items():
+            if read(key) != accepted:
+                raise ConfigError(f"{source}: {key}={json.dumps(cfg[key])} is not supported for "
+                                  f"{family.name} ({json.dumps(accepted)} only)")
+        other_layers = sorted(set(cfg.get("layer_types") or []) - {"full_attention"})
+        if other_layers:  # transformers >= 5 names each layer's attention; sliding windows are not built
+            raise ConfigError(f"{source}: layer_types has {', '.join(map(str, other_layers))}; only full_attention "
+                              "layers are supported")
         try:
             hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
             kwargs = dict(
-                architecture=arch,
+                architecture=archs[0] if archs else family.architectures[0],
                 vocab_size=int(cfg["vocab_size"]),
                 hidden_size=hidden,
                 intermediate_size=int(cfg["intermediate_size"]),
@@ -121,19 +139,16 @@ class ModelConfig:
             )
         except KeyError as e:
             raise ConfigError(f"{source}: required field {e.args[0]!r} is missing") from None
-        kwargs["head_dim"] = int(cfg.get("head_dim") or hidden // heads)
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu only)")
-        if cfg.get("use_sliding_window"):
-            raise ConfigError(f"{source}: use_sliding_window=true is not supported")
-        if cfg.get("mlp_bias"):
-            raise ConfigError(f"{source}: mlp_bias=true is not supported")
+        kwargs["head_dim"] = int(read("head_dim") or hidden // heads)
         # transformers >= 5 nests theta and scaling in rope_parameters; older files keep
         # rope_theta and rope_scaling at the top level.
         rope = dict(cfg.get("rope_parameters") or {})
         rope.update(cfg.get("rope_scaling") or {})
-        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+        theta = cfg.get("rope_theta", rope.get("rope_theta", family.defaults["rope_theta"]))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in family.rope_types:
+            raise ConfigError(f"{source}: rope type {rope_type!r} is not supported for {family.name} "
+                              f"({', '.join(family.rope_types)})")
         if rope_type == "llama3":
             kwargs["rope_scaling"] = RopeScaling(
                 factor=float(rope["factor"]),
@@ -141,14 +156,13 @@ class ModelConfig:
                 high_freq_factor=float(rope["high_freq_factor"]),
                 original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
             )
-        elif rope_type != "default":
-            raise ConfigError(f"{source}: rope type {rope_type!r} is not supported (default, llama3)")
         kwargs.update(
             rope_theta=float(theta),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
-            qkv_bias=bool(cfg.get("attention_bias", SUPPORTED_ARCHITECTURES[arch])),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rms_norm_eps=float(read("rms_norm_eps")),
+            max_position_embeddings=int(read("max_position_embeddings")),
+            qkv_bias=family.qkv_bias,
+            qk_norm=family.qk_norm,
+            tie_word_embeddings=bool(read("tie_word_embeddings")),
             extra={k: v for k, v in cfg.items() if k in _PASSTHROUGH_KEYS},
         )
         return cls(**kwargs)
@@ -161,15 +175,16 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict:
         """The config.json of an HF checkpoint with these weights."""
-        model_type = "qwen2" if self.architecture == "Qwen2ForCausalLM" else "llama"
+        family = self.family
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None:
             rope = {"rope_type": "llama3", "rope_theta": self.rope_theta,
                     **dataclasses.asdict(self.rope_scaling)}
         cfg = dict(self.extra)
+        cfg.update(family.only)  # the values of the keys the family could set otherwise
         cfg.update(
             architectures=[self.architecture],
-            model_type=model_type,
+            model_type=family.name,
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
@@ -185,9 +200,11 @@ class ModelConfig:
             rope_scaling=None if self.rope_scaling is None else rope,
             rope_parameters=rope,
         )
-        if model_type == "llama":
-            cfg.update(attention_bias=self.qkv_bias, mlp_bias=False)
         return cfg
+
+
+def _supported() -> str:
+    return ", ".join(ARCHITECTURES)
 
 
 # Keys kept verbatim on a round trip because inference engines read them.
@@ -199,6 +216,8 @@ _PASSTHROUGH_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "torch_dtyp
 # Shapes of the models users train, as HF config dicts (weights are never downloaded here; the
 # benchmark and the converter's memory test build random checkpoints of these shapes).
 _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rms_norm_eps": 1e-6}
+_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "rms_norm_eps": 1e-6, "head_dim": 128,
+          "vocab_size": 151936, "rope_theta": 1e6, "max_position_embeddings": 32768}
 PRESETS = {
     # the demo's student, over the synthetic corpus's 512-token vocabulary
     "tiny": {**_QWEN2, "hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -213,6 +232,13 @@ PRESETS = {
     "qwen2.5-7b": {**_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
                    "tie_word_embeddings": False, "rope_theta": 1e6, "max_position_embeddings": 32768},
+    # Qwen3 base models (their config.json: head_dim 128 on its own, q/k norms, no QKV bias)
+    "qwen3-1.7b": {**_QWEN3, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "tie_word_embeddings": True},
+    "qwen3-4b": {**_QWEN3, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True},
+    "qwen3-8b": {**_QWEN3, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False},
     "llama-3.2-3b": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 3072,
                      "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
                      "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,

@@ -12,6 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     {"cli"},  # the commands' shared rules: UserError (exit 2), help
     {"settings"},  # what every configuration shares: ConfigError, declared settings, file readers
+    {"families"},  # one record per model family: its HF names, config keys, the block's parts
     {"model_config", "atomic", "batch", "main_grad"},
     {"config"},  # the former name of settings + model_config, kept as an alias
     {"ops"},  # kernels and their references: no communication

@@ -94,14 +94,14 @@ def worker(args) -> None:
     from megatron_redi.data import TrainingItem, pack
     from megatron_redi.data.dataset import Sequence
     from megatron_redi.losses import LossConfig
-    from megatron_redi.model.qwen2 import Qwen2Model
+    from megatron_redi.model import Decoder
     from megatron_redi.parallel import initialize, shutdown
     from megatron_redi.training.optimizer import MasterParams
     from megatron_redi.training.step import forward_backward
 
     parallel = initialize(context_parallel_size=args.cp)
     torch.manual_seed(0)
-    model = Qwen2Model(preset("tiny", **MODEL), parallel, recompute="selective")
+    model = Decoder(preset("tiny", **MODEL), parallel, recompute="selective")
     master = MasterParams(model, parallel)
     tokens = np.random.default_rng(0).integers(1, MODEL["vocab_size"], args.tokens)
     batches = pack([TrainingItem(0, (Sequence(tokens, 16),))], args.tokens, 1, 0)

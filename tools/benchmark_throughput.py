@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from megatron_redi.model_config import PRESETS, ModelConfig, preset
 from megatron_redi.data import Sequence, TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig
-from megatron_redi.model import RECOMPUTE_MODES, Qwen2Model
+from megatron_redi.model import RECOMPUTE_MODES, Decoder
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.config import OptimSection
 from megatron_redi.training.metrics import step_flops
@@ -71,7 +71,7 @@ def make_batch(cfg: ModelConfig, seq_len: int, prompt_len: int, sft: bool, devic
 def ours(cfg, args, device, dtype):
     parallel = ParallelState(device=device)
     torch.manual_seed(0)
-    model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=args.recompute)
+    model = Decoder(cfg, parallel, dtype=dtype, recompute=args.recompute)
     master = MasterParams(model, parallel)
     loss_cfg = LossConfig(type=args.loss)  # each loss with its own (the paper's) defaults
     mb = make_batch(cfg, args.seq_len, args.prompt_len, args.loss == "sft", device)
@@ -120,15 +120,14 @@ def ours(cfg, args, device, dtype):
 def hf_step(cfg, args, device, liger: bool):
     """The Hugging Face user's step (TRL's REDI trainer as run today): fp32 weights, bf16 autocast,
     full recompute."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_cfg = cfg.to_hf_dict()
-    cls = Qwen2Config if cfg.architecture == "Qwen2ForCausalLM" else LlamaConfig
-    config = cls(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")})
+    config = AutoConfig.for_model(cfg.family.name, **{k: v for k, v in hf_cfg.items() if k != "model_type"})
     config._attn_implementation = "sdpa"
-    if liger:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama, apply_liger_kernel_to_qwen2
-        apply = apply_liger_kernel_to_qwen2 if cfg.architecture == "Qwen2ForCausalLM" else apply_liger_kernel_to_llama
+    if liger:  # Liger names its patch after the HF model_type
+        import liger_kernel.transformers as liger_kernels
+        apply = getattr(liger_kernels, f"apply_liger_kernel_to_{cfg.family.name}")
         apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     torch.manual_seed(0)
     with torch.device(device):  # random init on the device: seconds, not a minute on the host

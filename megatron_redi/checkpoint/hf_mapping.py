@@ -1,6 +1,6 @@
 """Hugging Face <-> native parameter mapping: one name table plus a short list of tensor surgeries.
 
-The table pairs each native parameter (``Qwen2Model.state_dict()`` names, per TP rank) with the HF
+The table pairs each native parameter (``model.Decoder.state_dict()`` names, per TP rank) with the HF
 tensors it is built from and the surgery that builds the rank's shard:
 
     native                          HF (model.layers.{i}. prefix where "layer")      surgery
@@ -8,6 +8,8 @@ tensors it is built from and the surgery that builds the rank's shard:
     layers.{i}.attn_norm.weight     input_layernorm.weight                            replicate
     layers.{i}.attn.qkv.weight      self_attn.{q,k,v}_proj.weight                     qkv
     layers.{i}.attn.qkv.bias        self_attn.{q,k,v}_proj.bias  (when qkv_bias)      qkv
+    layers.{i}.attn.q_norm.weight   self_attn.q_norm.weight  (when qk_norm)           replicate
+    layers.{i}.attn.k_norm.weight   self_attn.k_norm.weight  (when qk_norm)           replicate
     layers.{i}.attn.out.weight      self_attn.o_proj.weight                           columns
     layers.{i}.mlp_norm.weight      post_attention_layernorm.weight                   replicate
     layers.{i}.mlp.gate_up.weight   mlp.{gate,up}_proj.weight                         gate_up
@@ -68,6 +70,8 @@ def name_table(cfg: ModelConfig) -> list[Entry]:
         ]
         if cfg.qkv_bias:
             table.append(Entry(n + "attn.qkv.bias", tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"), QKV))
+        if cfg.qk_norm:
+            table += [Entry(n + f"attn.{x}_norm.weight", (p + f"self_attn.{x}_norm.weight",), REPLICATE) for x in "qk"]
         table += [
             Entry(n + "attn.out.weight", (p + "self_attn.o_proj.weight",), COLUMNS),
             Entry(n + "mlp_norm.weight", (p + "post_attention_layernorm.weight",), REPLICATE),
@@ -101,6 +105,8 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes.update({p + "self_attn.q_proj.bias": (cfg.num_heads * hd,),
                            p + "self_attn.k_proj.bias": (cfg.num_kv_heads * hd,),
                            p + "self_attn.v_proj.bias": (cfg.num_kv_heads * hd,)})
+        if cfg.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
     return shapes
 
 

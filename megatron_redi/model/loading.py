@@ -9,11 +9,11 @@ import torch
 from ..checkpoint.hf_mapping import name_table, shard_for_rank
 from ..checkpoint.native import NativeCheckpointReader, open_checkpoint
 from ..parallel import ParallelState
-from .qwen2 import Qwen2Model
+from .decoder import Decoder
 
 
 def from_pretrained(path: str, parallel: ParallelState | None = None, dtype=torch.float32,
-                    recompute: str = "none", attention_backend: str = "auto", **config_overrides) -> Qwen2Model:
+                    recompute: str = "none", attention_backend: str = "auto", **config_overrides) -> Decoder:
     """Build the model for ``parallel`` and fill it from the checkpoint at ``path``: a Hugging Face
     directory, or a native one at any TP size (resharded on the fly when it differs).
 
@@ -26,7 +26,7 @@ def from_pretrained(path: str, parallel: ParallelState | None = None, dtype=torc
     parallel = parallel or ParallelState()
     reader, cfg = open_checkpoint(path)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in config_overrides.items() if v is not None})
-    model = Qwen2Model(cfg, parallel, dtype=dtype, recompute=recompute,
+    model = Decoder(cfg, parallel, dtype=dtype, recompute=recompute,
                        attention_backend=attention_backend, device="meta")
     model = model.to_empty(device=parallel.device)
     params = dict(model.named_parameters())

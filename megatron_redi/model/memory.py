@@ -15,6 +15,8 @@ the norms' inputs are per local token under sequence parallelism):
     selective layer  e (4 h + 3 nh_l hd + 2 nkv_l hd + 2 f_l) + 4 nh_l + 8
                      (norm inputs x2, the normed GEMM inputs x2, q k v and the attention output
                      kept by SDPA and by the out projection, gate_up, lse and two rstd)
+    q/k norm         + e (nh_l + 2 nkv_l) hd: the QKV projection's output, which the fused
+                     split keeps to recompute each head's norm in the backward (families.py)
     full layer       2 e h (its inputs)
     context parallel the keys and values SDPA keeps are the whole micro-batch's, gathered over
                      the CP ranks: 2 nkv_l hd becomes 2 cp nkv_l hd per local token
@@ -42,6 +44,8 @@ def layer_bytes_per_token(layout: TPLayout, sequence_parallel: bool, elem: int, 
     nh, nkv, f = layout.heads_local, layout.kv_heads_local, layout.intermediate_local
     norm_inputs = 2 * h / (tp if sequence_parallel else 1)
     selective = elem * (norm_inputs + 2 * h + 3 * nh * hd + 2 * cp * nkv * hd + 2 * f) + 4 * nh + 8
+    if cfg.qk_norm:
+        selective += elem * (nh + 2 * nkv) * hd
     full = elem * 2 * h / (tp if sequence_parallel else 1)
     return selective, full
 

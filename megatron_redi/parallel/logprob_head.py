@@ -89,8 +89,8 @@ def _lse_and_target(logits, local, tp_group, kernels):
 
 
 def _wgrad_buffer(weight):
-    """Where dW accumulates: the trainer's fp32 gradient (no hook follows: autograd gets None for
-    the weight), else a new buffer."""
+    """Where dW accumulates: the trainer's fp32 gradient (autograd gets None for the weight; the
+    owner's hook, which torch runs all the same, adds nothing), else a new buffer."""
     if main_grad.of(weight) is not None:
         return main_grad.write(weight), True
     return torch.zeros(weight.shape, dtype=torch.float32, device=weight.device), False

@@ -113,7 +113,9 @@ class GradBuffer:
         self._launched = [False] * len(self.buckets)
 
     def _on_grad(self, p):
-        if not main_grad.take_delivered(p):  # a layer (ops/wgrad.py, the embedding) wrote it already
+        # a layer (ops/wgrad.py, the embedding) wrote it already; the single-pass head writes the
+        # untied head's during the forward and returns None, after which torch still runs this hook
+        if not main_grad.take_delivered(p) and p.grad is not None:
             main_grad.of(p).add_(p.grad)
         p.grad = None
         if self._reducing:

@@ -14,6 +14,7 @@ from megatron_redi.checkpoint import native
 from megatron_redi.checkpoint.convert import main
 from megatron_redi.checkpoint.hf_mapping import HFCheckpointReader
 from megatron_redi.model import from_pretrained
+from megatron_redi.model_config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,18 +41,40 @@ def hf_bf16(tiny_checkpoint, tiny_tokenizer_dir, tmp_path):
     return build
 
 
-@pytest.mark.parametrize("arch,tie,kv", [("qwen2", True, 2), ("qwen2", False, 1), ("llama3", False, 2)])
+@pytest.mark.parametrize("arch,tie,kv", [("qwen2", True, 2), ("qwen2", False, 1), ("llama3", False, 2),
+                                         ("qwen3", True, 2), ("qwen3", False, 1)])
 def test_round_trip_is_bit_exact(hf_bf16, tmp_path, arch, tie, kv):
     src = hf_bf16(arch=arch, tie_word_embeddings=tie, num_kv_heads=kv)
     assert convert("hf-to-native", "--input", src, "--output", tmp_path / "n2", "--tp", 2) == 0
     assert convert("native-to-native", "--input", tmp_path / "n2", "--output", tmp_path / "n4", "--tp", 4) == 0
-    assert convert("native-to-hf", "--input", tmp_path / "n4", "--output", tmp_path / "out") == 0
+    assert convert("native-to-native", "--input", tmp_path / "n4", "--output", tmp_path / "n1", "--tp", 1) == 0
+    assert convert("native-to-hf", "--input", tmp_path / "n1", "--output", tmp_path / "out") == 0
     before, after = _hf_tensors(src), _hf_tensors(tmp_path / "out")
     assert before.keys() == after.keys()
     assert ("lm_head.weight" in after) == (not tie)
     for name in before:
         assert before[name].dtype == after[name].dtype == torch.bfloat16
         assert torch.equal(before[name], after[name]), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert ModelConfig.from_hf_dict(config) == ModelConfig.from_hf(str(src))
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_qwen3_both_ways_at_each_tp_is_bit_exact(hf_bf16, tmp_path, tp):
+    """HF -> native at TP tp (4: each KV head, with its k norm, on two ranks) -> HF gives back every
+    tensor, and native -> HF -> native every shard."""
+    src = hf_bf16(arch="qwen3", tie_word_embeddings=False, num_kv_heads=2)
+    assert convert("hf-to-native", "--input", src, "--output", tmp_path / "n", "--tp", tp) == 0
+    assert convert("native-to-hf", "--input", tmp_path / "n", "--output", tmp_path / "hf") == 0
+    assert convert("hf-to-native", "--input", tmp_path / "hf", "--output", tmp_path / "n_again", "--tp", tp) == 0
+    before, after = _hf_tensors(src), _hf_tensors(tmp_path / "hf")
+    assert before.keys() == after.keys() and any("q_norm" in name for name in after)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    shards = sorted(os.listdir(tmp_path / "n" / "model"))
+    assert len(shards) == tp and shards == sorted(os.listdir(tmp_path / "n_again" / "model"))
+    for f in shards:
+        a, b = load_file(tmp_path / "n" / "model" / f), load_file(tmp_path / "n_again" / "model" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
 
 
 def test_output_loads_with_transformers(hf_bf16, tmp_path):

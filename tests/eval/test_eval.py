@@ -45,11 +45,11 @@ def test_benchmark_errors_name_the_line(tmp_path):
 PROMPTS = [[5, 9, 13, 2], [7, 3], [11, 12, 13, 14, 15, 16, 17]]
 
 
-@pytest.mark.parametrize("recompute", ["none", "full"])
-def test_greedy_with_kv_cache_equals_without(tiny_checkpoint, recompute):
+@pytest.mark.parametrize("arch,recompute", [("qwen2", "none"), ("qwen2", "full"), ("llama3", "none"), ("qwen3", "none")])
+def test_greedy_with_kv_cache_equals_without(tiny_checkpoint, arch, recompute):
     from megatron_redi.model import from_pretrained
 
-    model = from_pretrained(tiny_checkpoint(num_kv_heads=2), recompute=recompute)
+    model = from_pretrained(tiny_checkpoint(arch=arch, num_kv_heads=2), recompute=recompute)
     cached = generate(model, PROMPTS, 16, stop_ids=set(), use_cache=True)
     plain = generate(model, PROMPTS, 16, stop_ids=set(), use_cache=False)
     assert cached == plain and all(len(o) == 16 for o in cached)

@@ -10,7 +10,7 @@ from megatron_redi.model_config import preset
 from megatron_redi.data.dataset import Sequence
 from megatron_redi.data.packing import TrainingItem, build_micro_batch
 from megatron_redi.losses import LossConfig, microbatch_loss, sequence_coefficients
-from megatron_redi.model import Qwen2Model
+from megatron_redi.model import Decoder
 from megatron_redi.parallel.logprob_head import head_logprobs
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.optimizer import MasterParams
@@ -32,8 +32,8 @@ def relative_error(got, want):
 def compare_with_fp32_cpu(device, dtype, recompute, tol):
     cfg = preset("tiny", vocab_size=1000, hidden_size=256, intermediate_size=640)  # head dim 64
     torch.manual_seed(0)
-    reference = Qwen2Model(cfg, ParallelState(), recompute="none")
-    model = Qwen2Model(cfg, ParallelState(device=torch.device(device)), dtype=dtype, recompute=recompute)
+    reference = Decoder(cfg, ParallelState(), recompute="none")
+    model = Decoder(cfg, ParallelState(device=torch.device(device)), dtype=dtype, recompute=recompute)
     model.load_state_dict(reference.state_dict())
     MasterParams(model, model.parallel).grads.zero_grad()  # a step: the fp32 gradients open to writes
     rng = np.random.default_rng(0)

@@ -19,7 +19,8 @@ def _packed_batch(vocab, seed=0):
 
 
 @pytest.mark.parametrize("arch,tie,kv", [("qwen2", True, 2), ("qwen2", False, 2), ("qwen2", True, 1),
-                                         ("qwen2", False, 4), ("llama3", False, 2), ("llama3", True, 1)])
+                                         ("qwen2", False, 4), ("llama3", False, 2), ("llama3", True, 1),
+                                         ("qwen3", True, 2), ("qwen3", False, 1)])
 @pytest.mark.parametrize("recompute", ["none", "full"])
 def test_logits_match_transformers(tiny_checkpoint, arch, tie, kv, recompute):
     from transformers import AutoModelForCausalLM

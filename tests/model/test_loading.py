@@ -108,3 +108,57 @@ def test_parameter_count_matches_transformers(tiny_checkpoint):
         hf = AutoModelForCausalLM.from_pretrained(path)
         assert ModelConfig.from_hf(path).num_parameters() == sum(p.numel() for p in hf.parameters())
         assert from_pretrained(path).cfg.num_parameters() == sum(p.numel() for p in from_pretrained(path).parameters())
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"attention_bias": True}, "attention_bias=true is not supported for qwen3 \\(false only\\)"),
+    ({"use_sliding_window": True}, "use_sliding_window=true is not supported for qwen3"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types has sliding_attention"),
+    ({"hidden_act": "gelu"}, 'hidden_act="gelu" is not supported for qwen3 \\("silu" only\\)'),
+    ({"head_dim": 25}, "head_dim must be even"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported for qwen3"),
+])
+def test_what_a_family_does_not_support_is_refused_by_name(change, message):
+    from megatron_redi.model_config import PRESETS
+
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_hf_dict({**PRESETS["qwen3-4b"], **change})
+
+
+@pytest.mark.parametrize("tp,change,message", [
+    (3, {}, r"TP size 3 does not divide num_attention_heads \(32\)"),
+    (64, {}, r"TP size 64 does not divide num_attention_heads \(32\)"),
+    (2, {"vocab_size": 151937}, r"TP size 2 does not divide vocab_size \(151937\)"),
+    (2, {"intermediate_size": 9727}, r"TP size 2 does not divide intermediate_size \(9727\)"),
+])
+def test_qwen3_shapes_that_do_not_split_over_tp_are_refused_by_name(tp, change, message):
+    from megatron_redi.model_config import preset
+    from megatron_redi.parallel import TPLayout
+
+    with pytest.raises(ValueError, match=message):
+        TPLayout(preset("qwen3-4b", **change), tp)
+    assert TPLayout(preset("qwen3-4b"), 8).heads_local == 4  # 32 heads of 128, hidden 2560: any TP dividing them
+
+
+def test_family_defaults_are_those_of_its_transformers_config():
+    """A config.json without the optional keys means what transformers' class of the family makes of it."""
+    from transformers import AutoConfig
+
+    from megatron_redi.families import FAMILIES
+
+    for family in FAMILIES.values():
+        bare = {"architectures": [family.architectures[0]], "model_type": family.name, "vocab_size": 64,
+                "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 4}
+        ours = ModelConfig.from_hf_dict(bare)
+        theirs = AutoConfig.for_model(family.name, **{k: v for k, v in bare.items() if k != "model_type"})
+        assert ours.head_dim == (getattr(theirs, "head_dim", None) or 64 // 4), family.name
+        assert ours.rms_norm_eps == theirs.rms_norm_eps and ours.max_position_embeddings == theirs.max_position_embeddings
+        assert ours.tie_word_embeddings == theirs.tie_word_embeddings
+        assert ours.qkv_bias == getattr(theirs, "attention_bias", True), family.name
+
+
+def test_the_decoder_s_former_name_still_imports():
+    from megatron_redi.model import Decoder, Qwen2Model
+    from megatron_redi.model.qwen2 import Qwen2Model as from_its_old_module
+
+    assert Qwen2Model is Decoder and from_its_old_module is Decoder

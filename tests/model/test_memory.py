@@ -5,7 +5,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from megatron_redi.model_config import preset
-from megatron_redi.model import Qwen2Model, qwen2
+from megatron_redi.model import Decoder, decoder
 from megatron_redi.model.memory import full_recompute_layers, layer_bytes_per_token
 from megatron_redi.parallel import ParallelState, TPLayout
 
@@ -25,6 +25,14 @@ def test_estimate_for_qwen_1_5b_on_an_80gb_card():
     assert 0.5 * selective < layer_bytes_per_token(TPLayout(cfg, 2), True, 2)[0] < 0.6 * selective
 
 
+def test_the_qk_norm_keeps_the_qkv_projection_for_its_backward():
+    """Qwen3's q/k norms: the fused split (ops/qkv_rotary.py) keeps its input, the QKV GEMM's output."""
+    qwen3 = preset("qwen3-4b")
+    without = TPLayout(preset("qwen3-4b", architectures=["LlamaForCausalLM"], model_type="llama"), 1)
+    (with_norm, full), (plain, same_full) = (layer_bytes_per_token(TPLayout(qwen3, 1), False, 2),
+                                             layer_bytes_per_token(without, False, 2))
+    assert with_norm - plain == 2 * (32 + 2 * 8) * 128 and full == same_full
+
 def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):
     def grads(model, **kwargs):
         torch.manual_seed(0)
@@ -33,11 +41,11 @@ def test_mixed_full_and_selective_layers_give_the_same_gradients(monkeypatch):
         return {n: p.grad for n, p in model.named_parameters()}
 
     torch.manual_seed(0)
-    selective = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
+    selective = Decoder(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
     torch.manual_seed(0)
-    mixed = Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="auto")
+    mixed = Decoder(preset("tiny", vocab_size=300), ParallelState(), recompute="auto")
     recomputed = []
-    monkeypatch.setattr(qwen2, "checkpoint", lambda layer, *args, **kw: recomputed.append(layer) or checkpoint(
+    monkeypatch.setattr(decoder, "checkpoint", lambda layer, *args, **kw: recomputed.append(layer) or checkpoint(
         layer, *args, **kw))
     want, got = grads(selective), grads(mixed, full_recompute_layers=1)
     assert recomputed == [mixed.layers[0]]

@@ -145,21 +145,24 @@ def test_adamw(one_thread, decay, scale, out_dtype):
         assert ((out.float() - new_p).abs() <= new_p.abs() * 2.0 ** -7).all()
 
 
-# hd 24: a head half that is not a power of two (the tiny preset's); 5 and 8 heads per KV group
-@pytest.mark.parametrize("hd,dtype_tol,heads", itertools.product((16, 24), DTYPES, ((2, 3), (1, 6))), ids=str)
-def test_split_qkv_rotary(hd, dtype_tol, heads):
+# hd 24: a head half that is not a power of two (the tiny preset's); 5 and 8 heads per KV group;
+# with and without the q/k norms of Qwen3 (whose weight gradients are compared too)
+@pytest.mark.parametrize("hd,dtype_tol,heads,norm", itertools.product((16, 24), DTYPES, ((2, 3), (1, 6)), (False, True)),
+                         ids=str)
+def test_split_qkv_rotary(hd, dtype_tol, heads, norm):
     (dtype, tol), (groups, queries) = dtype_tol, heads
     g = torch.Generator().manual_seed(6)
     positions = torch.cat([torch.arange(7), torch.arange(4)]).to(DEVICE)
     cos, sin = RotaryEmbedding(preset("tiny", head_dim=hd))(positions)
-    qkv = torch.randn(11, groups, queries + 2, hd, generator=g).to(DEVICE, dtype)
+    qkv = (3 * torch.randn(11, groups, queries + 2, hd, generator=g)).to(DEVICE, dtype)
+    weights = [(1 + 0.3 * torch.randn(hd, generator=g)).to(DEVICE, dtype) for _ in range(2)]
     ups = [torch.randn(11, n, hd, generator=g).to(DEVICE, dtype) for n in (groups * queries, groups, groups)]
     results = []
-    for fn, x in ((split_qkv_rotary, qkv), (split_qkv_rotary_reference, qkv.float())):
-        x = x.clone().requires_grad_()
-        outs = fn(x, cos, sin)
+    for fn, cast in ((split_qkv_rotary, lambda t: t), (split_qkv_rotary_reference, lambda t: t.float())):
+        x, ws = cast(qkv).clone().requires_grad_(), [cast(w).clone().requires_grad_() for w in weights]
+        outs = fn(x, cos, sin, (*ws, 1e-6) if norm else None)
         sum((o.float() * u.float()).sum() for o, u in zip(outs, ups)).backward()
-        results.append([o.detach() for o in outs] + [x.grad])
+        results.append([o.detach() for o in outs] + [x.grad] + ([w.grad for w in ws] if norm else []))
     for i, (u, v) in enumerate(zip(*results)):
         assert u.is_contiguous(), i
     assert_close_to_fp32(results[0], results[1], dtype, tol)

@@ -89,9 +89,9 @@ def _check_step(path, tp, cp, loss_type):
     assert_grads_close(merged_grads(model, shards), merged_grads(reference, lambda g: [g]))
 
 
-@pytest.mark.parametrize("loss_type", ["redi", "dpo", "sft"])
-def test_cp2_step_equals_cp1(tiny_checkpoint, loss_type):
-    run_ranks(2, _check_step, tiny_checkpoint(), 1, 2, loss_type)
+@pytest.mark.parametrize("arch,loss_type", [("qwen2", "redi"), ("qwen2", "dpo"), ("qwen2", "sft"), ("qwen3", "redi")])
+def test_cp2_step_equals_cp1(tiny_checkpoint, arch, loss_type):
+    run_ranks(2, _check_step, tiny_checkpoint(arch=arch), 1, 2, loss_type)
 
 
 @pytest.mark.parametrize("loss_type", ["redi", "dpo", "sft"])

@@ -6,7 +6,7 @@ import torch
 
 from megatron_redi import main_grad
 from megatron_redi.model_config import preset
-from megatron_redi.model import Qwen2Model
+from megatron_redi.model import Decoder
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.grad_buffer import GradBuffer, flat_layouts, no_weight_decay
 
@@ -19,7 +19,7 @@ def _backward(model):
 
 def _model():
     torch.manual_seed(0)
-    return Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
+    return Decoder(preset("tiny", vocab_size=300), ParallelState(), recompute="selective")
 
 
 def test_layouts_split_by_weight_decay_and_pad_for_the_replicas():

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from megatron_redi.model_config import preset
-from megatron_redi.model import Qwen2Model
+from megatron_redi.model import Decoder
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.optimizer import MasterParams, no_weight_decay
 
 
 def tiny_model(recompute="selective"):
     torch.manual_seed(0)
-    return Qwen2Model(preset("tiny", vocab_size=300), ParallelState(), recompute=recompute)
+    return Decoder(preset("tiny", vocab_size=300), ParallelState(), recompute=recompute)
 
 
 def forward_backward(model):
