@@ -18,6 +18,8 @@
 #   STAGES=data,sft          run only these (data, sft, redi, redi_select, redi_final, table)
 #   STUDENT=llama-3.2-3b | qwen2.5-math-7b    Table 4's students (their configs of configs/paper/;
 #                            TOKENIZER=DIR: a tokenizer with a chat template for a base model without one)
+#   STUDENT=qwen3-1.7b | qwen3-4b | qwen3-8b  Qwen3 bases (Qwen3-*-Base), the 1.5B hyperparameters carried
+#                            over untuned; their own chat template, "<think>" forced; no paper row beside
 #   DRY_RUN=1                print the plan and every command, run nothing
 #   TOY=1                    the same recipe at toy scale on CPU (tiny model, synthetic corpus and
 #                            benchmarks, 2 processes, configs/toy/): a few minutes, what CI runs

@@ -88,9 +88,14 @@ def prompt_text(tokenizer, problem: str, style: str, force_think: bool) -> str:
         text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
     if force_think and not text.endswith(FORCED_THINK):
-        # the generation prompt of the paper's models, "<|im_start|>assistant<think>\n": the assistant
-        # header's newline replaced by "<think>\n"
-        text = text.removesuffix("\n") + FORCED_THINK
+        if "<think>" in str(tokenizer.chat_template):
+            # a template that writes thinking blocks itself (Qwen3's): the block opens after the
+            # assistant header's newline, as in the traces its SFT data was rendered with
+            text += FORCED_THINK
+        else:
+            # the generation prompt of the paper's models, "<|im_start|>assistant<think>\n": the
+            # assistant header's newline replaced by "<think>\n"
+            text = text.removesuffix("\n") + FORCED_THINK
     return text
 
 

@@ -36,7 +36,12 @@ class Student:
     hub: str  # the Hub repository of the base model
     sft: str  # stage-1 config, in CONFIGS
     redi: str  # stage-2 config
-    paper: str  # the paper's row of the REDI model
+    paper: str | None  # the paper's row of the REDI model (None: a student the paper did not train)
+
+    @property
+    def row(self) -> str:
+        """The label of this run's row in the table."""
+        return self.paper or f"{self.hub.split('/')[1]} REDI"
 
 
 STUDENTS = {
@@ -45,6 +50,9 @@ STUDENTS = {
     "llama-3.2-3b": Student("meta-llama/Llama-3.2-3B", "llama-3.2-3b_sft", "llama-3.2-3b_redi", "Llama-3.2-3B REDI"),
     "qwen2.5-math-7b": Student("Qwen/Qwen2.5-Math-7B", "qwen2.5-math-7b_sft", "qwen2.5-math-7b_redi",
                                "Qwen2.5-Math-7B REDI"),
+    # Qwen3 bases: the paper's 1.5B hyperparameters carried over, not tuned (their configs say so)
+    **{f"qwen3-{size}": Student(f"Qwen/Qwen3-{size.upper()}-Base", f"qwen3-{size}_sft", f"qwen3-{size}_redi", None)
+       for size in ("1.7b", "4b", "8b")},
 }
 # Table 2: the 3-epoch start and each stage-2 objective at its best configuration (the paper's row)
 ABLATION_START = ("qwen2.5-math-1.5b_sft_3ep", "Qwen-SFT-1.5B-3ep")
@@ -202,7 +210,7 @@ def table_stage(s: Settings, rows: dict[str, str], paper: list[str], what: str) 
     out = os.path.join(s.out, "table", "table.md")
     command = Command([sys.executable, s.tool("summary_table.py"),
                        *[f"{label}={os.path.join(s.out, stage)}" for label, stage in rows.items()],
-                       "--paper", *paper, "--output", out], s.env)
+                       *(["--paper", *paper] if paper else []), "--output", out], s.env)
 
     def result() -> str:
         with open(out) as f:
@@ -233,8 +241,9 @@ def table1(s: Settings) -> list[Stage]:
     stages += [training_stage(s, "redi", st.redi, start, "stage 2: REDI on D_Pref from the SFT model", start_stage),
                select_stage(s, "redi"),
                final_stage(s, "redi_final", best_of(s, "redi_select"), ("redi_select",), os.path.join(s.out, "redi")),
-               table_stage(s, {f"{'toy ' if s.toy else ''}{st.paper} (this run)": "redi_final"}, [st.paper],
-                           "a row in the shape of the paper's Table 1, its own row beside")]
+               table_stage(s, {f"{'toy ' if s.toy else ''}{st.row} (this run)": "redi_final"},
+                           [st.paper] if st.paper else [],
+                           "a row in the shape of the paper's Table 1" + (", its own row beside" if st.paper else ""))]
     return stages
 
 

@@ -184,3 +184,52 @@ def test_the_prompt_is_the_reference_s_byte_for_byte(tiny_tokenizer_dir):
     assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
     assert prompt_text(tokenizer, "x", "chat", False).endswith("<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant<think>\n")
 
+
+
+# Shaped like Qwen3-Base's chat template (written here, not copied): no default system turn; an
+# assistant turn after the last user turn is written with its thinking block ("<think>\n...\n</think>\n\n",
+# empty when the content has none); the generation prompt "<|im_start|>assistant\n", with an empty
+# thinking block when enable_thinking is false.
+QWEN3_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' and loop.index0 > ns.last_user -%}"
+    "{%- set thought = m['content'].split('</think>')[0].split('<think>')[-1] if '</think>' in m['content'] else '' -%}"
+    "{%- set answer = m['content'].split('</think>')[-1] -%}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + thought.strip('\\n') + '\\n</think>\\n\\n' + answer.lstrip('\\n') "
+    "+ '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
+    "{%- endif -%}")
+
+
+def test_a_qwen3_prompt_opens_the_thinking_block_as_its_template_does(tiny_tokenizer_dir, tmp_path):
+    """Qwen3's own template, "<think>" forced after the assistant header's newline: byte for byte,
+    and the prefix of every training sequence that preprocessing renders with the same template."""
+    from transformers import AutoTokenizer
+
+    from megatron_redi.data.preprocess import Templater
+    from megatron_redi.eval import build_prompt, prompt_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.chat_template = QWEN3_TEMPLATE
+    want = ("<|im_start|>user\nSolve the following math problem efficiently and clearly.  The last line of your "
+            "response should be of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope "
+            "it is correct' (without quotes) where ANSWER is just the final number or expression that solves the "
+            "problem. Think step by step before answering.\n\nWhat is $1 + 1$?<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\n")
+    assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
+    assert build_prompt(tokenizer, "What is $1 + 1$?", "lighteval", True) == \
+        tokenizer(want, add_special_tokens=False)["input_ids"]
+    assert prompt_text(tokenizer, "1+1", "chat", False).endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+    tokenizer.save_pretrained(tmp_path / "qwen3_tokenizer")
+    templater = Templater(str(tmp_path / "qwen3_tokenizer"))
+    assert templater.end_of_turn == "<|im_end|>\n"
+    trained = templater.prompt("1+1") + templater.response("<think>\n1 plus 1 is 2.\n</think>\n\n\\boxed{2}")
+    text = tokenizer.decode(trained)
+    assert text.startswith(prompt_text(tokenizer, "1+1", "chat", True)) and text.endswith("<|im_end|>\n<|endoftext|>")

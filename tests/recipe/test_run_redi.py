@@ -131,6 +131,12 @@ def test_stages_sft_and_students(tmp_path):
     assert "sft" not in commands and f"MODEL={tmp_path}/sft_model" in commands["redi"][0]
     seven = _run(DRY_RUN=1, STUDENT="qwen2.5-math-7b", **inputs)
     assert "qwen2.5-math-7b_sft.yaml" in seven.stdout and "--paper 'Qwen2.5-Math-7B REDI'" in seven.stdout
+    qwen3 = _run(DRY_RUN=1, STUDENT="qwen3-4b", **inputs)
+    assert qwen3.returncode == 0, qwen3.stderr
+    commands = _commands(qwen3.stdout)
+    assert "configs/paper/qwen3-4b_sft.yaml" in " ".join(commands["sft"][0])
+    assert "configs/paper/qwen3-4b_redi.yaml" in " ".join(commands["redi"][0])
+    assert "--paper" not in commands["table"][0] and "Qwen3-4B-Base REDI (this run)=" in " ".join(commands["table"][0])
     assert _run(STUDENT="gpt2", **inputs).returncode == 2
 
 
