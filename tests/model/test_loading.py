@@ -57,10 +57,11 @@ def test_unexpected_tensor_is_named(tiny_checkpoint, tmp_path):
         from_pretrained(path)
 
 
-def test_unsupported_architecture(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("arch", ["MistralForCausalLM", "Qwen3MoeForCausalLM"])
+def test_unsupported_architecture(tiny_checkpoint, tmp_path, arch):
     path = _copy(tiny_checkpoint(), tmp_path / "ck")
-    _edit_config(path, lambda c: c.update(architectures=["MistralForCausalLM"]))
-    with pytest.raises(ConfigError, match="MistralForCausalLM.*not supported"):
+    _edit_config(path, lambda c: c.update(architectures=[arch]))
+    with pytest.raises(ConfigError, match=f"{arch}.*not supported"):
         from_pretrained(path)
 
 
