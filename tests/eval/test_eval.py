@@ -163,6 +163,14 @@ QWEN_MATH_TEMPLATE = ("{{ '<|im_start|>system\\nPlease reason step by step, and 
                       "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+# the user turn of "What is $1 + 1$?" in LightEval's template, the reference's byte for byte (two spaces
+# after "clearly.")
+USER_TURN = ("<|im_start|>user\nSolve the following math problem efficiently and clearly.  The last line of your "
+            "response should be of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope "
+            "it is correct' (without quotes) where ANSWER is just the final number or expression that solves the "
+            "problem. Think step by step before answering.\n\nWhat is $1 + 1$?<|im_end|>\n")
+
+
 def test_the_prompt_is_the_reference_s_byte_for_byte(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -171,11 +179,7 @@ def test_the_prompt_is_the_reference_s_byte_for_byte(tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tokenizer.chat_template = QWEN_MATH_TEMPLATE
     want = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
-            "<|im_start|>user\nSolve the following math problem efficiently and clearly.  The last line of your "
-            "response should be of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope "
-            "it is correct' (without quotes) where ANSWER is just the final number or expression that solves the "
-            "problem. Think step by step before answering.\n\nWhat is $1 + 1$?<|im_end|>\n"
-            "<|im_start|>assistant<think>\n")
+            + USER_TURN + "<|im_start|>assistant<think>\n")
     assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
     assert build_prompt(tokenizer, "What is $1 + 1$?", "lighteval", True) == \
         tokenizer(want, add_special_tokens=False)["input_ids"]
@@ -217,11 +221,7 @@ def test_a_qwen3_prompt_opens_the_thinking_block_as_its_template_does(tiny_token
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     tokenizer.chat_template = QWEN3_TEMPLATE
-    want = ("<|im_start|>user\nSolve the following math problem efficiently and clearly.  The last line of your "
-            "response should be of the following format: 'Therefore, the final answer is: $\\boxed{ANSWER}$. I hope "
-            "it is correct' (without quotes) where ANSWER is just the final number or expression that solves the "
-            "problem. Think step by step before answering.\n\nWhat is $1 + 1$?<|im_end|>\n"
-            "<|im_start|>assistant\n<think>\n")
+    want = USER_TURN + "<|im_start|>assistant\n<think>\n"
     assert prompt_text(tokenizer, "What is $1 + 1$?", "lighteval", True) == want
     assert build_prompt(tokenizer, "What is $1 + 1$?", "lighteval", True) == \
         tokenizer(want, add_special_tokens=False)["input_ids"]
