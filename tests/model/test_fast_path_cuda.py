@@ -29,8 +29,11 @@ def relative_error(got, want):
     return ((got.float().cpu() - want).norm() / want.norm()).item()
 
 
-def compare_with_fp32_cpu(device, dtype, recompute, tol):
+def compare_with_fp32_cpu(device, dtype, recompute, tol, family="qwen2"):
     cfg = preset("tiny", vocab_size=1000, hidden_size=256, intermediate_size=640)  # head dim 64
+    if family == "qwen3":  # q/k norms in the fused split, heads of 48 (3 x 4 x 48 = 576 QKV rows)
+        cfg = preset("tiny", vocab_size=1000, hidden_size=256, intermediate_size=640, head_dim=48,
+                     architectures=["Qwen3ForCausalLM"], model_type="qwen3")
     torch.manual_seed(0)
     reference = Decoder(cfg, ParallelState(), recompute="none")
     model = Decoder(cfg, ParallelState(device=torch.device(device)), dtype=dtype, recompute=recompute)
@@ -49,11 +52,13 @@ def compare_with_fp32_cpu(device, dtype, recompute, tol):
     assert relative_error(every, torch.cat([grads[n].grad.reshape(-1) for n, _ in model.named_parameters()])) < 5 * tol
 
 
-def test_the_comparison_itself_on_cpu():
-    compare_with_fp32_cpu("cpu", torch.float32, "selective", 1e-5)
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_the_comparison_itself_on_cpu(family):
+    compare_with_fp32_cpu("cpu", torch.float32, "selective", 1e-5, family)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("recompute", ["none", "selective", "full", "auto"])
-def test_fast_path_matches_the_fp32_cpu_model(recompute):
-    compare_with_fp32_cpu("cuda", torch.bfloat16, recompute, 1e-2)
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_fast_path_matches_the_fp32_cpu_model(recompute, family):
+    compare_with_fp32_cpu("cuda", torch.bfloat16, recompute, 1e-2, family)

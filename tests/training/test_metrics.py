@@ -33,6 +33,14 @@ def test_flop_count_of_qwen_1_5b():
     assert flops == pytest.approx(3 * (dense + attn))
 
 
+def test_flop_count_of_qwen3_4b_with_heads_wider_than_hidden_over_heads():
+    cfg = preset("qwen3-4b")
+    # per layer: QKV 2560 x (32 + 16) x 128, O (32 x 128) x 2560, MLP 3 x 2560 x 9728 (q/k norms: no GEMM)
+    assert cfg.layer_matrix_parameters() == 2560 * 48 * 128 + 4096 * 2560 + 3 * 2560 * 9728
+    assert step_flops(cfg, [100], 0) == pytest.approx(3 * (2 * 36 * cfg.layer_matrix_parameters() * 100
+                                                           + 2 * 36 * 32 * 128 * 100 ** 2))
+
+
 def test_plot_metrics_draws_the_figure6_panels(tmp_path):
     import os
     import subprocess
