@@ -94,8 +94,12 @@ except ImportError:  # a dependency, so only a broken install lands here
     math_verify = None
 
 CHECKERS = ("math-verify", "rllm", "letter", "builtin")
-# "Answer: C", "**Answer:** (C)", "Answer: $C$": the format LightEval's GPQA prompt asks for
-ANSWER_LETTER = re.compile(r"(?i:answer)\s*\**\s*:\s*\**\s*\$?\s*\(?\s*([ABCD])\b")
+# "Answer: C", "**Answer:** (C)", "Answer: $C$": the format LightEval's GPQA prompt asks for. The
+# quantifiers are possessive (*+, ?+): neighbours that could share a run of blanks would otherwise
+# try every split of it when no letter follows (cubic in its length); none of them can match what
+# the next one needs, so the language is the same.
+ANSWER_LETTER = re.compile(r"(?i:answer)\s*+\**+\s*+:\s*+\**+\s*+\$?+\s*+\(?+\s*+([ABCD])\b")
+BOXED_LETTER = re.compile(r"\s*+\(?+\s*+(?:\\text\{)?+\s*+([ABCD])\s*+\}?+\s*+\)?+\s*+")
 
 
 def chosen_letter(generation: str) -> str | None:
@@ -103,7 +107,7 @@ def chosen_letter(generation: str) -> str | None:
     if found:
         return found[-1].upper()
     boxed = last_boxed(generation)
-    letter = re.fullmatch(r"\s*\(?\s*(?:\\text\{)?\s*([ABCD])\s*\}?\s*\)?\s*", boxed or "")
+    letter = BOXED_LETTER.fullmatch(boxed or "")
     return letter.group(1) if letter else None
 _warned = False
 
@@ -144,9 +148,14 @@ def predicted_answer(generation: str, checker: str = "math-verify") -> str | Non
 
 
 def is_correct(generation: str, reference, checker: str = "math-verify") -> bool:
-    """``reference``: the answer, or a list of acceptable ones (any may match)."""
-    if checker == "rllm":
-        return rllm_grader.correct(generation, reference)
-    predicted = predicted_answer(generation, checker)
-    references = reference if isinstance(reference, (list, tuple)) else [reference]
-    return predicted is not None and any(answers_equal(predicted, str(r), checker) for r in references)
+    """``reference``: the answer, or a list of acceptable ones (any may match). Never raises: an
+    answer a checker fails on is wrong, as the reference's reward scored it (checking.py bounds the
+    time as well)."""
+    try:
+        if checker == "rllm":
+            return rllm_grader.correct(generation, reference)
+        predicted = predicted_answer(generation, checker)
+        references = reference if isinstance(reference, (list, tuple)) else [reference]
+        return predicted is not None and any(answers_equal(predicted, str(r), checker) for r in references)
+    except Exception:  # noqa: BLE001 - RecursionError, ValueError of a huge int, ...: not a right answer
+        return False

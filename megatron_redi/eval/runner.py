@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from ..cli import UserError
 from ..parallel.collectives import all_gather_objects
-from .answers import is_correct, predicted_answer
+from .answers import predicted_answer
+from .checking import check_answers
 from .generate import generate_samples
 from .metrics import summarize
 from .protocol import PROMPT_STYLES, Protocol
@@ -155,14 +156,24 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
 
 def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, checker: str) -> list[dict]:
     """One row per problem index: the problem's fields, its generations (text and length in
-    tokens), the boxed answers and which are correct."""
-    return [{**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
-             "predicted": [predicted_answer(t, checker) for t in texts[i]],
-             "correct": [is_correct(t, problems[i]["answer"], checker) for t in texts[i]]} for i in indices]
+    tokens), the boxed answers, which are correct, and which of them hit the checking time bound
+    (``bounded``: indices of generations, scored wrong; checking.py)."""
+    indices = list(indices)
+    tasks = [(t, problems[i]["answer"]) for i in indices for t in texts[i]]
+    verdicts = iter(check_answers(tasks, checker))
+    rows = []
+    for i in indices:
+        mine = [next(verdicts) for _ in texts[i]]
+        rows.append({**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
+                     "predicted": [predicted_answer(t, checker) for t in texts[i]],
+                     "correct": [v.correct for v in mine], "bounded": [j for j, v in enumerate(mine) if v.bounded]})
+    return rows
 
 
 def summary_of(results: list[dict], protocol: Protocol) -> dict:
-    return {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record()}
+    """pass@1, its SEM and pass@k, the protocol, and how many answers hit the checking time bound."""
+    return {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record(),
+            "bounded_answers": sum(len(r.get("bounded", ())) for r in results)}
 
 
 def score(problems: list[dict], generations: list[list[str]], lengths: list[list[int]],
