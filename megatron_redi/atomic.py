@@ -66,6 +66,30 @@ def fingerprint(path: str) -> list:
     return [path, hashlib.sha256(json.dumps(files).encode()).hexdigest(), len(files)]
 
 
+def content_digest(path: str, sample: int = 1 << 20) -> str:
+    """What an input holds, cheaply, wherever it lies: every file's relative name and size and a
+    digest of its first and last ``sample`` bytes (hidden entries left out). Unlike ``fingerprint``
+    it ignores where the input is and when it was written (a copy, or a move to another node, is
+    the same input); a model trained further, or another dataset of the same size, differs in the
+    bytes sampled (a safetensors file ends with its last tensor; token files with their last
+    items)."""
+    digest = hashlib.sha256()
+    root = os.path.realpath(path)
+    files = [root] if os.path.isfile(root) else []
+    for dirpath, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(dirpath, n) for n in sorted(names) if not n.startswith(".")]
+    for file in files:
+        size = os.path.getsize(file)
+        digest.update(f"{os.path.relpath(file, root)}\0{size}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(sample))
+            if size > sample:
+                f.seek(max(sample, size - sample))
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
 def sync_tree(path: str) -> None:
     """fsync every file and directory under ``path``, so that a rename publishing it can never
     expose a directory whose contents are still only in the page cache."""

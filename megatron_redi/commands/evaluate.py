@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
     for e in entries:
         tokenizer_directory(args.tokenizer or e["checkpoint"])
-    campaign = Campaign(args.output, entries, benchmarks, protocol, args.seed)
+    campaign = Campaign(args.output, entries, benchmarks, protocol, args.seed, args.tokenizer)
     if args.dry_run:
         print(campaign.plan())
         return 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, content_digest
 from ..cli import UserError
 from .preprocess import FORMAT_VERSION
 
@@ -49,6 +49,11 @@ class _Part:
 
     def __len__(self):
         return len(self.items)
+
+    def identity(self) -> str:
+        """What the items and their tokens are (atomic.content_digest of both files; not what the
+        trainer adds beside them, DPO's reference log-probs)."""
+        return "+".join(content_digest(os.path.join(self.directory, f)) for f in ("items.npy", "tokens.bin"))
 
     def _slice(self, start, length):
         return np.asarray(self.tokens[start:start + length], dtype=np.int64)

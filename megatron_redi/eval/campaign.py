@@ -4,8 +4,9 @@ tools/evaluate.py is its command line; tools/analyze.py reads what it writes:
 
     OUTPUT/LABEL/NAME.jsonl   one line per problem: its generations, lengths, answers, ``correct``
     OUTPUT/LABEL/NAME.json    the summary: pass@1, sem, pass@k, the protocol, and the identity of
-                              the evaluation (protocol, seed, the checkpoint's files, the benchmark's
-                              digest); written after the .jsonl, so its presence means both are whole
+                              the evaluation (protocol, seed, the checkpoint's files, the tokenizer's
+                              files with its chat template, the benchmark's digest); written after the
+                              .jsonl, so its presence means both are whole
     OUTPUT/summary.json       every checkpoint's results and the best one
     OUTPUT/curve.png          with two or more checkpoints that have a training step
 
@@ -21,8 +22,8 @@ import os
 import time
 from typing import Callable
 
-from ..atomic import atomic_file, fingerprint
-from ..settings import ConfigError, load_json
+from ..atomic import atomic_file, content_digest, fingerprint
+from ..settings import TOKENIZER_FILES, ConfigError, load_json
 from .rllm_grader import THINK_END
 from .runner import benchmark_digest
 from .selection import best, plot
@@ -48,34 +49,50 @@ def named_benchmarks(specs: list[str]) -> dict[str, str]:
     return named
 
 
+# the files of a tokenizer that shape a prompt: its vocabulary, its settings, its chat template
+PROMPT_FILES = TOKENIZER_FILES + ("special_tokens_map.json", "chat_template.jinja", "chat_template.json", "merges.txt")
+
+
+def tokenizer_digest(directory: str) -> str:
+    """What the prompts are made with: the content of the tokenizer's files (atomic.content_digest)."""
+    return "+".join(f"{name}:{content_digest(os.path.join(directory, name))}" for name in PROMPT_FILES
+                    if os.path.isfile(os.path.join(directory, name)))
+
+
 def done_before(path: str, identity: dict) -> dict | None:
     """The summary of an earlier run of this evaluation, or None. One made with another protocol or
-    seed, of a checkpoint that has changed since, or of other problems (another file under the same
-    name, another --max-problems) is an error."""
+    seed, of a checkpoint that has changed since, with another tokenizer or chat template, or of
+    other problems (another file under the same name, another --max-problems) is an error."""
     if not os.path.exists(path):
         return None
     old = load_json(path, ConfigError)
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path}: not an evaluation summary (a JSON {type(old).__name__}); choose another --output")
     changed = [key for key, value in identity.items() if old.get(key) != value]
     if changed:
         raise ConfigError(f"{path}: written with another {' and '.join(changed)} (the checkpoint files "
-                          "change when retrained or kept as weights only; the benchmark's digest covers its "
-                          "problems, answers and --max-problems); choose another --output")
+                          "change when retrained or kept as weights only; the tokenizer's digest covers its "
+                          "files and chat template; the benchmark's digest its problems, answers and "
+                          "--max-problems); choose another --output")
     return old
 
 
 class Campaign:
     """``entries``: checkpoints (training.checkpointing.list_checkpoints' dicts: label, checkpoint,
-    step); ``benchmarks``: name -> problems. Reads what an earlier run left in ``output``."""
+    step); ``benchmarks``: name -> problems; ``tokenizer``: the tokenizer's directory (by default each
+    checkpoint's own). Reads what an earlier run left in ``output``."""
 
-    def __init__(self, output: str, entries: list[dict], benchmarks: dict[str, list[dict]], protocol, seed: int):
+    def __init__(self, output: str, entries: list[dict], benchmarks: dict[str, list[dict]], protocol, seed: int,
+                 tokenizer: str | None = None):
         self.output, self.entries, self.benchmarks, self.protocol, self.seed = output, entries, benchmarks, protocol, seed
         digests = {name: benchmark_digest(problems) for name, problems in benchmarks.items()}
         for e in entries:
             e["benchmarks"], e["identity"] = {}, {}
             files = fingerprint(e["checkpoint"])  # once per checkpoint: it walks the whole directory
+            prompts = tokenizer_digest(tokenizer or e["checkpoint"])
             for name in benchmarks:
                 e["identity"][name] = {"protocol": protocol.record(), "seed": seed, "checkpoint_files": files,
-                                       "benchmark_sha256": digests[name]}
+                                       "tokenizer_sha256": prompts, "benchmark_sha256": digests[name]}
                 old = done_before(summary_file(output, e["label"], name), e["identity"][name])
                 if old:
                     e["benchmarks"][name] = old

@@ -3,14 +3,20 @@
 Each stage runs its commands into its own directory under the run's output directory OUT and is
 complete when its stamp, written last and atomically, says so:
 
-    OUT/STAGE/stage.json    {"stage", "state": "running" | "complete", "identity": {...}}
+    OUT/STAGE/stage.json    {"stage", "state": "running" | "complete", "identity": {...},
+                             "outputs": {file: [size, digest]}}
 
 The identity is what the stage's output is made from: the content of its config files, a
 fingerprint of every input it reads from outside the run (names, sizes and modification times of
 its files), the identities of the stages it follows, and the settings that decide its output.
 Machine settings (how many GPUs, workers) are not part of it: a run resumed on another node is the
-same run. Started again, the pipeline
+same run. The outputs are every file the stage's directory holds when it completes, each with its
+size and a digest of its first and last MiB (atomic.content_digest). Started again, the pipeline
 
+- checks, before running anything, that the selected stages done before, and those they read,
+  still hold their outputs as they were made, and refuses, naming the files, where one was deleted
+  or changed since (files added later, as DPO's reference log-probs beside the data, are not the
+  stage's);
 - skips a complete stage whose identity is unchanged;
 - refuses a stage, complete or started, whose identity changed, naming what changed and the way
   out: a changed config is never silently reused, nor its stage silently redone;
@@ -40,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..atomic import atomic_file, fingerprint
+from ..atomic import atomic_file, content_digest, fingerprint
 from ..cli import STOPPED_EXIT, UserError
 
 STAMP = "stage.json"
@@ -120,6 +126,31 @@ class Pipeline:
                 "after": {name: self.stamp(name)["identity"] for name in stage.after},
                 "settings": stage.settings}
 
+    def outputs(self, name: str) -> dict[str, list]:
+        """Every file of the stage's directory but its stamp: [size, digest of its first and last MiB]."""
+        root, found = self.directory(name), {}
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file in sorted(f for f in files if not f.startswith(".") and f != STAMP):
+                path = os.path.join(dirpath, file)
+                found[os.path.relpath(path, root)] = [os.path.getsize(path), content_digest(path)]
+        return found
+
+    def check_outputs(self, name: str) -> None:
+        """A complete stage still holds what it made; else a RecipeError naming what is gone or changed."""
+        made = (self.stamp(name) or {}).get("outputs")
+        if not isinstance(made, dict):  # stamps written before outputs were recorded: not checked
+            return
+        now = self.outputs(name)
+        gone = [f for f in made if f not in now]
+        changed = [f for f in made if f in now and now[f] != made[f]]
+        if gone or changed:
+            listed = [f"{f} deleted" for f in gone[:3]] + [f"{f} changed" for f in changed[:3]]
+            more = len(gone) + len(changed) - len(listed)
+            raise RecipeError(f"stage {name} was complete, but {self.directory(name)} no longer holds what it made "
+                              f"({', '.join(listed)}{f' and {more} more' if more > 0 else ''}): move "
+                              f"{self.directory(name)} aside to redo it (and with it every stage after it)")
+
     def status(self, name: str) -> str:
         stamp = self.stamp(name)
         return "to run" if stamp is None else "done" if stamp.get("state") == "complete" else "started"
@@ -134,6 +165,11 @@ class Pipeline:
             if prepare:
                 prepare()
             log(self.plan_text(selected))
+            # before any work: what is kept, and what the selected stages read, must still be there
+            read = {name for s in selected for name in self.by_name[s].after}
+            for name in [s.name for s in self.stages if s.name in read or s.name in selected]:
+                if self.complete(name):
+                    self.check_outputs(name)
             started = time.time()
             for number, name in enumerate(selected, 1):
                 self._run_stage(self.by_name[name], f"[{number}/{len(selected)}]", log)
@@ -159,14 +195,16 @@ class Pipeline:
         for command in stage.commands():
             log(f"   $ {command}")
             self._execute(stage, command)
-        self._write_stamp(stage.name, "complete", identity)
+        self._write_stamp(stage.name, "complete", identity, self.outputs(stage.name))
         log(f"== {counter} {stage.name}: done in {duration(time.time() - began)}"
             + (f": {stage.result().splitlines()[0]}" if stage.result else ""))
 
-    def _write_stamp(self, name: str, state: str, identity: dict) -> None:
+    def _write_stamp(self, name: str, state: str, identity: dict, outputs: dict | None = None) -> None:
+        record = {"stage": name, "state": state, "identity": identity, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if outputs is not None:
+            record["outputs"] = outputs
         with atomic_file(os.path.join(self.directory(name), STAMP)) as f:
-            json.dump({"stage": name, "state": state, "identity": identity, "time": time.strftime("%Y-%m-%d %H:%M:%S")},
-                      f, indent=2)
+            json.dump(record, f, indent=2)
 
     def _changed_message(self, stage: Stage, stamp: dict, identity: dict) -> str:
         old = stamp.get("identity", {})

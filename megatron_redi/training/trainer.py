@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..checkpoint.hf_mapping import CheckpointError
 from ..checkpoint.native import NativeCheckpointReader, copy_side_files, write_hf
 from ..data import DatasetError, GlobalBatchSampler, TokenizedData, TrainingItem, pack
-from ..atomic import atomic_directory, atomic_file, check_output, fingerprint
+from ..atomic import atomic_directory, atomic_file, check_output, content_digest, fingerprint
 from ..settings import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
@@ -106,6 +106,8 @@ class Trainer:
         self.pad_token = int(self.data.meta["eos_token_id"])
         self.step, self.bad_steps = 0, 0
         self.resumed_from, self.resumed_step = None, None  # the checkpoint this run started from
+        self.started_from = {"model": content_digest(cfg.model.path),
+                             "data": (self.data.sft if self.sft else self.data.pairs).identity()}
         self.alarm = CollapseAlarm(cfg.collapse.window, cfg.collapse.drop)
         self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.thinning = checkpointing.Thinning(enabled=self.is_main)
@@ -141,7 +143,8 @@ class Trainer:
         if found is None:
             return
         path, state = found
-        try:  # first, before the tensors are read: the data and batch settings must be the checkpoint's
+        try:  # first, before the tensors are read: the inputs and settings must be the checkpoint's
+            self._check_same_run(state)
             self.sampler.load_state_dict(state["sampler"])
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}; resume with the settings of the run (its config.json), or choose "
@@ -157,6 +160,31 @@ class Trainer:
                      else f", resharded from TP {state['tp_size']} x DP {state['dp_size']}"
                           f"{' with ZeRO-1' if state['zero1'] else ''}")
             print(f"resumed from {path} (step {self.step}{moved})", flush=True)
+
+    # what a resumed run must have started from, as the checkpoint's run did (the data's order and
+    # batches: the sampler's own check)
+    SAME_RUN = {"model": "model.path", "data": "data.path"}
+    SAME_SETTINGS = (("train", "stage"), ("loss", None))
+
+    def _check_same_run(self, state: dict) -> None:
+        """Refuse a checkpoint made from another model, other data, another stage or loss (checkpoints
+        written before inputs were identified carry no ``started_from`` and are not checked)."""
+        before, changed = state.get("config", {}), []
+        for key, name in self.SAME_RUN.items():
+            if key in state.get("started_from", {}) and state["started_from"][key] != self.started_from[key]:
+                section, field = name.split(".")
+                was = before.get(section, {}).get(field)
+                changed.append(f"{name} holds other files than the run started from ({was})")
+        now = to_dict(self.cfg)
+        for section, field in self.SAME_SETTINGS:
+            old, new = before.get(section), now[section]
+            if old is None:
+                continue
+            for key in ([field] if field else sorted(new)):
+                if key in old and old[key] != new[key]:
+                    changed.append(f"{section}.{key} {old[key]} -> {new[key]}")
+        if changed:
+            raise ConfigError(f"the checkpoint's run differs from this one: {', '.join(changed)}")
 
     def _setup_reference(self):
         ref_path = self.cfg.reference.path or self.cfg.model.path
@@ -234,7 +262,7 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "optimizer_steps": self.master.step_count, "sampler": self.sampler.state_dict(),
                 "bad_steps": self.bad_steps, "alarm": {"chosen": self.alarm.chosen, "rejected": self.alarm.rejected},
-                "config": to_dict(self.cfg)}
+                "config": to_dict(self.cfg), "started_from": self.started_from}
 
     def save_checkpoint(self) -> str:
         if not self.master.all_finite():  # never persist broken weights

@@ -100,3 +100,24 @@ def test_summary_table_output_inside_its_input(tmp_path, capsys):
     err = refused(summary_table.main, f"run={tmp_path / 'eval'}", "--output", tmp_path / "eval" / "table.md",
                   capsys=capsys)
     assert "refused, it would overwrite" in err and snapshot(tmp_path / "eval") == kept
+
+
+def test_results_are_not_kept_for_another_tokenizer_or_chat_template(evaluate, model, tmp_path, capsys):
+    """The same checkpoint and benchmark, the prompts made with another chat template (a copy of the
+    tokenizer with its template changed): refused; the tokenizer copied elsewhere unchanged: kept."""
+    import shutil
+
+    checkpoint, tokenizer = model
+    bench, out = _bench(tmp_path / "b.jsonl"), tmp_path / "out"
+    assert evaluate([str(a) for a in _args(checkpoint, tokenizer, bench, out)]) == 0
+    written = snapshot(out)
+    other = tmp_path / "other_template"
+    shutil.copytree(tokenizer, other)
+    template = other / "chat_template.jinja"  # where transformers >= 5 saves it
+    assert "<|im_start|>system" in template.read_text()
+    template.write_text(template.read_text().replace("<|im_start|>system", "<|im_start|>System"))
+    err = refused(evaluate, *_args(checkpoint, other, bench, out), capsys=capsys)
+    assert "another tokenizer_sha256" in err and "chat template" in err and snapshot(out) == written
+    shutil.copytree(tokenizer, tmp_path / "same_tokenizer")
+    assert evaluate([str(a) for a in _args(checkpoint, tmp_path / "same_tokenizer", bench, out)]) == 0
+    assert "done before, kept" in capsys.readouterr().out and snapshot(out) == written

@@ -175,3 +175,35 @@ def test_dpo_reference_log_probs_are_one_file_with_their_reference(inputs, tmp_p
     stored.write_bytes(stored.read_bytes()[:100])  # a file cut short: computed again, never half used
     assert TokenizedData(str(copy)).pairs.stored_reference() is None
     assert sorted(os.listdir(copy / "pairs")) == sorted(os.listdir(os.path.join(data, "pairs")) + ["ref_logps.npz"])
+
+
+def test_a_resume_from_another_model_other_data_or_another_loss(inputs, tmp_path, capsys):
+    """Rerun into the same output directory with another --model.path (a model of the same shapes),
+    with another dataset of the same item count, or with another loss: refused, naming each change,
+    the checkpoints untouched; the same command with the run's own inputs resumes."""
+    from safetensors.torch import load_file, save_file
+
+    data, model = inputs
+    run = tmp_path / "run"
+    assert main(_args(data, model, run, "--checkpoint.every", "1", "--train.max_steps", "2")) == 0
+    kept = snapshot(run / "checkpoints", run / "metrics.jsonl", run / "config.json")
+    other_model = tmp_path / "other_model"  # the same shapes and files, other weights
+    shutil.copytree(model, other_model)
+    weights = load_file(other_model / "model.safetensors")
+    save_file({name: 1.01 * w for name, w in weights.items()}, other_model / "model.safetensors", {"format": "pt"})
+    other_data = tmp_path / "other_data"  # the same items, one token changed
+    shutil.copytree(data, other_data)
+    tokens = np.memmap(other_data / "pairs" / "tokens.bin", dtype=np.uint32, mode="r+")
+    tokens[-1] = (tokens[-1] + 1) % 300
+    tokens.flush()
+    del tokens
+    for where, message in ((dict(model=other_model), f"model.path holds other files than the run started from ({model})"),
+                           (dict(data=other_data), f"data.path holds other files than the run started from ({data})"),
+                           (dict(more=("--loss.alpha", "0.5")), "loss.alpha 0.8 -> 0.5")):
+        err = refused(main, *_args(where.get("data", data), where.get("model", model), run, "--train.max_steps", "3",
+                                   *where.get("more", ())), capsys=capsys)
+        assert "step_00000002" in err and message in err and "choose another train.output_dir" in err, err
+        assert snapshot(run / "checkpoints", run / "metrics.jsonl", run / "config.json") == kept
+    copied = tmp_path / "copied_model"  # the same model elsewhere: the same input
+    shutil.copytree(model, copied)
+    assert main(_args(data, copied, run, "--train.max_steps", "3")) == 0

@@ -47,6 +47,32 @@ def test_a_complete_stage_is_skipped(tmp_path):
     assert any("a: done before, kept" in line for line in log)
 
 
+def test_a_stage_whose_outputs_were_deleted_or_changed_since_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+
+    def pipeline():
+        write = f"import os; os.makedirs({str(out / 'a' / 'sub')!r}, exist_ok=True); " \
+                f"open({str(out / 'a' / 'sub' / 'made.txt')!r}, 'w').write('made'); " \
+                f"open({str(out / 'a' / 'kept.txt')!r}, 'w').write('kept')"
+        return Pipeline(str(out), [Stage("a", "makes two files", lambda: [Command([sys.executable, "-c", write])]),
+                                   Stage("b", "second", lambda: [_counting(tmp_path, "b")], after=("a",))])
+
+    pipeline().run(["a", "b"], log=lambda line: None)
+    assert set(_stamp(tmp_path, "a")["outputs"]) == {os.path.join("sub", "made.txt"), "kept.txt"}
+    (out / "a" / "added_later.txt").write_text("a later stage's file beside the outputs")
+    log = []
+    pipeline().run(["a", "b"], log=log.append)
+    assert any("a: done before, kept" in line for line in log) and _runs(tmp_path, "b") == 1
+    (out / "a" / "sub" / "made.txt").write_text("damaged")
+    with pytest.raises(RecipeError, match=r"stage a was complete, but .*out/a no longer holds what it made "
+                                          r"\(sub/made.txt changed\): move .*out/a aside to redo it"):
+        pipeline().run(["b"], log=lambda line: None)  # b alone asked for: it reads a
+    os.remove(out / "a" / "kept.txt")
+    with pytest.raises(RecipeError, match=r"\(kept.txt deleted, sub/made.txt changed\)"):
+        pipeline().run(["a", "b"], log=lambda line: None)
+    assert _runs(tmp_path, "b") == 1  # refused before any command ran
+
+
 def test_a_changed_config_is_refused_with_the_way_out(tmp_path):
     _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
     with pytest.raises(RecipeError, match=r"stage a was made from other inputs.*its config file.*move .*out/a aside"):
