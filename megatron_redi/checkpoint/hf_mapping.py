@@ -84,6 +84,22 @@ def name_table(cfg: ModelConfig) -> list[Entry]:
     return table
 
 
+def check_counts(cfg: ModelConfig, names, embed_shape, layer_prefix: str, source: str) -> None:
+    """The config's sizes against what the checkpoint's files hold, before anything is built from
+    them (a name table of a billion layers, a model of a billion rows): the layer count against the
+    layers the files name, the vocabulary and hidden size against the embedding's shape."""
+    held = {int(n[len(layer_prefix):].split(".", 1)[0]) for n in names
+            if n.startswith(layer_prefix) and n[len(layer_prefix):].split(".", 1)[0].isdigit()}
+    consecutive = held == set(range(len(held)))
+    if len(held) != cfg.num_layers or not consecutive:
+        have = f"layers 0 to {len(held) - 1}" if consecutive and held else f"{len(held)} layers"
+        raise CheckpointError(f"{source}: the config says {cfg.num_layers} layers (num_hidden_layers), the files "
+                              f"hold {have}")
+    if embed_shape is not None and tuple(embed_shape) != (cfg.vocab_size, cfg.hidden_size):
+        raise CheckpointError(f"{source}: the config says vocab_size {cfg.vocab_size} and hidden_size "
+                              f"{cfg.hidden_size}; the embedding in the files is {list(embed_shape)}")
+
+
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The shape every HF tensor must have under this config."""
     h, f, hd, v = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size
@@ -186,8 +202,10 @@ class HFCheckpointReader:
 
     def validate(self, cfg: ModelConfig) -> None:
         """Every tensor the config needs is present with its shape, and nothing unknown is."""
-        expected = hf_shapes(cfg)
         present = self.names()
+        embed = "model.embed_tokens.weight"
+        check_counts(cfg, present, self.shape(embed) if embed in present else None, "model.layers.", self.path)
+        expected = hf_shapes(cfg)
         # Tied checkpoints sometimes carry a copy of the head anyway; old ones carry RoPE buffers.
         ignorable = {n for n in present if n.endswith("rotary_emb.inv_freq")}
         if cfg.tie_word_embeddings:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..model_config import ModelConfig
 from ..settings import load_json
 from ..parallel.layout import LayoutError, TPLayout
-from .hf_mapping import CheckpointError, hf_shapes, merge_shards, name_table, shard_for_rank
+from .hf_mapping import CheckpointError, check_counts, hf_shapes, merge_shards, name_table, shard_for_rank
 from .safetensors_io import DTYPE_NAMES, SafetensorsFile, StreamingWriter
 
 FORMAT_NAME = "megatron_redi"
@@ -81,6 +81,9 @@ class NativeCheckpointReader:
         self.cfg = ModelConfig.from_hf_dict(meta["model_config"], source=meta_file)
         self.tp_size = tp
         self._files = [SafetensorsFile(os.path.join(path, rank_file(r))) for r in range(self.tp_size)]
+        first = self._files[0]
+        embed = first.shape("embed.weight") if "embed.weight" in first.names() else None
+        check_counts(self.cfg, first.names(), embed and (embed[0] * self.tp_size, *embed[1:]), "layers.", first.path)
         self._table = name_table(self.cfg)
         self._entry_of = {hf: e for e in self._table for hf in e.hf}
         self._cached: tuple[str, dict] | None = None
@@ -109,6 +112,10 @@ class NativeCheckpointReader:
 
     def names(self) -> set[str]:
         return set(self._entry_of)
+
+    def shard_shapes(self, rank: int) -> dict[str, tuple[int, ...]]:
+        """TP rank ``rank``'s tensors and their shapes, from its file's header."""
+        return {name: self._files[rank].shape(name) for name in self._files[rank].names()}
 
     def read_shard(self, native_name: str, rank: int) -> torch.Tensor:
         return self._files[rank].read(native_name)

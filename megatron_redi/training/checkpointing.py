@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -260,10 +261,30 @@ def validate(path: str, parallel: ParallelState) -> dict:
     reader = NativeCheckpointReader(path)  # checks format, version, every tensor of every rank file
     with open(os.path.join(path, "training", "state.json")) as f:
         state = json.load(f)
-    for file in reshard.optimizer_files(path, state).values():
-        SafetensorsFile(file).close()
+    _check_moments(path, state, reader)
     del reader
     return state
+
+
+def _check_moments(path: str, state: dict, reader: NativeCheckpointReader) -> None:
+    """Every AdamW moment file holds the two moments of the two weight-decay groups (training/
+    grad_buffer.py's flat layouts: matrices, then vectors), fp32, as long as the master weights of
+    its TP rank imply for the checkpoint's DP size, from the files' headers alone."""
+    replicas = state["dp_size"]
+    for (tp, _), file in reshard.optimizer_files(path, state).items():
+        shards = reader.shard_shapes(tp)
+        moments = SafetensorsFile(file)
+        want = {}
+        for group, decay in enumerate((True, False)):  # no_weight_decay: parameters of fewer than 2 dimensions
+            n = sum(math.prod(shape) for shape in shards.values() if (len(shape) >= 2) == decay)
+            padded = n + (-n % replicas)
+            for moment in ("exp_avg", "exp_avg_sq"):
+                want[f"{moment}.{group}"] = (padded // replicas if state["zero1"] else padded,)
+        held = {name: (moments.shape(name), moments.dtype(name)) for name in moments.names()}
+        moments.close()
+        if held != {name: (shape, torch.float32) for name, shape in want.items()}:
+            raise CheckpointError(f"{file}: holds {sorted(held)} (shapes {[list(s) for s, _ in held.values()]}), not "
+                                  f"the AdamW moments of TP rank {tp}: {[f'{n} {list(s)} float32' for n, s in want.items()]}")
 
 
 def find_resumable(root: str, parallel: ParallelState) -> tuple[str, dict] | None:

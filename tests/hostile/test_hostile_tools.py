@@ -10,7 +10,9 @@ import pytest
 from nothing_lost import ROOT, refused, script, snapshot
 
 from megatron_redi import atomic
+from megatron_redi.checkpoint import CheckpointError
 from megatron_redi.checkpoint.convert import main as convert
+from megatron_redi.model import from_pretrained
 from megatron_redi.cli import UserError, command
 from megatron_redi.commands import plot_metrics
 from megatron_redi.settings import ConfigError
@@ -57,6 +59,27 @@ def test_a_config_json_with_the_wrong_types(hf_copy, tmp_path, capsys, edit, mes
     (hf_copy / "config.json").write_text(json.dumps(edit(config)))
     err = refused(convert, "hf-to-native", "--input", hf_copy, "--output", tmp_path / "out", "--tp", "1", capsys=capsys)
     assert message in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"num_hidden_layers": 10**9}, "the config says 1000000000 layers (num_hidden_layers), the files hold layers 0 to 1"),
+    ({"vocab_size": 10**10}, "the config says vocab_size 10000000000 and hidden_size 64; the embedding in the files is "
+                             "[384, 64]"),
+    ({"hidden_size": 2**31, "num_attention_heads": 2**10}, "hidden_size 2147483648; the embedding in the files is"),
+])
+def test_a_config_json_of_absurd_sizes_is_refused_before_anything_is_built(hf_copy, tmp_path, capsys, sizes, message):
+    """Sizes checked against the files' headers first: no name table of a billion layers, no model of
+    ten billion rows (each refusal in well under a second)."""
+    import time
+
+    (hf_copy / "config.json").write_text(json.dumps({**json.loads((hf_copy / "config.json").read_text()), **sizes}))
+    for argv in (["hf-to-native", "--input", hf_copy, "--output", tmp_path / "out", "--tp", "1"],
+                 ["hf-to-native", "--input", hf_copy, "--output", tmp_path / "out", "--tp", "1", "--dry-run"]):
+        start = time.monotonic()
+        err = refused(convert, *argv, capsys=capsys)
+        assert message in err and time.monotonic() - start < 1 and not (tmp_path / "out").exists(), err
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        from_pretrained(str(hf_copy))
 
 
 @pytest.mark.parametrize("index", ['["model.safetensors"]', '{"weight_map": ["model.safetensors"]}', '{"meta": 1}'])

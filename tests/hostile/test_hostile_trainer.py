@@ -207,3 +207,28 @@ def test_a_resume_from_another_model_other_data_or_another_loss(inputs, tmp_path
     copied = tmp_path / "copied_model"  # the same model elsewhere: the same input
     shutil.copytree(model, copied)
     assert main(_args(data, copied, run, "--train.max_steps", "3")) == 0
+
+
+def test_a_moment_file_holding_other_tensors_is_skipped_for_the_previous_checkpoint(inputs, tmp_path, capsys):
+    """Valid safetensors, the wrong tensors (a name missing, a length off by one): the newest
+    checkpoint is passed over with a warning naming the file, the one before it resumed; when no
+    checkpoint is left, exit 2 naming the directory."""
+    from safetensors.torch import load_file, save_file
+
+    data, model = inputs
+    run = tmp_path / "run"
+    assert main(_args(data, model, run, "--checkpoint.every", "1", "--train.max_steps", "2",
+                      "--checkpoint.keep", "2")) == 0
+    newest = run / "checkpoints" / "step_00000002" / "training" / "optim_tp00_dp00.safetensors"
+    moments = load_file(newest)
+    save_file({**moments, "exp_avg.1": moments["exp_avg.1"][:-1]}, newest)
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=r"step_00000002 is incomplete or damaged .*optim_tp00_dp00.safetensors"):
+        assert main(_args(data, model, run, "--train.max_steps", "3", "--checkpoint.keep", "2")) == 0
+    assert "resumed from" in capsys.readouterr().out
+    for step in ("00000002", "00000003"):
+        file = run / "checkpoints" / f"step_{step}" / "training" / "optim_tp00_dp00.safetensors"
+        if file.exists():
+            save_file({k: v for k, v in load_file(file).items() if k != "exp_avg_sq.0"}, file)
+    err = refused(main, *_args(data, model, run, "--train.max_steps", "4"), capsys=capsys)
+    assert "none of its" in err and "can be resumed" in err
