@@ -89,12 +89,16 @@ class SafetensorsFile:
         _validate_entries(path, header, size - self._data_start)
 
     def close(self):
-        os.close(self._fd)
+        """Once: the descriptor's number may belong to another file afterwards, which a second
+        close (the finaliser's) would close under it."""
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def __del__(self):
         try:
-            os.close(self._fd)
-        except (OSError, AttributeError):
+            self.close()
+        except OSError:
             pass
 
     def names(self) -> list[str]:

@@ -66,3 +66,18 @@ def test_dry_run_no_longer_calls_a_forged_file_valid(tiny_checkpoint, tmp_path, 
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
     assert main(["hf-to-native", "--input", str(src), "--output", str(tmp_path / "o"), "--tp", "1", "--dry-run"]) == 2
     assert name in capsys.readouterr().err
+
+
+def test_a_closed_file_never_closes_a_descriptor_again(tmp_path):
+    """close() then the finaliser: the second close would hit whichever file reused the number."""
+    import gc
+
+    for name in ("a", "b"):
+        save_file({"x": torch.arange(4.0)}, tmp_path / f"{name}.safetensors")
+    first = SafetensorsFile(str(tmp_path / "a.safetensors"))
+    first.close()
+    second = SafetensorsFile(str(tmp_path / "b.safetensors"))  # takes the number just freed
+    del first
+    gc.collect()
+    assert torch.equal(second.read("x"), torch.arange(4.0))
+    second.close()
