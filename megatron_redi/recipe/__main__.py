@@ -34,7 +34,7 @@ def gpu_count() -> int:
 
 def _positive(env, name: str, default: int) -> int:
     value = env.get(name) or str(default)
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # "²".isdigit(), but int() refuses it
         raise RecipeError(f"{name}={value}: not a positive integer")
     return int(value)
 
@@ -72,6 +72,8 @@ def selected_stages(pipeline: Pipeline, spec: str | None) -> list[str]:
     if not spec:
         return names
     wanted = [n.strip() for n in spec.split(",") if n.strip()]
+    if not wanted:
+        raise RecipeError(f"STAGES={spec}: names no stage (its stages: {','.join(names)})")
     unknown = [n for n in wanted if n not in names]
     if unknown:
         raise RecipeError(f"STAGES: no stage {', '.join(unknown)} in this recipe (its stages: {','.join(names)})")
@@ -79,8 +81,11 @@ def selected_stages(pipeline: Pipeline, spec: str | None) -> list[str]:
 
 
 def missing_inputs(s: Settings, pipeline: Pipeline, selected: list[str]) -> list[str]:
-    """One line per input that the selected stages read and that is not there, with its download."""
+    """One line per input that the selected stages read and that is not there, with its download (at
+    toy scale only SFT: the toy makes its model, corpus and benchmarks itself)."""
     needed = {p for name in selected for p in pipeline.by_name[name].inputs}
+    if s.toy:
+        needed &= {s.sft}
     lines = []
     for path in dict.fromkeys(p for p in (s.model, s.tokenizer) if p in needed):
         if not os.path.isdir(path):
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
         s = settings_from(env, args.recipe, root if not root.startswith("..") else os.path.abspath(args.root))
         pipeline = Pipeline(s.out, RECIPES[args.recipe](s))
         selected = selected_stages(pipeline, env.get("STAGES"))
-        missing = [] if s.toy else missing_inputs(s, pipeline, selected)
+        missing = missing_inputs(s, pipeline, selected)
         if dry_run:
             print(pipeline.dry_run_text(selected))
             if missing:

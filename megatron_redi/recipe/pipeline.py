@@ -6,8 +6,8 @@ complete when its stamp, written last and atomically, says so:
     OUT/STAGE/stage.json    {"stage", "state": "running" | "complete", "identity": {...},
                              "outputs": {file: [size, digest]}}
 
-The identity is what the stage's output is made from: the content of its config files, a
-fingerprint of every input it reads from outside the run (names, sizes and modification times of
+The identity is what the stage's output is made from: the content of its config files (by name,
+wherever the repository lies), a fingerprint of every input it reads from outside the run (names, sizes and modification times of
 its files), the identities of the stages it follows, and the settings that decide its output.
 Machine settings (how many GPUs, workers) are not part of it: a run resumed on another node is the
 same run. The outputs are every file the stage's directory holds when it completes, each with its
@@ -95,6 +95,19 @@ def _digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _by_content(identity: dict) -> dict:
+    """An identity with its configs named by file name (stamps written before this keyed them by
+    absolute path, which a copy of the repository elsewhere changes)."""
+    configs = identity.get("configs")
+    if isinstance(configs, dict):
+        identity = {**identity, "configs": {os.path.basename(k): v for k, v in configs.items()}}
+    return identity
+
+
+def same_identity(recorded: dict, now: dict) -> bool:
+    return _by_content(recorded) == now
+
+
 class Pipeline:
     def __init__(self, out: str, stages: list[Stage]):
         self.out, self.stages = out, stages
@@ -109,10 +122,14 @@ class Pipeline:
             return None
         try:
             with open(path) as f:
-                return json.load(f)
+                stamp = json.load(f)
+            if not (isinstance(stamp, dict) and stamp.get("state") in ("running", "complete")
+                    and isinstance(stamp.get("identity"), dict)):
+                raise ValueError("not a stage's record: an object with its state and identity")
         except (OSError, ValueError) as e:
             raise RecipeError(f"{path}: unreadable stage stamp ({e}); move {self.directory(name)} aside to redo "
                               "the stage") from None
+        return stamp
 
     def complete(self, name: str) -> bool:
         return self.status(name) == "done"
@@ -121,7 +138,7 @@ class Pipeline:
         missing = [p for p in stage.inputs if not os.path.exists(p)]
         if missing:
             raise RecipeError(f"stage {stage.name}: input {', '.join(missing)} does not exist")
-        return {"configs": {os.path.realpath(c): _digest(c) for c in stage.configs},
+        return {"configs": {os.path.basename(c): _digest(c) for c in stage.configs},
                 "inputs": [fingerprint(p) for p in stage.inputs],
                 "after": {name: self.stamp(name)["identity"] for name in stage.after},
                 "settings": stage.settings}
@@ -151,6 +168,28 @@ class Pipeline:
                               f"({', '.join(listed)}{f' and {more} more' if more > 0 else ''}): move "
                               f"{self.directory(name)} aside to redo it (and with it every stage after it)")
 
+    def check_plan(self, selected: list[str]) -> None:
+        """Everything that can be found wrong before the first command runs: a stage following one
+        neither complete nor run before it; a stage done before, or one a selected stage reads, that
+        no longer holds its outputs; a stage with a stamp whose identity changed (where the stages it
+        follows are complete, so that its identity is known now)."""
+        if not selected:
+            raise RecipeError("no stage selected: nothing to run")
+        for i, name in enumerate(selected):
+            for dep in self.by_name[name].after:
+                if not self.complete(dep) and dep not in selected[:i]:
+                    raise RecipeError(f"stage {name} needs stage {dep} complete first (add it to STAGES)")
+        read = {dep for name in selected for dep in self.by_name[name].after}
+        for stage in self.stages:
+            if (stage.name in read or stage.name in selected) and self.complete(stage.name):
+                self.check_outputs(stage.name)
+        for name in selected:
+            stage, stamp = self.by_name[name], self.stamp(name)
+            if stamp is not None and all(self.complete(dep) for dep in stage.after):
+                identity = self.identity(stage)
+                if not same_identity(stamp["identity"], identity):
+                    raise RecipeError(self._changed_message(stage, stamp, identity))
+
     def status(self, name: str) -> str:
         stamp = self.stamp(name)
         return "to run" if stamp is None else "done" if stamp.get("state") == "complete" else "started"
@@ -165,11 +204,7 @@ class Pipeline:
             if prepare:
                 prepare()
             log(self.plan_text(selected))
-            # before any work: what is kept, and what the selected stages read, must still be there
-            read = {name for s in selected for name in self.by_name[s].after}
-            for name in [s.name for s in self.stages if s.name in read or s.name in selected]:
-                if self.complete(name):
-                    self.check_outputs(name)
+            self.check_plan(selected)
             started = time.time()
             for number, name in enumerate(selected, 1):
                 self._run_stage(self.by_name[name], f"[{number}/{len(selected)}]", log)
@@ -177,12 +212,9 @@ class Pipeline:
             log(self.summary_text())
 
     def _run_stage(self, stage: Stage, counter: str, log) -> None:
-        for name in stage.after:
-            if not self.complete(name):
-                raise RecipeError(f"stage {stage.name} needs stage {name} complete first (add it to STAGES)")
         identity = self.identity(stage)
         stamp = self.stamp(stage.name)
-        if stamp is not None and stamp.get("identity") != identity:
+        if stamp is not None and not same_identity(stamp["identity"], identity):
             raise RecipeError(self._changed_message(stage, stamp, identity))
         if stamp is not None and stamp.get("state") == "complete":
             log(f"== {counter} {stage.name}: done before, kept"
@@ -207,7 +239,7 @@ class Pipeline:
             json.dump(record, f, indent=2)
 
     def _changed_message(self, stage: Stage, stamp: dict, identity: dict) -> str:
-        old = stamp.get("identity", {})
+        old = _by_content(stamp["identity"])
         changed = [key for key in ("configs", "inputs", "after", "settings") if old.get(key) != identity[key]]
         what = {"configs": "its config file", "inputs": "its input files", "after": "a stage it follows",
                 "settings": "its settings"}

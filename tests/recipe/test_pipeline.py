@@ -193,3 +193,51 @@ def test_a_command_that_exits_3_was_stopped(tmp_path):
     with pytest.raises(RecipeStopped, match="stopped \\(a signal to its command\\) in stage node") as stopped:
         Pipeline(str(tmp_path / "out"), [stage]).run(["node"], log=lambda line: None)
     assert stopped.value.exit_code == 3 and _stamp(tmp_path, "node")["state"] == "running"
+
+
+def test_the_whole_plan_is_checked_before_the_first_command(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("lr: 1\n")
+    stages = [Stage("a", "first", lambda: [_counting(tmp_path, "a")]),
+              Stage("b", "second", lambda: [_counting(tmp_path, "b")], after=("a",)),
+              Stage("c", "third", lambda: [_counting(tmp_path, "c")], after=("b",), configs=(str(config),))]
+    with pytest.raises(RecipeError, match=r"stage c needs stage b complete first \(add it to STAGES\)"):
+        Pipeline(str(tmp_path / "out"), stages).run(["a", "c"], log=lambda line: None)
+    assert _runs(tmp_path, "a") == 0  # a was not run for nothing
+    with pytest.raises(RecipeError, match="no stage selected"):
+        Pipeline(str(tmp_path / "out"), stages).run([], log=lambda line: None)
+    Pipeline(str(tmp_path / "out"), stages).run(["a", "b", "c"], log=lambda line: None)
+    config.write_text("lr: 2\n")  # c's config changed: refused before a and b are looked at again
+    with pytest.raises(RecipeError, match="stage c was made from other inputs"):
+        Pipeline(str(tmp_path / "out"), stages).run(["a", "b", "c"], log=lambda line: None)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"state": "complete"}', '{"state": "done", "identity": {}}', '"x"'])
+def test_a_stamp_of_the_wrong_shape_is_named(tmp_path, content):
+    _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
+    (tmp_path / "out" / "a" / "stage.json").write_text(content)
+    with pytest.raises(RecipeError, match=r"out/a/stage.json: unreadable stage stamp .*move .*out/a aside"):
+        _pipeline(tmp_path).run(["a", "b"], log=lambda line: None)
+
+
+def test_configs_are_identified_by_content_not_by_where_the_repository_lies(tmp_path):
+    """The same run from another copy of the repository (its configs elsewhere, byte for byte the
+    same): kept; a stamp written with configs keyed by absolute path (before this) is kept too."""
+    first, second = tmp_path / "repo1", tmp_path / "repo2"
+    for repo in (first, second):
+        repo.mkdir()
+        (repo / "redi.yaml").write_text("lr: 1\n")
+
+    def pipeline(repo):
+        return Pipeline(str(tmp_path / "out"), [Stage("a", "first", lambda: [_counting(tmp_path, "a")],
+                                                      configs=(str(repo / "redi.yaml"),))])
+
+    pipeline(first).run(["a"], log=lambda line: None)
+    log = []
+    pipeline(second).run(["a"], log=log.append)
+    assert _runs(tmp_path, "a") == 1 and any("a: done before, kept" in line for line in log)
+    stamp = _stamp(tmp_path, "a")
+    stamp["identity"]["configs"] = {str(first / "redi.yaml"): stamp["identity"]["configs"]["redi.yaml"]}
+    (tmp_path / "out" / "a" / "stage.json").write_text(json.dumps(stamp))
+    pipeline(second).run(["a"], log=lambda line: None)
+    assert _runs(tmp_path, "a") == 1
