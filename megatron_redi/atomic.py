@@ -163,7 +163,11 @@ def remove_stale_temporaries(output: str) -> None:
     for tmp in glob.glob(pattern):
         pid = tmp.rsplit(".tmp-", 1)[1].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # a file's (atomic_file's)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -193,6 +197,7 @@ def atomic_file(path: str, mode: str = "w"):
     block ends without error (replacing an existing file), and removed otherwise."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode) as f:

@@ -126,25 +126,26 @@ class ModelConfig:
         if other_layers:  # transformers >= 5 names each layer's attention; sliding windows are not built
             raise ConfigError(f"{source}: layer_types has {', '.join(map(str, other_layers))}; only full_attention "
                               "layers are supported")
-        try:
-            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-            kwargs = dict(
-                architecture=archs[0] if archs else family.architectures[0],
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_layers=int(cfg["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            )
-        except KeyError as e:
-            raise ConfigError(f"{source}: required field {e.args[0]!r} is missing") from None
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if cfg.get(key) is None:
+                raise ConfigError(f"{source}: required field {key!r} is missing" + (" (null)" if key in cfg else ""))
+        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+        kwargs = dict(
+            architecture=archs[0] if archs else family.architectures[0],
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        )
         kwargs["head_dim"] = int(read("head_dim") or hidden // heads)
         # transformers >= 5 nests theta and scaling in rope_parameters; older files keep
         # rope_theta and rope_scaling at the top level.
         rope = dict(cfg.get("rope_parameters") or {})
         rope.update(cfg.get("rope_scaling") or {})
-        theta = cfg.get("rope_theta", rope.get("rope_theta", family.defaults["rope_theta"]))
+        theta = next((t for t in (cfg.get("rope_theta"), rope.get("rope_theta")) if t is not None),
+                     family.defaults["rope_theta"])
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in family.rope_types:
             raise ConfigError(f"{source}: rope type {rope_type!r} is not supported for {family.name} "

@@ -98,6 +98,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:  # "? [a, b]": no setting's name
+                raise yaml.constructor.ConstructorError(None, None, f"a key that is a {type(key).__name__} "
+                                                        f"({key!r}), not a name", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                         key_node.start_mark)

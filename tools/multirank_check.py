@@ -31,6 +31,9 @@ import time
 
 from megatron_redi.atomic import check_output
 from megatron_redi.cli import HelpFormatter, command
+from megatron_redi.data import TokenizedData
+from megatron_redi.eval import load_benchmark
+from megatron_redi.settings import local_directory, tokenizer_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANKS, TP, STEPS, SIGNAL_AFTER = 4, 2, 8, 2
@@ -81,7 +84,10 @@ def interrupted(cmd: list[str], env: dict, run: str, log: str) -> str:
         while len(steps_logged(run)) < SIGNAL_AFTER and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        if proc.poll() is None and workers:
+        if proc.poll() is not None:  # it ended by itself: its own error is the cause
+            raise CheckFailed(f"the training exited {proc.returncode} before the signal; see {log}: "
+                              f"{open(log).read()[-2000:]}")
+        if workers:
             os.kill(int(workers[-1]), signal.SIGTERM)  # one rank only: the ranks must agree to stop together
         proc.wait(timeout=600)
     text = open(log).read()
@@ -133,6 +139,10 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="a new directory for the runs and their logs")
     p.add_argument("--shared-gpu", action="store_true", help="all ranks on one GPU over gloo")
     args = p.parse_args(argv)
+    local_directory(args.model, "--model")  # each input named now, not as a run that failed to start
+    TokenizedData(local_directory(args.data, "--data"))
+    tokenizer_directory(args.tokenizer or os.path.join(args.data, "tokenizer"))
+    load_benchmark(args.benchmark)
     check_output(args.output, overwrite=False, keep=(args.model, args.data, args.benchmark, args.tokenizer or ""))
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, MEGATRON_REDI_CHECK_COLLECTIVES="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

@@ -149,6 +149,17 @@ def shard_for_rank(entry: Entry, read: Reader, layout: TPLayout, rank: int) -> t
     raise AssertionError(f"unknown surgery {entry.surgery}")
 
 
+def _own_tree(path: str) -> str:
+    """The directory a checkpoint's files may lie in: the checkpoint itself, or, for a snapshot of
+    the Hugging Face cache (``models--ORG--NAME/snapshots/REVISION``, whose files are links into
+    ``models--ORG--NAME/blobs``), the cache's tree of that model."""
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots" and os.path.isdir(os.path.join(os.path.dirname(parent), "blobs")):
+        return os.path.dirname(parent)
+    return real
+
+
 class HFCheckpointReader:
     """Sliced access to the tensors of an HF safetensors checkpoint (one file, or shards listed by
     ``model.safetensors.index.json``), reading only the bytes asked for."""
@@ -165,7 +176,7 @@ class HFCheckpointReader:
                 raise CheckpointError(f"{index}: not a valid index ({type(e).__name__}: {e})") from None
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: weight_map is not an object")
-            root = os.path.realpath(path)
+            root = _own_tree(path)
             self.files = {}
             for name, file in weight_map.items():
                 full = os.path.join(path, file) if isinstance(file, str) else ""

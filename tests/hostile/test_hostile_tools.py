@@ -53,6 +53,8 @@ def hf_copy(tiny_checkpoint, tmp_path):
     (lambda c: {**c, "tie_word_embeddings": 1}, "field 'tie_word_embeddings' is 1; expected bool"),
     (lambda c: {**c, "rope_scaling": [1, 2]}, "field 'rope_scaling' is [1, 2]; expected dict"),
     (lambda c: [c], "config.json: a JSON list, not an object of fields"),
+    (lambda c: {**c, "vocab_size": None}, "config.json: required field 'vocab_size' is missing (null)"),
+    (lambda c: {k: v for k, v in c.items() if k != "num_hidden_layers"}, "required field 'num_hidden_layers' is missing"),
 ])
 def test_a_config_json_with_the_wrong_types(hf_copy, tmp_path, capsys, edit, message):
     config = json.loads((hf_copy / "config.json").read_text())
@@ -158,6 +160,31 @@ def test_the_recipe_s_outputs_over_its_inputs(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(name, str(value))
     err = refused(recipe, "table1", capsys=capsys)
     assert "refused, it would overwrite" in err and os.listdir(tmp_path / "model") == ["config.json"]
+
+
+def test_multirank_check_names_a_missing_input_at_once(tmp_path, capsys):
+    import time
+
+    start = time.monotonic()
+    err = refused(script("multirank_check"), "--model", tmp_path / "nothing", "--data", tmp_path / "none",
+                  "--benchmark", tmp_path / "b.jsonl", "--output", tmp_path / "out", capsys=capsys)
+    assert f"{tmp_path / 'nothing'}: no such directory (--model must be a local directory" in err
+    assert time.monotonic() - start < 30 and not (tmp_path / "out").exists()
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next(tmp_path):
+    """An evaluation killed while a result file was flushed leaves .NAME.tmp-PID; the rerun's
+    write of that file removes it."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".math500.jsonl.tmp-{int(dead.stdout)}"
+    stale.write_text("half a result")
+    with atomic.atomic_file(str(tmp_path / "math500.jsonl")) as f:
+        f.write("whole\n")
+    assert not stale.exists() and (tmp_path / "math500.jsonl").read_text() == "whole\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["math500.jsonl"]
 
 
 def test_a_directory_is_replaced_in_one_step(tmp_path, monkeypatch):

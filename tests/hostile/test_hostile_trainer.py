@@ -96,6 +96,17 @@ def test_a_yaml_key_given_twice(inputs, tmp_path, capsys):
     assert "c.yaml" in err and "the key 'lr' is given twice" in err and "line 4" in err
 
 
+@pytest.mark.parametrize("text, message", [
+    ("? [lr, eps]\n: 1\n", "a key that is a list (['lr', 'eps']), not a name"),
+    ("optim:\n  ? {lr: 1}\n  : 2\n", "a key that is a dict ({'lr': 1}), not a name"),
+])
+def test_a_yaml_key_that_is_a_list_or_a_mapping(inputs, tmp_path, capsys, text, message):
+    data, model = inputs
+    (tmp_path / "c.yaml").write_text(text)
+    err = refused(main, "--config", tmp_path / "c.yaml", *_args(data, model, tmp_path / "run"), capsys=capsys)
+    assert "c.yaml: not valid YAML" in err and message in err and "line" in err
+
+
 def test_an_in_training_benchmark_with_an_empty_answer(inputs, tmp_path, capsys):
     data, model = inputs
     (tmp_path / "b.jsonl").write_text('{"problem": "1 + 1", "answer": "2"}\n{"problem": "2 + 2", "answer": " "}\n')

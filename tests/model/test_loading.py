@@ -163,3 +163,32 @@ def test_the_decoder_s_former_name_still_imports():
     from megatron_redi.model.qwen2 import Qwen2Model as from_its_old_module
 
     assert Qwen2Model is Decoder and from_its_old_module is Decoder
+
+
+def test_a_sharded_model_in_the_hugging_face_cache_layout(tiny_checkpoint, tmp_path):
+    """snapshot_download's layout: the snapshot's files are links into the model's blobs/. Accepted
+    (transformers loads it); a link leaving the model's tree is still refused."""
+    import hashlib
+
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_checkpoint()).save_pretrained(sharded, max_shard_size="40KB")
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sharded.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    a, b = from_pretrained(str(sharded)), from_pretrained(str(snapshot))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    outside = tmp_path / "elsewhere.safetensors"
+    index = json.loads((snapshot / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    shutil.copy(snapshot / first, outside)
+    (snapshot / first).unlink()
+    (snapshot / first).symlink_to(outside)
+    with pytest.raises(CheckpointError, match="not a file inside the checkpoint"):
+        from_pretrained(str(snapshot))
