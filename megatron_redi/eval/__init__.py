@@ -1,10 +1,20 @@
-"""Evaluation: generation with a KV cache, answer checking, pass@1 with SEM and pass@k."""
+"""Evaluation: generation with a KV cache, answer checking, pass@1 with SEM and pass@k.
 
-from .answers import is_correct, last_boxed
-from .generate import generate
-from .metrics import pass_at_k, summarize
-from .protocol import Protocol
-from .runner import BenchmarkError, build_prompt, evaluate, load_benchmark, prompt_text, score
+The names below are imported when first used, so that importing one module of the package (the
+answer checkers, in each checking worker: checking.py) does not import the rest of it (torch,
+the model) for nothing.
+"""
 
-__all__ = ["BenchmarkError", "Protocol", "build_prompt", "evaluate", "generate", "is_correct", "last_boxed", "load_benchmark",
-           "pass_at_k", "prompt_text", "score", "summarize"]
+import importlib
+
+_HOMES = {"is_correct": "answers", "last_boxed": "answers", "generate": "generate", "pass_at_k": "metrics",
+          "summarize": "metrics", "Protocol": "protocol", "BenchmarkError": "runner", "build_prompt": "runner",
+          "evaluate": "runner", "load_benchmark": "runner", "prompt_text": "runner", "score": "runner"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
