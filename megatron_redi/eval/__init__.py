@@ -6,6 +6,8 @@ the model) for nothing.
 """
 
 import importlib
+import sys
+import types
 
 _HOMES = {"is_correct": "answers", "last_boxed": "answers", "generate": "generate", "pass_at_k": "metrics",
           "summarize": "metrics", "Protocol": "protocol", "BenchmarkError": "runner", "build_prompt": "runner",
@@ -18,3 +20,20 @@ def __getattr__(name: str):
     if name in _HOMES:
         return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``generate`` names both a submodule and the function the package exports: loading the
+    submodule records it as the package's attribute, which would hide the function from
+    ``__getattr__``; the export keeps the name."""
+
+    @property
+    def generate(self):
+        return importlib.import_module(".generate", __name__).generate
+
+    @generate.setter
+    def generate(self, submodule):
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
