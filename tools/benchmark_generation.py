@@ -8,9 +8,12 @@ batching against the static batching it replaced, on generations of long-tailed 
 
 --batching: --jobs generations sampled at temperature 1 from the random model, each stopping when it
 draws one of a set of stop tokens sized so that a generation's expected length is a quarter of
---new-tokens: most stop early, a few run to the limit, as reasoning traces do. Both ways generate
-the very same tokens (each job has its own seed; checked), so the ratio of their tokens/s is what
-continuous batching buys.
+--new-tokens: most stop early, a few run to the limit, as reasoning traces do. Each job has its own
+seed, so both ways generate the very same tokens where the arithmetic does not depend on which
+prompts are prefilled together: on CPU in fp32 (checked: a difference is an error). In bf16 on
+CUDA, prefills of different groupings round differently and a sampled token near a tie may change;
+there the share of identical generations and the first divergence are reported instead. The ratio
+of their tokens/s is what continuous batching buys.
 
 Both decode greedily and exactly --new-tokens per prompt (no stop token), so that they do the
 same work; tokens/s counts generated tokens over the wall time of the whole batch (prefill
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
                                min_new_tokens=args.new_tokens, do_sample=False, cache_implementation="static",
-                               pad_token_id=0)
+                               pad_token_id=0, disable_compile=True)  # the eager baseline: no compile on CUDA
 
     same = sum(a == b for a, b in zip(run_ours(), run_hf()[:, args.prompt_len:].tolist()))
     tokens = args.batch * args.new_tokens
@@ -109,6 +112,20 @@ def _report(result: dict, path: str | None) -> None:
     if path:
         with atomic_file(path) as f:
             json.dump(result, f, indent=2)
+
+
+def compare_generations(a: list[list[list[int]]], b: list[list[list[int]]]) -> dict:
+    """How many generations two runs share token for token, and where the first that differs
+    parts: job, token position, the token of each there (None where one had ended)."""
+    pairs = [(x[0], y[0]) for x, y in zip(a, b)]
+    first = None
+    for job, (x, y) in enumerate(pairs):
+        if x != y:
+            at = next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), min(len(x), len(y)))
+            first = {"job": job, "position": at, "static": x[at] if at < len(x) else None,
+                     "continuous": y[at] if at < len(y) else None}
+            break
+    return {"identical": sum(x == y for x, y in pairs), "first_divergence": first}
 
 
 def _batching(args, model, cfg, device) -> int:
@@ -130,8 +147,10 @@ def _batching(args, model, cfg, device) -> int:
         _report({"batching": args.only, "generated_tokens": tokens, "tokens_per_s": tokens / seconds}, args.json)
         return 0
     static_s, continuous_s = _best_times([run(False), run(True)], args.repeats)
-    if outputs[False] != outputs[True]:
-        raise AssertionError("static and continuous batching generated different tokens")
+    agreement = compare_generations(outputs[False], outputs[True])
+    if agreement["identical"] < args.jobs and device == "cpu":
+        raise AssertionError(f"static and continuous batching generated different tokens in fp32 on CPU, where they "
+                             f"must not: {agreement}")
     lengths = sorted(len(g[0]) for g in outputs[True])
     tokens = sum(lengths)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "preset": args.preset,
@@ -139,7 +158,8 @@ def _batching(args, model, cfg, device) -> int:
               "max_new_tokens": args.new_tokens, "threads": torch.get_num_threads(), "generated_tokens": tokens,
               "length_p50": lengths[len(lengths) // 2], "length_p90": lengths[int(0.9 * len(lengths))],
               "length_max": lengths[-1], "at_the_limit": sum(n == args.new_tokens for n in lengths),
-              "identical_generations": True, "static_tokens_per_s": tokens / static_s,
+              "identical_generations": agreement["identical"], "identical_share": agreement["identical"] / args.jobs,
+              "first_divergence": agreement["first_divergence"], "static_tokens_per_s": tokens / static_s,
               "continuous_tokens_per_s": tokens / continuous_s}
     result["ratio"] = result["continuous_tokens_per_s"] / result["static_tokens_per_s"]
     _report(result, args.json)

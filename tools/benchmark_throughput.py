@@ -11,7 +11,7 @@ clipping, AdamW on fp32 master weights, copy to the bf16 weights. Random weights
 shapes; nothing is downloaded.
 
 Printed: tokens/s, model TFLOP/s and MFU (FLOPs as in megatron_redi/training/metrics.py; MFU
-against --peak-tflops) from --steps steps timed as the trainer runs them (no device sync between
+against the card's own dense bf16 peak as its vendor states it, or --peak-tflops) from --steps steps timed as the trainer runs them (no device sync between
 phases), peak memory, the time per phase (forward, head, backward, optimizer; communication is
 zero on one device) from --steps more steps with a device sync at each phase boundary, and the
 step's ceiling measured in the same run: the time of the model's own GEMM shapes (forward, dgrad,
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import dataclasses
+import gc
 import importlib.util
 import json
 import os
@@ -43,7 +44,7 @@ from megatron_redi.losses import LossConfig
 from megatron_redi.model import RECOMPUTE_MODES, Decoder
 from megatron_redi.parallel import ParallelState
 from megatron_redi.training.config import OptimSection
-from megatron_redi.training.metrics import step_flops
+from megatron_redi.training.metrics import mfu_peak_tflops, step_flops
 from megatron_redi.training.optimizer import MasterParams
 from megatron_redi.training.profiling import idle_report
 from megatron_redi.training.step import forward_backward, optimizer_step
@@ -250,7 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compare", choices=["hf", "hf-liger"])
     p.add_argument("--no-ceiling", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=793.0, help="dense bf16 rate of the card (H200: 793)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the card's dense bf16 TFLOP/s for MFU (default: its vendor's figure for a known card)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="profile one more step and print its ROWS most expensive kernels")
     p.add_argument("--json")
@@ -263,6 +265,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     card = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    peak = mfu_peak_tflops(device, args.peak_tflops)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     r = ours(cfg, args, device, dtype)
@@ -272,7 +275,7 @@ def main(argv=None) -> int:
            "tokens_per_s": r["tokens"] / r["step_s"], "step_ms": 1000 * r["step_s"], "each_step_ms": r["each_step_ms"],
            "phases_ms": r["phases_ms"],
            "communication_ms": 0.0, "model_tflops": flops / r["step_s"] / 1e12,
-           "mfu": flops / r["step_s"] / (args.peak_tflops * 1e12) if device.type == "cuda" else None,
+           "peak_tflops": peak, "mfu": flops / r["step_s"] / (peak * 1e12) if peak else None,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
     if args.warmup < 2 or args.steps < 3:  # first calls compile kernels and fill caches
         out["warmup_dominated"] = True
@@ -281,7 +284,8 @@ def main(argv=None) -> int:
     print(f"{card}: {cfg.architecture} {args.preset or args.hf_config}, pair of 2 x {args.seq_len} tokens, {args.loss}, "
           f"recompute {args.recompute} ({r['full_recompute_layers']} of {cfg.num_layers} layers in full)")
     print(f"  megatron_redi   {out['tokens_per_s']:10,.0f} tokens/s  {out['model_tflops']:7.1f} TFLOP/s"
-          + (f"  MFU {100 * out['mfu']:.1f} %  peak {out['peak_memory_gb']:.1f} GB" if out["mfu"] is not None else ""))
+          + (f"  MFU {100 * out['mfu']:.1f} % (of {peak:.0f})" if out["mfu"] is not None else "")
+          + (f"  peak {out['peak_memory_gb']:.1f} GB" if out["peak_memory_gb"] is not None else ""))
     print("  phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items()) + ", communication 0.0")
     if r["each_step_ms"]:
         print(f"  step {out['step_ms']:.1f} ms on average, each: " + ", ".join(f"{t:.1f}" for t in r["each_step_ms"]))
@@ -295,8 +299,11 @@ def main(argv=None) -> int:
         print("  ceiling (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in out["ceiling_parts_ms"].items()))
     save(out, args.json)  # now, and again with the comparison: a failing baseline loses nothing of ours
     if args.compare:
+        gc.collect()  # our model and optimizer state died with ours(): their memory goes to the baseline
         if device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            out["allocated_before_baseline_gb"] = torch.cuda.memory_allocated() / 1e9
         hf_s = hf_step(cfg, args, device, liger=args.compare == "hf-liger")
         out.update(hf_stack=args.compare, hf_tokens_per_s=r["tokens"] / hf_s, speedup_vs_hf=hf_s / r["step_s"],
                    hf_peak_memory_gb=torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None)

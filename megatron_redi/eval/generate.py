@@ -1,9 +1,9 @@
 """Batched sampling from the project's own model, with a KV cache, under tensor parallelism.
 
-Continuous batching: ``batch_size`` slots share one KV cache; a job (one sample of one prompt) that
-stops frees its slot, which the next job's prompt fills at once (a prefill into that slot alone),
-so the batch stays full while reasoning traces of a few hundred and of 32,768 tokens run side by
-side. ``refill=False`` waits until every slot is free before filling them again: the static
+Continuous batching: ``batch_size`` slots (fewer where the device's memory holds fewer) share one
+KV cache; a job (one sample of one prompt) that stops frees its slot, which the next job's prompt
+fills at once (a prefill into that slot alone), so the batch stays full while reasoning traces of a
+few hundred and of 32,768 tokens run side by side. ``refill=False`` waits until every slot is free before filling them again: the static
 batching of before, kept to measure what continuous batching buys (tools/benchmark_generation.py).
 
 Each job draws its randomness from its own generator, seeded by (seed, prompt id, sample index),
@@ -22,7 +22,7 @@ from collections import deque
 
 import torch
 
-from ..model.kv_cache import KVCache, last_token_logits
+from ..model.kv_cache import KVCache, last_token_logits, slots_that_fit
 from ..parallel.collectives import broadcast
 
 
@@ -62,10 +62,11 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
     prompt_ids = list(range(len(prompts))) if prompt_ids is None else prompt_ids
     queue = deque((i, j) for i in range(len(prompts)) for j in range(samples))
     out = [[None] * samples for _ in prompts]
-    slots = min(batch_size, len(queue))
-    if not slots:
+    if not queue:
         return out
-    cache = KVCache(model, slots, max(map(len, prompts)) + max_new_tokens)
+    max_len = max(map(len, prompts)) + max_new_tokens
+    slots = slots_that_fit(model, min(batch_size, len(queue)), max_len)
+    cache = KVCache(model, slots, max_len)
     running: list[tuple[int, int] | None] = [None] * slots
     texts: list[list[int]] = [[] for _ in range(slots)]
     generators: list[torch.Generator | None] = [None] * slots

@@ -7,6 +7,12 @@ engine's), and the texts and token counts go through the same scoring, SEM, resu
 resumption (``runner.score``). A native checkpoint is exported to HF format into a temporary
 directory, removed afterwards; an HF checkpoint is used as it is. vLLM runs tensor parallel within
 a replica (``tp`` GPUs) and one replica per group of ``tp`` GPUs, each on its share of the problems.
+
+Each (checkpoint, replica) runs in a process of its own, spawned and not daemonic: vLLM starts
+processes of its own, which a daemonic worker (a ``multiprocessing.Pool``'s) may not, and the GPU
+memory of an ``LLM`` is returned only when its process ends, so the next checkpoint starts on an
+empty card. Results come back through a queue; a replica that fails or dies fails the evaluation
+with its traceback or exit code.
 Every prompt carries its own seed (the evaluation's seed and the problem's index), so the samples do
 not depend on how the problems are shared out.
 
@@ -23,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 import tempfile
+import traceback
 
 from ..settings import ConfigError
 
@@ -61,16 +69,16 @@ def replica_devices(tp: int) -> list[list[str]]:
     whatever vLLM finds)."""
     import torch
 
-    count = torch.cuda.device_count()
+    count = torch.cuda.device_count()  # what CUDA_VISIBLE_DEVICES leaves visible (up to its first bad entry)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [d for d in visible.split(",") if d] if visible else [str(i) for i in range(count)]
+    ids = [d.strip() for d in visible.split(",") if d.strip()][:count] if visible else [str(i) for i in range(count)]
     if len(ids) < 2 * tp:
         return [[]]
     return [ids[i:i + tp] for i in range(0, len(ids) - tp + 1, tp)]
 
 
 def _generate(job: dict) -> tuple[list[list[str]], list[list[int]]]:
-    """One replica's share: runs in this process, or in a process of its own on its GPUs."""
+    """One replica's share, in the replica's own process (on its GPUs)."""
     if job["devices"]:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(job["devices"])
     vllm = import_vllm()
@@ -87,6 +95,45 @@ def _generate(job: dict) -> tuple[list[list[str]], list[list[int]]]:
     return ([[c.text for c in o.outputs] for o in outputs], [[len(c.token_ids) for c in o.outputs] for o in outputs])
 
 
+def _replica(index: int, job: dict, results) -> None:
+    """A replica's process: its share's generations, or the traceback of what stopped it."""
+    try:
+        results.put((index, _generate(job), None))
+    except BaseException:
+        results.put((index, None, traceback.format_exc()))
+
+
+def _run_replicas(jobs: list[dict]) -> list:
+    """Every job in its own spawned, non-daemonic process (GPUs chosen before vLLM starts CUDA
+    there); their results in the jobs' order."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    procs = [context.Process(target=_replica, args=(i, job, results), daemon=False) for i, job in enumerate(jobs)]
+    for proc in procs:
+        proc.start()
+    parts, waited_on_exit = {}, False
+    try:
+        while len(parts) < len(jobs):  # read before joining: a large result fills the pipe
+            try:
+                index, part, error = results.get(timeout=1)
+            except queue.Empty:
+                gone = [i for i, proc in enumerate(procs) if i not in parts and proc.exitcode is not None]
+                if gone and waited_on_exit:  # what it sent before it ended has had its time to arrive
+                    raise RuntimeError(f"vLLM replica {gone[0]} (GPUs {','.join(jobs[gone[0]]['devices']) or 'any'}) ended "
+                                       f"with exit code {procs[gone[0]].exitcode} and no result") from None
+                waited_on_exit = bool(gone)
+                continue
+            if error:
+                raise RuntimeError(f"vLLM replica {index} (GPUs {','.join(jobs[index]['devices']) or 'any'}) failed:\n{error}")
+            parts[index] = part
+    finally:
+        for proc in procs:
+            if proc.is_alive() and len(parts) < len(jobs):
+                proc.terminate()
+            proc.join()
+    return [parts[i] for i in range(len(jobs))]
+
+
 def generate_texts(checkpoint: str, tokenizer: str, prompts: list[str], protocol, seed: int, tp: int = 1,
                    dtype: str = "bfloat16", max_model_len: int | None = None,
                    devices: list[list[str]] | None = None) -> tuple[list[list[str]], list[list[int]]]:
@@ -101,11 +148,7 @@ def generate_texts(checkpoint: str, tokenizer: str, prompts: list[str], protocol
                  "max_model_len": max_model_len, "protocol": settings, "devices": group,
                  "indices": list(range(r, len(prompts), len(devices))),
                  "prompts": prompts[r::len(devices)]} for r, group in enumerate(devices)]
-        if len(jobs) == 1:
-            parts = [_generate(jobs[0])]
-        else:  # one process per replica, each on its own GPUs (set before vLLM starts CUDA there)
-            with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
-                parts = pool.map(_generate, jobs)
+        parts = _run_replicas(jobs)
     texts, lengths = [None] * len(prompts), [None] * len(prompts)
     for job, (t, n) in zip(jobs, parts):
         for index, text, length in zip(job["indices"], t, n):

@@ -11,8 +11,9 @@ Layout: ``q [t, nh, hd]``, ``k, v [t, nkv, hd]`` (GQA: nh is a multiple of nkv),
   CUDA only. Pays off when a micro-batch holds many short sequences, where per-sequence launches
   dominate.
 
-``auto`` takes varlen on CUDA when it exists and the micro-batch holds at least
-``VARLEN_MIN_SEQS`` sequences, sdpa otherwise.
+``auto`` takes varlen on CUDA when it exists, the tensors are fp16 or bf16 (FlashAttention's
+only types: fp32 on CUDA goes to SDPA) and the micro-batch holds at least ``VARLEN_MIN_SEQS``
+sequences, sdpa otherwise.
 
 Under context parallelism (``context_attention``) each rank holds two chunks of every sequence
 (parallel/context.py). Its K and V, few heads under GQA, are all-gathered over the CP group in one
@@ -48,10 +49,18 @@ except ImportError:
 VARLEN_MIN_SEQS = 8
 
 BACKENDS = ("auto", "sdpa", "varlen")
+VARLEN_DTYPES = (torch.float16, torch.bfloat16)  # FlashAttention's kernels take no other
 
 
-def varlen_available(device: torch.device) -> bool:
-    return _varlen_attn is not None and device.type == "cuda"
+def varlen_available(device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Whether varlen attention can run on ``device`` (and, given, for tensors of ``dtype``)."""
+    return _varlen_attn is not None and device.type == "cuda" and (dtype is None or dtype in VARLEN_DTYPES)
+
+
+def _require_varlen(q) -> None:
+    if not varlen_available(q.device, q.dtype):
+        raise RuntimeError(f"varlen attention needs CUDA, torch.nn.attention.varlen and fp16 or bf16 tensors; "
+                           f"got {q.dtype} on {q.device.type} (use the sdpa or auto backend)")
 
 
 def attention_sdpa(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
@@ -66,23 +75,22 @@ def attention_sdpa(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
 
 
 def attention_varlen(q, k, v, seqs: SeqBoundaries) -> torch.Tensor:
-    if not varlen_available(q.device):
-        raise RuntimeError("varlen attention needs CUDA and torch.nn.attention.varlen")
+    _require_varlen(q)
     m = seqs.max_seqlen
     return _varlen_attn(q, k, v, seqs.cu_seqlens, seqs.cu_seqlens, m, m, window_size=(-1, 0),
                         **_VARLEN_GQA_KWARGS)
 
 
-def _resolve(backend: str, device: torch.device, num_seqs: int, varlen_min_seqs: int = VARLEN_MIN_SEQS) -> str:
+def _resolve(backend: str, q: torch.Tensor, num_seqs: int, varlen_min_seqs: int = VARLEN_MIN_SEQS) -> str:
     if backend == "auto":
-        return "varlen" if varlen_available(device) and num_seqs >= varlen_min_seqs else "sdpa"
+        return "varlen" if varlen_available(q.device, q.dtype) and num_seqs >= varlen_min_seqs else "sdpa"
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
     return backend
 
 
 def causal_attention(q, k, v, seqs: SeqBoundaries, backend: str = "auto") -> torch.Tensor:
-    if _resolve(backend, q.device, seqs.num_seqs) == "sdpa":
+    if _resolve(backend, q, seqs.num_seqs) == "sdpa":
         return attention_sdpa(q, k, v, seqs)
     return attention_varlen(q, k, v, seqs)
 
@@ -98,8 +106,7 @@ def _chunks_sdpa(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
 
 
 def _chunks_varlen(q, k_full, v_full, shard: ContextShard) -> list[torch.Tensor]:
-    if not varlen_available(q.device):
-        raise RuntimeError("varlen attention needs CUDA and torch.nn.attention.varlen")
+    _require_varlen(q)
     qs, ks = shard.query_spans, shard.key_spans  # built with the shard: no host-to-device copy per layer
     k_chunks, v_chunks = (x.index_select(0, shard.chunk_keys) for x in (k_full, v_full))
     # flash attention's causal mask with fewer queries than keys is aligned to the bottom right
@@ -113,8 +120,8 @@ def context_attention(q, k, v, shard: ContextShard, cp_group, backend: str = "au
     nkv = k.shape[1]
     kv = gather_tokens(torch.cat((k, v), dim=1), cp_group)  # [cp n, 2 nkv, hd], rank after rank
     k_full, v_full = kv.index_select(0, shard.kv_order).split(nkv, dim=1)  # [T, nkv, hd] each, in order
-    # auto: varlen wherever it exists, whatever the number of chunks (one launch for all, no mask built)
-    chunked = _chunks_sdpa if _resolve(backend, q.device, len(shard.chunks), 0) == "sdpa" else _chunks_varlen
+    # auto: varlen wherever it runs, whatever the number of chunks (one launch for all, no mask built)
+    chunked = _chunks_sdpa if _resolve(backend, q, len(shard.chunks), 0) == "sdpa" else _chunks_varlen
     out = chunked(q, k_full, v_full, shard) if shard.chunks else []
     if q.shape[0] > shard.real_rows:
         out.append(q.new_zeros((q.shape[0] - shard.real_rows, *q.shape[1:])))

@@ -95,7 +95,8 @@ class TrainSection:
     max_bad_steps: int = setting(5, "consecutive non-finite steps (skipped) that stop the run", at_least=1)
     log_every: int = setting(1, "steps between metrics.jsonl lines", at_least=1)
     tensorboard: bool = setting(True, "also write TensorBoard logs (when tensorboard is installed)")
-    peak_tflops: float = setting(793.0, "for MFU on GPU: the dense bf16 rate of the card (docs/performance.md)", positive=True)
+    peak_tflops: float | None = setting(None, "for MFU on GPU: the card's dense bf16 TFLOP/s (default: its vendor's "
+                                        "figure for a known card, else no MFU; docs/performance.md)", positive=True)
     progress: bool = setting(True, "a progress line (rank 0) with loss and LogPS")
 
 @dataclass

@@ -9,8 +9,9 @@ FLOPs of one training step (forward + backward = 3 x forward), counted as matrix
               + 2 * V * h * R                         the LM head, on response tokens only
       training = 3 * forward
 
-Activation recompute is not counted (it is overhead, not model work). MFU = FLOPs / time /
-``train.peak_tflops`` (by default the dense bf16 rate measured on an H200; docs/performance.md).
+Activation recompute is not counted (it is overhead, not model work). MFU = FLOPs / time / the
+card's dense bf16 peak: ``train.peak_tflops`` when set, else the card's own rate as its vendor
+states it (``card_peak_tflops``; the figure peers divide by too, so MFUs compare across projects).
 """
 
 from __future__ import annotations
@@ -26,6 +27,32 @@ from ..atomic import atomic_file
 from ..model_config import ModelConfig
 from ..settings import ConfigError
 from ..parallel import collectives
+
+
+# Dense (not 2:4 sparse) bf16 tensor-core rate in TFLOP/s as the vendor states it, by a part of the
+# name torch.cuda.get_device_name() gives; the more specific names first.
+CARD_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0, "H200": 989.0,
+                    "A100": 312.0}
+
+
+def card_peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of the card named ``name`` (None for a card not in the table)."""
+    return next((peak for part, peak in CARD_PEAK_TFLOPS.items() if part in name), None)
+
+
+def mfu_peak_tflops(device: torch.device, configured: float | None = None) -> float | None:
+    """What MFU divides by on ``device``: ``configured`` when given, else the card's own peak; None
+    (no MFU) off CUDA or for a card not in the table, which is said once."""
+    if device.type != "cuda":
+        return None
+    if configured:
+        return configured
+    name = torch.cuda.get_device_name(device)
+    peak = card_peak_tflops(name)
+    if peak is None:
+        warnings.warn(f"MFU not reported: no dense bf16 peak known for {name!r}; set train.peak_tflops "
+                      "(--peak-tflops) to the card's figure")
+    return peak
 
 
 def step_flops(cfg: ModelConfig, seq_lengths, response_tokens: int) -> float:

@@ -30,7 +30,7 @@ from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
 from .config import TrainConfig, to_dict
-from .metrics import CollapseAlarm, MetricsLogger, step_flops, sum_over_dp
+from .metrics import CollapseAlarm, MetricsLogger, mfu_peak_tflops, step_flops, sum_over_dp
 from .optimizer import MasterParams, lr_at
 from .reference import reference_logps
 from .reshard import same_layout
@@ -109,6 +109,7 @@ class Trainer:
         self.started_from = {"model": content_digest(cfg.model.path),
                              "data": (self.data.sft if self.sft else self.data.pairs).identity()}
         self.alarm = CollapseAlarm(cfg.collapse.window, cfg.collapse.drop)
+        self.peak_tflops = mfu_peak_tflops(p.device, cfg.train.peak_tflops)
         self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.thinning = checkpointing.Thinning(enabled=self.is_main)
         self._resume()
@@ -253,8 +254,8 @@ class Trainer:
         elapsed = time.perf_counter() - start
         out.update(lr=lr, tokens=int(tokens), tokens_per_s=tokens / elapsed, step_time_s=elapsed,
                    micro_batches=len(batches), full_recompute_layers=work.full_recompute_layers)
-        if device.type == "cuda":  # the TP and CP ranks of a DP rank shared its work: counted once
-            out["mfu"] = flops / elapsed / (cfg.train.peak_tflops * 1e12 * self.parallel.world_size)
+        if self.peak_tflops:  # the TP and CP ranks of a DP rank shared its work: counted once
+            out["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * self.parallel.world_size)
         return out
 
     # ---- the run ----------------------------------------------------------------------------------

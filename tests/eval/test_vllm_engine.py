@@ -25,7 +25,7 @@ def evaluate(argv, vllm_dir):
                           capture_output=True, text=True)
 
 STAND_IN = '''
-import json, os, re
+import json, multiprocessing, os, re
 
 LOG = os.environ["FAKE_VLLM_LOG"]
 
@@ -47,7 +47,14 @@ class _Output:
 
 class LLM:
     def __init__(self, model, tokenizer=None, tensor_parallel_size=1, dtype="auto", seed=0, max_model_len=None):
-        self.record = {"model": model, "model_files": sorted(os.listdir(model)), "tokenizer": tokenizer,
+        if os.environ.get("FAKE_VLLM_EXIT"):
+            os._exit(int(os.environ["FAKE_VLLM_EXIT"]))
+        if os.environ.get("FAKE_VLLM_FAIL"):
+            raise ValueError(os.environ["FAKE_VLLM_FAIL"])
+        engine = multiprocessing.get_context("fork").Process(target=os.getpid, daemon=True)
+        engine.start()  # as vLLM starts its engine: refused in a daemonic process
+        engine.join()
+        self.record = {"pid": os.getpid(), "model": model, "model_files": sorted(os.listdir(model)), "tokenizer": tokenizer,
                        "tensor_parallel_size": tensor_parallel_size, "dtype": dtype, "seed": seed,
                        "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
@@ -125,6 +132,39 @@ def test_replicas_share_the_problems_and_results_keep_their_order(fake_vllm, tin
     assert sorted(c["visible"] or "" for c in calls[1:]) == ["0", "1"]  # one process per GPU group
     assert sorted(s for c in calls[1:] for s in (p["seed"] for p in c["params"])) == \
         [p["seed"] for p in calls[0]["params"]]  # each problem's seed whatever the replica
+
+
+def test_each_checkpoint_and_replica_builds_its_llm_in_a_process_of_its_own(fake_vllm, tiny_checkpoint):
+    """Not in the evaluating process (whose GPU memory an LLM would keep) and not in a daemonic
+    worker (where vLLM cannot start its engine's process: the stand-in starts one too)."""
+    protocol, path = named("final", samples=1, max_new_tokens=8), tiny_checkpoint()
+    for devices in ([[]], [[]], [["0"], ["1"], ["2"]]):
+        vllm_engine.generate_texts(path, "tok", ["What is 1 + 1?"] * 3, protocol, seed=0, devices=devices)
+    pids = [c["pid"] for c in fake_vllm.calls()]
+    assert len(pids) == 5 and len(set(pids)) == 5 and os.getpid() not in pids
+
+
+@pytest.mark.parametrize("env,message", [({"FAKE_VLLM_FAIL": "CUDA out of memory (stand-in)"},
+                                          r"vLLM replica \d \(GPUs \d\) failed:(.|\n)*CUDA out of memory \(stand-in\)"),
+                                         ({"FAKE_VLLM_EXIT": "3"}, r"vLLM replica \d \(GPUs \d\) ended with exit code 3")])
+def test_a_replica_that_fails_or_dies_fails_the_evaluation_with_its_reason(fake_vllm, tiny_checkpoint, monkeypatch,
+                                                                           env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=message):
+        vllm_engine.generate_texts(tiny_checkpoint(), "tok", ["What is 1 + 1?"] * 2, named("final", samples=1),
+                                   seed=0, devices=[["0"], ["1"]])
+
+
+def test_replicas_are_the_visible_gpus_as_cuda_counts_them(monkeypatch):
+    """CUDA stops at the first entry of CUDA_VISIBLE_DEVICES it cannot use: count what it sees."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7,9")  # two of these exist on this node
+    assert vllm_engine.replica_devices(1) == [["3"], ["5"]]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert vllm_engine.replica_devices(1) == [["0"], ["1"]] and vllm_engine.replica_devices(2) == [[]]
 
 
 def test_without_vllm_the_engine_is_refused_with_how_to_install(tiny_checkpoint, tiny_tokenizer_dir, tmp_path):

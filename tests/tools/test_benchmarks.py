@@ -31,6 +31,33 @@ def test_throughput_benchmark_tiny_preset_with_hf_comparison(tmp_path):
     assert abs(sum(result["ceiling_parts_ms"].values()) - result["ceiling_ms"]) < 1e-6
 
 
+def test_throughput_baseline_starts_after_our_model_is_gone(monkeypatch):
+    """Our model and optimizer state (~28 GB at 1.5B) must not sit beside the HF baseline's."""
+    import importlib.util
+    import weakref
+
+    spec = importlib.util.spec_from_file_location("benchmark_throughput", os.path.join(ROOT, "tools",
+                                                                                     "benchmark_throughput.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    models, alive_at_baseline = weakref.WeakSet(), []
+
+    class Tracked(tool.Decoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            models.add(self)
+
+    def baseline(*args, **kwargs):
+        alive_at_baseline.append(len(models))
+        return 1.0
+
+    monkeypatch.setattr(tool, "Decoder", Tracked)
+    monkeypatch.setattr(tool, "hf_step", baseline)
+    tool.main(["--preset", "tiny", "--seq-len", "32", "--prompt-len", "8", "--steps", "1", "--warmup", "1",
+               "--compare", "hf", "--no-ceiling"])
+    assert alive_at_baseline == [0]
+
+
 def test_logprob_benchmark_runs_every_path(tmp_path):
     out = tmp_path / "l.json"
     _run("benchmark_logprob.py", "--tokens", "256", "--hidden", "32", "--vocab", "1024", "--repeats", "1",
