@@ -55,7 +55,8 @@ def slots_that_fit(model, wanted: int, max_len: int) -> int:
     if free is None:
         return wanted
     fits = torch.tensor([min(wanted, int(free * CACHE_SHARE_OF_FREE) // per_slot)], device=model.parallel.device)
-    fits = int(all_reduce(model.parallel, fits, model.parallel.tp_group, "min").item())
+    all_reduce(model.parallel, fits, model.parallel.tp_group, "min")
+    fits = int(fits.item())
     if fits < 1:
         raise MemoryError(f"the KV cache of one generation of {max_len} positions needs {per_slot / 2**30:.2f} GiB "
                           f"and {free / 2**30:.2f} GiB is free on {model.parallel.device}: lower the "
