@@ -59,6 +59,12 @@ def peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def compute_dtype(device) -> torch.dtype:
+    """bf16 on CUDA, as training runs there (FlashAttention's type; fp32 would take SDPA's math
+    kernel at 32k tokens), fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def attention_times(parallel, tokens: int, repeats: int = 5) -> tuple[float, float]:
     """Median seconds of one layer's K/V all-gather and of its whole CP attention (gather included),
     forward only, at the model's head shapes for one sequence of ``tokens``."""
@@ -69,7 +75,8 @@ def attention_times(parallel, tokens: int, repeats: int = 5) -> tuple[float, flo
     heads, kv_heads = MODEL["num_attention_heads"], MODEL["num_key_value_heads"]
     hd = MODEL["hidden_size"] // heads
     shard = split([0, tokens], torch.zeros(0, dtype=torch.int64), parallel.cp_size, parallel.cp_rank).to(parallel.device)
-    q, k, v = (torch.randn(shard.rows, n, hd, device=parallel.device) for n in (heads, kv_heads, kv_heads))
+    q, k, v = (torch.randn(shard.rows, n, hd, device=parallel.device, dtype=compute_dtype(parallel.device))
+               for n in (heads, kv_heads, kv_heads))
     kv = torch.cat((k, v), dim=1)
 
     def timed(fn):
@@ -101,7 +108,7 @@ def worker(args) -> None:
 
     parallel = initialize(context_parallel_size=args.cp)
     torch.manual_seed(0)
-    model = Decoder(preset("tiny", **MODEL), parallel, recompute="selective")
+    model = Decoder(preset("tiny", **MODEL), parallel, dtype=compute_dtype(parallel.device), recompute="selective")
     master = MasterParams(model, parallel)
     tokens = np.random.default_rng(0).integers(1, MODEL["vocab_size"], args.tokens)
     batches = pack([TrainingItem(0, (Sequence(tokens, 16),))], args.tokens, 1, 0)

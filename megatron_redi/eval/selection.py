@@ -13,6 +13,8 @@ earlier step: no more training than the score needs.
 
 from __future__ import annotations
 
+import sys
+
 from ..atomic import atomic_file
 from ..settings import ConfigError
 
@@ -39,8 +41,14 @@ def best(entries: list[dict], by: str | None = None) -> dict:
 
 def plot(entries: list[dict], chosen: dict, path: str) -> None:
     """pass@1 (%) against the training step, one line per benchmark with SEM bars, the mean dashed,
-    the selected step marked."""
-    import matplotlib
+    the selected step marked. Without matplotlib the curve is left out, said in one line: the
+    results it would draw are written already."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"{path} not drawn: matplotlib is not installed (pip install matplotlib); the results are kept",
+              file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

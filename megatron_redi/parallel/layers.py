@@ -36,7 +36,10 @@ from .state import ParallelState, divide
 
 
 def _new_param(shape, parallel: ParallelState, dtype, std: float | None) -> nn.Parameter:
-    data = torch.empty(shape, device=parallel.device, dtype=dtype)
+    # on the rank's device, unless the model is being built on the meta device (from_pretrained:
+    # nothing allocated or initialised before the checkpoint fills it)
+    meta = torch.get_default_device().type == "meta"
+    data = torch.empty(shape, device="meta" if meta else parallel.device, dtype=dtype)
     if std is None:
         nn.init.ones_(data)
     elif std == 0:

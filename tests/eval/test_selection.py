@@ -25,3 +25,16 @@ def test_ties_go_to_the_earlier_step_whatever_the_order_given():
     assert best(unnamed)["step"] == 50
     with pytest.raises(ValueError, match="no evaluated checkpoints"):
         best([])
+
+
+def test_without_matplotlib_the_curve_is_left_out_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from megatron_redi.eval.selection import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    entries = [entry(100, math500=0.8), entry(200, math500=0.9)]
+    plot(entries, best(entries), str(tmp_path / "curve.png"))
+    err = capsys.readouterr().err
+    assert not (tmp_path / "curve.png").exists() and err.count("\n") == 1
+    assert "curve.png not drawn: matplotlib is not installed" in err

@@ -98,3 +98,15 @@ def _tp_ranks_agree_on_the_slots(path):
 
 def test_tp_ranks_with_different_free_memory_agree_on_the_slots(tiny_checkpoint):
     run_ranks(2, _tp_ranks_agree_on_the_slots, tiny_checkpoint(num_kv_heads=2))
+
+
+def test_a_model_built_on_the_meta_device_allocates_and_initialises_nothing():
+    """from_pretrained builds on meta, then fills: not a random model on the GPU first (twice the
+    weights' memory at the peak, and the time of initialising them)."""
+    from megatron_redi.model import Decoder
+    from megatron_redi.model_config import preset
+    from megatron_redi.parallel import ParallelState
+
+    model = Decoder(preset("tiny"), ParallelState(), device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    assert not any(p.is_meta for p in Decoder(preset("tiny"), ParallelState()).parameters())
