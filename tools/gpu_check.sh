@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run: install (building csrc/), the CUDA tests, the throughput,
-# attention, log-prob and generation benchmarks, the trainer on the toy task (each loss trained,
-# resumed and evaluated). Steps are independent, each under its own time limit, the most wanted
-# first, so that a failure or a hang costs only its own step.
+# Everything that needs a GPU, in one run: the CUDA tests, the throughput, attention, log-prob and
+# generation benchmarks, the trainer on the toy task (each loss trained, resumed and evaluated).
+# Steps are independent, each under its own time limit, the most wanted first (the CUDA tests
+# before anything optional), so that a failure or a hang costs only its own step; a global
+# deadline skips, and says so, what would start too late to finish.
 #
 #   bash tools/gpu_check.sh              every step, on a machine with one NVIDIA GPU (H100 / H200)
 #   bash tools/gpu_check.sh --quick      the steps a lent GPU's minutes allow (CUDA tests, 2 x 8192
 #                                        throughput, the head at 16k tokens, the toy losses, 4 ranks
-#                                        on the one GPU): under 7 min
+#                                        on the one GPU), within a deadline of 8 min: one 10-minute
+#                                        call with room to spare
 #   bash tools/gpu_check.sh --dry-run    the same steps with the same tools and flags at toy sizes on
 #                                        CPU (tests/tools/test_gpu_check.py runs --quick --dry-run, so
-#                                        the script cannot drift from the tools' flags); nothing installed
+#                                        the script cannot drift from the tools' flags); nothing built
 #   ONLY='throughput' bash tools/gpu_check.sh    only the steps whose names match (a regex, searched
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_redi / symmetric / dpo / simpo /
 #       sft, toy_eval, multirank_shared_gpu, context_parallel, generation_1.5b, generation_batching,
-#       logprob_65k; install always runs)
+#       logprob_65k; the build always runs)
+#   DEADLINE=SECONDS                     the global deadline from the start (--quick: 480; else none)
 #
-# Results in $OUT (default ./gpu_results), three files: summary.txt (each step's outcome and the
-# end of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark).
+# Results in $OUT (default ./gpu_results): summary.txt (each step's outcome, wall time and the end
+# of its log), logs.txt (every log in full), results.jsonl (one JSON object per benchmark),
+# steps.jsonl (each step: name, exit code and seconds, or why it was skipped).
 # The GPU machine of this project has torch, Triton, transformers, safetensors, tokenizers and
-# pytest but no package registry: the project is installed with --no-deps. Wheels found in .whl/
-# are installed first (liger-kernel, for --compare hf-liger: see docs/performance.md).
+# pytest but no package registry. Nothing is pip-installed: the package runs from this checkout
+# (PYTHONPATH), its CUDA extension built in place once (csrc/ -> megatron_redi/_logprob_cuda*.so,
+# object files kept in build/), and rebuilt only when csrc/ changes. Wheels found in .whl/ are
+# installed after the CUDA tests (liger-kernel, for --compare hf-liger: see docs/performance.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0 QUICK=0
@@ -35,13 +41,26 @@ done
 OUT=${OUT:-gpu_results}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-summary="$OUT/summary.txt" logs="$OUT/logs.txt" results="$OUT/results.jsonl"
-: > "$summary"; : > "$logs"; : > "$results"
-ONLY=${ONLY:-.}  # a regex: run only the steps whose names match (the install always runs)
+# the package from this checkout, in every process the steps start (torchrun's ranks included)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+summary="$OUT/summary.txt" logs="$OUT/logs.txt" results="$OUT/results.jsonl" steps="$OUT/steps.jsonl"
+: > "$summary"; : > "$logs"; : > "$results"; : > "$steps"
+ONLY=${ONLY:-.}  # a regex: run only the steps whose names match (the build always runs)
+START=$(date +%s)
+DEADLINE=${DEADLINE:-$([ $QUICK = 1 ] && echo 480 || echo 0)}  # seconds from the start; 0: none
+MIN_START=20  # a step with less time than this left is skipped: it could show nothing
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, record the outcome
     local name=$1 limit=$2; shift 2
-    [[ $name =~ ^wheels$ || $name =~ $ONLY ]] || return 0
+    [[ $name =~ ^(wheels|build)$ || $name =~ $ONLY ]] || return 0
+    if [ "$DEADLINE" -gt 0 ]; then  # within the global deadline, or skipped and said so
+        local left=$(( START + DEADLINE - $(date +%s) ))
+        if [ $left -lt $MIN_START ]; then
+            echo "== $name: skipped, ${left} s left of the ${DEADLINE} s deadline" | tee -a "$summary"
+            echo "{\"step\": \"$name\", \"skipped\": \"deadline\", \"seconds_left\": $left}" >> "$steps"
+            return 0
+        fi
+        [ $left -lt "$limit" ] && limit=$left
+    fi
     local t0=$(date +%s) sampler=
     if [ $DRY = 0 ] && command -v nvidia-smi > /dev/null; then  # the card's clock and power meanwhile:
         # a sustained step may run at lower clocks than short timings (power cap); this shows it
@@ -51,7 +70,9 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, log, record th
     timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
     local rc=$?
     [ -n "$sampler" ] && kill $sampler 2> /dev/null && wait $sampler 2> /dev/null
-    echo "== $name: rc=$rc, $(( $(date +%s) - t0 )) s" | tee -a "$summary"
+    local seconds=$(( $(date +%s) - t0 ))
+    echo "== $name: rc=$rc, $seconds s" | tee -a "$summary"
+    echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $seconds, \"limit\": $limit}" >> "$steps"
     [ -s "$WORK/$name.clocks" ] && python tools/clock_summary.py "$WORK/$name.clocks" | tee -a "$summary" >> "$logs"
     { echo "== $name: rc=$rc"; cat "$WORK/$name.log"; } >> "$logs"
     grep -v "^\s*$" "$WORK/$name.log" | tail -"${TAIL:-12}" >> "$summary"
@@ -81,20 +102,31 @@ else
 fi
 bench="python tools/benchmark_throughput.py --preset $PRESET $BENCH_EXTRA"
 
+CUDA_TESTS="tests/model/test_fast_path_cuda.py tests/ops/test_triton_kernels.py tests/parallel/test_collectives.py
+    tests/parallel/test_context_parallel.py"  # the files with CUDA tests, named: no other file's import can stop them
 if [ $DRY = 0 ]; then
     { nvidia-smi; python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"; } >> "$logs" 2>&1
-    ls .whl/*.whl > /dev/null 2>&1 && step wheels 60 python -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
     # Building csrc/ takes a minute of CPU: meanwhile the GPU runs the tests that need no extension.
-    python -m pip install --no-deps --no-build-isolation -e . > "$WORK/install.log" 2>&1 &
-    installer=$!
+    # In place, object files kept: a second run (a rerun on the same machine) rebuilds nothing.
+    so=$(ls megatron_redi/_logprob_cuda*.so 2> /dev/null | head -1)
+    if [ -z "$so" ] || [ csrc/logprob_kernels.cu -nt "$so" ]; then
+        MAX_JOBS=${MAX_JOBS:-8} python setup.py -q build_ext --inplace --build-temp build/cuda > "$WORK/build.log" 2>&1 &
+    else
+        echo "extension up to date: $so" > "$WORK/build.log"; true &
+    fi
+    builder=$!
 fi
-step cuda_tests_triton 120 env PYTHONPATH=. python -m pytest -q -m cuda tests --ignore=tests/ops/test_logprob_cuda.py
+step cuda_tests_triton 120 python -m pytest -q -m cuda $CUDA_TESTS
 if [ $DRY = 0 ]; then
-    wait $installer
-    echo "== install: rc=$?" | tee -a "$summary"; { echo "== install"; cat "$WORK/install.log"; } >> "$logs"
+    t0=$(date +%s); wait $builder; rc=$?
+    echo "== build: rc=$rc, waited $(( $(date +%s) - t0 )) s" | tee -a "$summary"
+    { echo "== build"; cat "$WORK/build.log"; } >> "$logs"
 fi
 # on CPU the CUDA tests are skipped, whatever MEGATRON_REDI_EXPECT_CUDA_EXT says
 step cuda_tests_extension 120 env MEGATRON_REDI_EXPECT_CUDA_EXT=1 python -m pytest -q -m cuda tests/ops/test_logprob_cuda.py
+if [ $DRY = 0 ] && ls .whl/*.whl > /dev/null 2>&1; then
+    step wheels 60 python -m pip install -q --no-index --no-deps --no-compile .whl/*.whl
+fi
 compare=hf
 python -c "import liger_kernel" 2>/dev/null && compare=hf-liger
 bench_step() {  # NAME SECONDS ARGS...: a throughput run; if it fails, once more without Triton
