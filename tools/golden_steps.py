@@ -52,11 +52,15 @@ def train(work: str, name: str, config: str, steps: int, *overrides: str) -> lis
 
 
 def weights_digest(run_dir: str) -> str:
-    """sha256 over the final checkpoint's fp32 master weights and AdamW moments, every file of it
-    that holds tensors: equal digests mean bit-identical training."""
+    """sha256 over the final checkpoint's fp32 master weights and AdamW moments: equal digests
+    mean bit-identical training. The generators' states are left out: they are not weights, and
+    they move with any change in what draws random numbers before training (a model built on the
+    meta device draws none)."""
     h = hashlib.sha256()
     last = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*")))[-1]
     for file in sorted(glob.glob(os.path.join(last, "**", "*.safetensors"), recursive=True)):
+        if os.path.basename(file).startswith("rng_"):
+            continue
         with open(file, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
