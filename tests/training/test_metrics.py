@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_redi.model_config import preset
-from megatron_redi.training.metrics import CollapseAlarm, step_flops
+from megatron_redi.training.metrics import CollapseAlarm, card_peak_tflops, mfu_peak_tflops, step_flops
 
 
 def test_collapse_alarm_fires_when_both_logps_fall():
@@ -84,3 +84,16 @@ def test_step_sums_over_data_parallel_ranks_are_exact():
 
     run_ranks(2, _exact_sums)
 
+
+
+def test_mfu_divides_by_the_card_s_own_peak_or_the_configured_one(monkeypatch):
+    """An H100 run is no longer divided by an H200's figure; an unknown card reports no MFU, said."""
+    assert card_peak_tflops("NVIDIA H100 80GB HBM3") == card_peak_tflops("NVIDIA H200") == 989.0
+    assert card_peak_tflops("NVIDIA H100 PCIe") == 756.0 and card_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert mfu_peak_tflops(cuda) == 989.0 and mfu_peak_tflops(cuda, 700.0) == 700.0
+    assert mfu_peak_tflops(torch.device("cpu"), 700.0) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    with pytest.warns(UserWarning, match="no dense bf16 peak known for 'Some Future GPU'; set train.peak_tflops"):
+        assert mfu_peak_tflops(cuda) is None
