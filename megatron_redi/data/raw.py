@@ -27,7 +27,34 @@ class RawRow:
     reason: str | None = None  # the report's name for that: invalid_json, invalid_utf8, unreadable_file
 
 
+def _starts_a_json_array(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1] == b"["
+
+
+def _json_array(path) -> Iterator[RawRow]:
+    """A file holding one JSON array of objects (rllm's test sets): read whole, so one bad byte
+    costs the file, said in one row."""
+    with open(path, "rb") as f:
+        try:
+            records = json.loads(f.read().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield RawRow(path, -1, None, f"not UTF-8 (byte {e.start})", "invalid_utf8")
+            return
+        except json.JSONDecodeError as e:
+            yield RawRow(path, -1, None, f"invalid JSON ({e.msg}, line {e.lineno})", "invalid_json")
+            return
+    for i, record in enumerate(records):
+        if isinstance(record, dict):
+            yield RawRow(path, i, record)
+        else:
+            yield RawRow(path, i, None, "an element of the JSON array that is not an object", "invalid_json")
+
+
 def _jsonl(path) -> Iterator[RawRow]:
+    if path.endswith(".json") and _starts_a_json_array(path):
+        yield from _json_array(path)
+        return
     with open(path, "rb") as f:  # decoded line by line: one bad byte costs its row, not the file's rest
         for i, raw in enumerate(f):
             try:

@@ -8,10 +8,17 @@ out-of-domain check, Table 5) as multiple choice.
 (JSON lines, parquet, Arrow), a directory saved by ``datasets``, or a download of the dataset's
 repository (its data files are found by the benchmark's config and split names). The row count must
 be the known one: a wrong file, split or config is an error, not a smaller benchmark.
+
+The paper's reference scored the five of its tables against rllm's own test sets
+(``rllm/data/test/math/{math,aime,amc,minerva,olympiad_bench}.json``: one JSON array each, columns
+``problem`` and ``answer``), whose answers are not always the Hub's: Minerva's are lists of accepted
+forms. Such a file is read as well (the rllm layout, recognised by its columns), its lists kept as
+lists. Answers are kept as written, ``$`` included, as the reference passed them to its grader.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
@@ -59,16 +66,26 @@ LETTERS = "ABCD"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
 
+RLLM_COLUMNS = ("problem", "answer")  # the layout of rllm's test sets, every benchmark alike
+
+
 def answer_text(value):
     """A reference answer as the evaluator's: a string, whole floats (AMC stores 27.0) as integers,
-    surrounding $ removed; several answers (OlympiadBench's lists) a list of them, any of which is
-    right (as the paper's grader takes them)."""
+    otherwise as written (OlympiadBench's ``$k=1$`` keeps its ``$``: the reference's grader saw
+    them, and they change its verdict); several answers (OlympiadBench's and rllm's Minerva lists)
+    a list of them, any of which is right (as the paper's grader takes them)."""
     if isinstance(value, (list, tuple)):
         texts = [answer_text(v) for v in value]
         return texts[0] if len(texts) == 1 else texts
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip().strip("$").strip()
+    return str(value).strip()
+
+
+def describe() -> str:
+    """One line per benchmark, from the table: what ``--help`` lists, so it cannot drift."""
+    return "\n".join(f"  {name:14s}{b.repo}{', config ' + b.config if b.config else ''}, split {b.split}: "
+                     f"{b.size} problems{' (multiple choice)' if b.wrong else ''}" for name, b in BENCHMARKS.items())
 
 
 def local_files(source: str, bench: Benchmark) -> list[tuple[str, str]]:
@@ -125,6 +142,8 @@ def _multiple_choice(row: dict, record: dict, bench: Benchmark, shuffle: random.
 
 
 def _row(record: dict, bench: Benchmark, where: str) -> dict:
+    if bench.problem not in record and not bench.wrong and all(c in record for c in RLLM_COLUMNS):
+        bench = dataclasses.replace(bench, problem=RLLM_COLUMNS[0], answer=RLLM_COLUMNS[1])  # rllm's test set
     for column in (bench.problem, bench.answer, *bench.wrong):
         if record.get(column) in (None, "", []):
             raise BenchmarkSourceError(f"{where}: column {column!r} is missing or empty (columns: {', '.join(record)})")

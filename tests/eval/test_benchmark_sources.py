@@ -3,6 +3,7 @@ the Hub through a stand-in for datasets.load_dataset."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -80,14 +81,69 @@ def test_each_benchmark_from_a_local_copy(name, tmp_path):
     assert all(isinstance(r["answer"], str) for r in rows[1:])
     assert rows[3]["problem"] in ("p3", "q3")
     expected = {"math500": "\\frac{3}{2}", "aime24": "3", "aime25": "3", "amc23": "3", "amc23_40": "3",
-                "minerva": "3 \\mathrm{~m}", "olympiadbench": "3"}[name]
+                "minerva": "3 \\mathrm{~m}", "olympiadbench": "$3$"}[name]  # as written: the reference's key
     assert rows[3]["answer"] == expected
     if name == "amc23":
         assert rows[1]["answer"] == "1.5"  # only whole floats become integers
     if name == "olympiadbench":  # several answers: any of them is right
-        assert rows[0]["answer"] == ["0", "7"] and rows[0]["is_multiple_answer"] is True
+        assert rows[0]["answer"] == ["$0$", "$7$"] and rows[0]["is_multiple_answer"] is True
     if name == "math500":
         assert rows[3]["level"] == 3 and rows[3]["subject"] == "Algebra"  # metadata rides along
+
+
+RLLM_FILES = {"math500": "math", "aime24": "aime", "amc23": "amc", "minerva": "minerva", "olympiadbench": "olympiad_bench"}
+
+
+def _rllm_rows(name, n):
+    """rllm/data/test/math/NAME.json's layout: problem, answer (Minerva's and OlympiadBench's a list)."""
+    answer = {"minerva": lambda i: [f"{i}", f"{i}.0"] if i % 4 == 0 else [f"{i} \\mathrm{{~m}}"],
+              "olympiadbench": lambda i: [f"$k={i}$"], "amc23": float}.get(name, str)
+    extra = {"minerva": {"solution": "s", "type": "Physics", "idx": 0}}.get(name, {"difficulty": 2.0})
+    return [{"problem": f"p{i}", "answer": answer(i), **extra} for i in range(n)]
+
+
+@pytest.mark.parametrize("name", sorted(RLLM_FILES))
+def test_rllm_s_test_sets_are_read_with_their_answer_lists(name, tmp_path):
+    """The answer key the paper's reference scored against: one JSON array per benchmark."""
+    path = tmp_path / f"{RLLM_FILES[name]}.json"
+    path.write_text(json.dumps(_rllm_rows(name, BENCHMARKS[name].size), indent=1))
+    rows = prepare(name, str(path))
+    assert len(rows) == BENCHMARKS[name].size and rows[5]["problem"] == "p5"
+    if name == "minerva":  # the accepted forms stay a list; one form, a string
+        assert rows[4]["answer"] == ["4", "4.0"] and rows[5]["answer"] == "5 \\mathrm{~m}" and rows[5]["type"] == "Physics"
+    if name == "olympiadbench":
+        assert rows[1]["answer"] == "$k=1$"
+    if name == "amc23":
+        assert rows[7]["answer"] == "7"
+
+
+def test_olympiadbench_answers_keep_their_dollars_and_the_reference_s_verdict():
+    """rllm's grader rewrites "k=1" to "1" but "$k=1$" to "1$": a model boxing 1 was wrong for the
+    reference (10 of the 675 problems of rllm's file have such an answer)."""
+    from megatron_redi.eval.answers import is_correct
+    from megatron_redi.eval.benchmarks import answer_text
+
+    assert answer_text(["$k=1$"]) == "$k=1$" and answer_text(["$2$", "$3$"]) == ["$2$", "$3$"]
+    assert not is_correct("<think>t</think> so \\boxed{1}", answer_text(["$k=1$"]), "rllm")
+    assert is_correct("<think>t</think> so \\boxed{k=1}", answer_text(["$k=1$"]), "rllm")
+
+
+def test_a_json_array_that_is_not_one_is_named(tmp_path):
+    path = tmp_path / "minerva.json"
+    path.write_text('[{"problem": "p", "answer": ["1"]},\n 7]')
+    with pytest.raises(BenchmarkSourceError, match=r"minerva.json: row 1: an element of the JSON array that is not"):
+        prepare("minerva", str(path))
+    path.write_text('[{"problem": "p", "answer": ["1"]},')
+    with pytest.raises(BenchmarkSourceError, match=r"minerva.json: row -1: invalid JSON"):
+        prepare("minerva", str(path))
+
+
+def test_the_help_lists_every_benchmark_of_the_table():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prepare_benchmarks.py"), "--help"],
+                          capture_output=True, text=True, check=True)
+    for name, bench in BENCHMARKS.items():
+        assert re.search(rf"^  {name} +{re.escape(bench.repo)}.*: {bench.size} problems", done.stdout, re.M), name
+    assert "math-ai/amc23, split test: 40" in done.stdout and "AI-MO/aimo-validation-amc, split train: 83" in done.stdout
 
 
 def test_saved_datasets_and_single_files(tmp_path):
