@@ -41,6 +41,13 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, uniforms: tor
     return (index if order is None else order.gather(-1, index)).squeeze(-1)
 
 
+def new_token_limits(model, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
+    """How many tokens each prompt may be followed by: ``max_new_tokens``, or fewer where the
+    model's positions (``max_position_embeddings``) end first; at least one (a prompt that fills
+    the positions by itself is its caller's to refuse, as evaluate does)."""
+    return [max(1, min(max_new_tokens, model.cfg.max_position_embeddings - len(p))) for p in prompts]
+
+
 def job_generator(seed: int, prompt_id: int, sample_index: int) -> torch.Generator:
     """The randomness of one generation, whatever else is generated beside it."""
     return torch.Generator().manual_seed((seed * 1_000_003 + prompt_id) * 1_009 + sample_index)
@@ -55,7 +62,8 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
                      prompt_ids: list[int] | None = None, refill: bool = True, on_done=None) -> list[list[list[int]]]:
     """``samples`` generations of each prompt: ``out[i][j]``, sample j of prompt i, its token ids
-    (the prompt excluded), cut after the first stop token. ``prompt_ids``: the prompts' identities
+    (the prompt excluded), cut after the first stop token, or at ``max_new_tokens``, or where the
+    model's positions end (``new_token_limits``). ``prompt_ids``: the prompts' identities
     for the seeds (default 0, 1, ...; the evaluator passes the problems' indices in the benchmark,
     so that data parallelism does not change them). ``on_done(new_tokens)`` is called as each
     generation ends (a progress bar's hook)."""
@@ -64,7 +72,8 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
     out = [[None] * samples for _ in prompts]
     if not queue:
         return out
-    max_len = max(map(len, prompts)) + max_new_tokens
+    limits = new_token_limits(model, prompts, max_new_tokens)
+    max_len = max(len(p) + n for p, n in zip(prompts, limits))
     slots = slots_that_fit(model, min(batch_size, len(queue)), max_len)
     cache = KVCache(model, slots, max_len)
     running: list[tuple[int, int] | None] = [None] * slots
@@ -89,7 +98,7 @@ def generate_samples(model, prompts: list[list[int]], samples: int, max_new_toke
         tokens = _broadcast_tp(sample(logits, temperature, top_p, uniforms), model.parallel)
         for s, t in zip(active, tokens[active].tolist()):
             texts[s].append(t)
-            if t in stop_ids or len(texts[s]) == max_new_tokens:
+            if t in stop_ids or len(texts[s]) >= limits[running[s][0]]:
                 i, j = running[s]
                 out[i][j], running[s] = texts[s], None
                 if on_done:
@@ -107,9 +116,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set
         return [s[0] for s in generate_samples(model, prompts, 1, max_new_tokens, stop_ids, temperature, top_p, seed,
                                                batch_size)]
     out = []
-    for i, prompt in enumerate(prompts):
+    for i, (prompt, limit) in enumerate(zip(prompts, new_token_limits(model, prompts, max_new_tokens))):
         generator, text = job_generator(seed, i, 0), []
-        for _ in range(max_new_tokens):
+        for _ in range(limit):
             logits = last_token_logits(model, [prompt + text]).float()
             uniform = torch.rand((1,), generator=generator) if temperature > 0 else None
             text.append(int(_broadcast_tp(sample(logits, temperature, top_p, uniform), model.parallel)[0]))

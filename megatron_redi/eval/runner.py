@@ -16,7 +16,7 @@ from ..cli import UserError
 from ..parallel.collectives import all_gather_objects
 from .answers import predicted_answer
 from .checking import check_answers
-from .generate import generate_samples
+from .generate import generate_samples, new_token_limits
 from .metrics import summarize
 from .protocol import PROMPT_STYLES, Protocol
 
@@ -144,20 +144,26 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
     with bar:  # every (problem, sample) job in one queue: sample j of every problem is the P_j of the SEM
         outs = generate_samples(model, prompts, samples, protocol.max_new_tokens, stops, temperature, top_p, seed,
                                 batch_size, prompt_ids=mine, on_done=advance)
-        for i, generations in zip(mine, outs):
+        limits = new_token_limits(model, prompts, protocol.max_new_tokens)
+        capped = {}  # generations cut where the model's positions end, before max_new_tokens
+        for i, generations, limit in zip(mine, outs, limits):
             texts[i] = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generations]
             lengths[i] = [len(ids) for ids in generations]
-    results = result_rows(problems, mine, texts, lengths, protocol.checker)
+            capped[i] = [j for j, ids in enumerate(generations)
+                         if limit < protocol.max_new_tokens and len(ids) == limit and ids[-1] not in stops]
+    results = result_rows(problems, mine, texts, lengths, protocol.checker, capped)
     if parallel.dp_cp_size > 1:
         gathered = all_gather_objects(parallel, results, parallel.dp_cp_group)
         results = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     return results, summary_of(results, protocol)
 
 
-def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, checker: str) -> list[dict]:
+def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, checker: str,
+                capped: dict | None = None) -> list[dict]:
     """One row per problem index: the problem's fields, its generations (text and length in
-    tokens), the boxed answers, which are correct, and which of them hit the checking time bound
-    (``bounded``: indices of generations, scored wrong; checking.py)."""
+    tokens), the boxed answers, which are correct, which of them hit the checking time bound
+    (``bounded``: indices of generations, scored wrong; checking.py) and, where the built-in engine
+    cut some where the model's positions end, which (``capped``)."""
     indices = list(indices)
     tasks = [(t, problems[i]["answer"]) for i in indices for t in texts[i]]
     verdicts = iter(check_answers(tasks, checker))
@@ -166,14 +172,17 @@ def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, check
         mine = [next(verdicts) for _ in texts[i]]
         rows.append({**problems[i], "index": i, "generations": texts[i], "lengths": lengths[i],
                      "predicted": [predicted_answer(t, checker) for t in texts[i]],
-                     "correct": [v.correct for v in mine], "bounded": [j for j, v in enumerate(mine) if v.bounded]})
+                     "correct": [v.correct for v in mine], "bounded": [j for j, v in enumerate(mine) if v.bounded],
+                     **({"capped": capped[i]} if capped and capped[i] else {})})
     return rows
 
 
 def summary_of(results: list[dict], protocol: Protocol) -> dict:
-    """pass@1, its SEM and pass@k, the protocol, and how many answers hit the checking time bound."""
+    """pass@1, its SEM and pass@k, the protocol, how many answers hit the checking time bound and how
+    many generations were cut where the model's positions end."""
     return {**summarize([r["correct"] for r in results], protocol.sem_ddof), "protocol": protocol.record(),
-            "bounded_answers": sum(len(r.get("bounded", ())) for r in results)}
+            "bounded_answers": sum(len(r.get("bounded", ())) for r in results),
+            "capped_generations": sum(len(r.get("capped", ())) for r in results)}
 
 
 def score(problems: list[dict], generations: list[list[str]], lengths: list[list[int]],

@@ -233,3 +233,24 @@ def test_a_qwen3_prompt_opens_the_thinking_block_as_its_template_does(tiny_token
     trained = templater.prompt("1+1") + templater.response("<think>\n1 plus 1 is 2.\n</think>\n\n\\boxed{2}")
     text = tokenizer.decode(trained)
     assert text.startswith(prompt_text(tokenizer, "1+1", "chat", True)) and text.endswith("<|im_end|>\n<|endoftext|>")
+
+
+def test_generation_stops_where_the_model_s_positions_end_and_is_counted(tiny_checkpoint, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from megatron_redi.eval import Protocol, build_prompt, evaluate
+    from megatron_redi.model import from_pretrained
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    problems = [{"problem": "1 + 1", "answer": "2"}, {"problem": "2 + 2 + 2 + 2 + 2 + 2", "answer": "12"}]
+    prompt_lengths = [len(build_prompt(tokenizer, p["problem"], "lighteval", True)) for p in problems]
+    positions = max(prompt_lengths) + 4  # the longer prompt leaves 4 positions, the shorter a few more
+    model = from_pretrained(tiny_checkpoint(), max_position_embeddings=positions)
+    results, summary = evaluate(model, tokenizer, problems, Protocol(samples=2, max_new_tokens=40))
+    for row, n in zip(results, prompt_lengths):
+        assert all(length <= positions - n for length in row["lengths"])
+    assert results[1]["capped"] == [j for j, n in enumerate(results[1]["lengths"]) if n == 4]
+    assert summary["capped_generations"] == sum(len(r.get("capped", ())) for r in results) >= 1
+    plain = generate(model, [build_prompt(tokenizer, problems[1]["problem"], "lighteval", True)], 40, set(),
+                     use_cache=False)
+    assert len(plain[0]) == 4  # the reference path stops there too
