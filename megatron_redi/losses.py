@@ -6,7 +6,9 @@ produces log-probs (fused head, reference pre-pass, tests) shares them.
 
     redi       -logp_w/|y_w| + alpha * logp_l/|y_l|            (alpha=1: symmetric REDI;
                                                                 alpha=0: per-sequence-mean SFT)
-    simpo      -log sigmoid(beta (logp_w/|y_w| - logp_l/|y_l|) - gamma)
+    simpo      -log sigmoid(beta (logp_w/|y_w| - logp_l/|y_l|) - gamma)   (Eq. 3)
+                 + nll_weight * (-logp_w/|y_w|)      (TRL's CPOTrainer adds this with its cpo_alpha,
+                                                      1.0 by default; 0 here: Eq. 3 alone)
     dpo        -log sigmoid(beta ((logp_w - ref_w) - (logp_l - ref_l))), with label smoothing
     sft        -logp (token mean over the global batch), or -logp/|y| (per-sequence mean)
 
@@ -47,9 +49,12 @@ def _smoothed_sigmoid_loss(logits, label_smoothing: float):
 
 
 def simpo(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, beta: float = SIMPO_BETA,
-          gamma: float = SIMPO_GAMMA, label_smoothing: float = 0.0):
+          gamma: float = SIMPO_GAMMA, label_smoothing: float = 0.0, nll_weight: float = 0.0):
     margin = chosen_logps / chosen_lengths - rejected_logps / rejected_lengths
-    return _smoothed_sigmoid_loss(beta * margin - gamma, label_smoothing)
+    loss = _smoothed_sigmoid_loss(beta * margin - gamma, label_smoothing)
+    # TRL's NLL is a token mean over a device's micro-batch: over one chosen response in the
+    # reference's runs (one pair per device), that is, this per-pair mean
+    return loss - nll_weight * chosen_logps / chosen_lengths if nll_weight else loss
 
 
 def dpo(chosen_logps, chosen_lengths, rejected_logps, rejected_lengths, ref_chosen_logps,
@@ -71,6 +76,8 @@ class LossConfig:
     beta: float | None = setting(None, "DPO / SimPO inverse temperature (default: the loss's own, DPO 0.001, SimPO 2)")
     gamma: float = setting(SIMPO_GAMMA, "SimPO target margin")
     label_smoothing: float = setting(0.0, "DPO / SimPO")
+    nll_weight: float = setting(0.0, "SimPO: weight of the chosen response's mean NLL added to Eq. 3 (TRL's cpo_alpha, "
+                                     "1.0 in its CPOTrainer; 0: Eq. 3 alone)")
     per_sequence_mean: bool = setting(False, "SFT: average per sequence instead of per token")
 
     def __post_init__(self):
@@ -81,6 +88,10 @@ class LossConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.type in ("dpo", "simpo") and self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.nll_weight and self.type != "simpo":
+            raise ValueError(f"nll_weight is SimPO's (TRL's cpo_alpha); the {self.type} loss has none")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be at least 0, got {self.nll_weight}")
         if not 0.0 <= self.label_smoothing < 0.5:  # at 0.5 the loss no longer prefers either trace
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -106,7 +117,8 @@ def pair_losses(cfg: LossConfig, chosen_logps, chosen_lengths, rejected_logps, r
     if cfg.type == "symmetric":
         return symmetric_redi(*args)
     if cfg.type == "simpo":
-        return simpo(*args, beta=cfg.beta, gamma=cfg.gamma, label_smoothing=cfg.label_smoothing)
+        return simpo(*args, beta=cfg.beta, gamma=cfg.gamma, label_smoothing=cfg.label_smoothing,
+                     nll_weight=cfg.nll_weight)
     if cfg.type == "dpo":
         if ref_chosen_logps is None or ref_rejected_logps is None:
             raise ValueError("DPO needs the reference model's log-probs of chosen and rejected")

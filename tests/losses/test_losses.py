@@ -41,6 +41,18 @@ def test_simpo_by_hand_and_against_trl_definition():
         torch.testing.assert_close(L.simpo(C, LC, R, LR, beta=beta, gamma=gamma, label_smoothing=ls), trl)
 
 
+def test_simpo_with_trl_s_nll_term_as_its_cpo_trainer_adds_it():
+    """CPOTrainer: losses.mean() + cpo_alpha * cross-entropy over the micro-batch's chosen tokens;
+    with one pair per device (the reference's runs) that is -logp_w/|y_w| per pair."""
+    for pair in range(len(C)):
+        c, lc, r, lr = C[pair:pair + 1], LC[pair:pair + 1], R[pair:pair + 1], LR[pair:pair + 1]
+        trl = L.simpo(c, lc, r, lr).mean() + 1.0 * (-c / lc).mean()  # token-mean NLL of the one chosen response
+        torch.testing.assert_close(L.simpo(c, lc, r, lr, nll_weight=1.0), trl.reshape(1))
+    torch.testing.assert_close(L.simpo(C, LC, R, LR, nll_weight=0.0), L.simpo(C, LC, R, LR))  # Eq. 3
+    with pytest.raises(ValueError, match="nll_weight is SimPO's"):
+        L.LossConfig(type="redi", nll_weight=1.0)
+
+
 def test_dpo_by_hand_and_against_trl_definition():
     ref_c, ref_r = torch.tensor([-11.0, -3.5]), torch.tensor([-7.0, -12.0])
     # pair 0: (−10+11) − (−8+7) = 2 -> -log sigmoid(0.2)

@@ -24,6 +24,11 @@ from megatron_redi.training.step import forward_backward, optimizer_step
 PAIRS = [(4, 9, 13), (2, 1, 3), (6, 17, 5), (3, 11, 2)]  # (prompt, chosen, rejected) token counts
 REF = [(-30.0 - i, -41.5 + i) for i in range(len(PAIRS))]  # DPO's reference log-prob sums
 ALPHA, BETA = 0.8, 0.1
+# each loss as the step runs it; SimPO both ways the paper's reference may have run it (Eq. 3, and
+# TRL's CPOTrainer default adding the chosen response's NLL)
+CASES = {"redi": dict(type="redi", alpha=ALPHA), "dpo": dict(type="dpo", beta=BETA), "sft": dict(type="sft"),
+         "simpo": dict(type="simpo", beta=2.0, gamma=1.0), "simpo_nll": dict(type="simpo", beta=2.0, gamma=1.0,
+                                                                          nll_weight=1.0)}
 # lr large enough that a wrong gradient moves a weight visibly; eps 1e-3 because Qwen2's key biases
 # get a gradient that is zero up to rounding (softmax ignores a shift of all scores), which a tiny
 # eps would turn into full-size steps of noise on both sides
@@ -37,7 +42,8 @@ def _sequences(vocab):
             for prompt, chosen, rejected in PAIRS]
 
 
-def _library_step(path, loss_type, pairs):
+def _library_step(path, case, pairs):
+    loss_type = CASES[case]["type"]
     model = from_pretrained(path)
     master = MasterParams(model, ParallelState())
     if loss_type == "sft":  # each sequence an item; the loss a mean over the batch's response tokens
@@ -46,8 +52,7 @@ def _library_step(path, loss_type, pairs):
     else:
         units = [TrainingItem(i, tuple(pair), REF[i] if loss_type == "dpo" else None) for i, pair in enumerate(pairs)]
         total = len(pairs)
-    loss = LossConfig(type=loss_type, alpha=ALPHA, beta=BETA) if loss_type == "dpo" else LossConfig(type=loss_type,
-                                                                                                   alpha=ALPHA)
+    loss = LossConfig(**CASES[case])
     batches = pack(units, 40, 1, 0)
     assert len(batches) > 1  # the step sums micro-batches
     work = forward_backward(model, master, batches, loss, float(total))
@@ -60,7 +65,7 @@ def _library_step(path, loss_type, pairs):
     return work.loss, grads, merged_grads(model, lambda w: [w])
 
 
-def _independent_step(path, loss_type, pairs):
+def _independent_step(path, case, pairs):
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -71,15 +76,19 @@ def _independent_step(path, loss_type, pairs):
         logits = hf(tokens[None]).logits[0, seq.prompt_len - 1:-1]
         return logits.log_softmax(-1).gather(1, tokens[seq.prompt_len:, None]).sum(), seq.response_len
 
-    if loss_type == "sft":
+    c = CASES[case]
+    if c["type"] == "sft":
         logps = [logp(s) for pair in pairs for s in pair]
         loss = -sum(lp for lp, _ in logps) / sum(n for _, n in logps)
     else:
         terms = []
         for (chosen, rejected), (ref_c, ref_r) in zip(pairs, REF):
             (lc, nc), (lr, nr) = logp(chosen), logp(rejected)
-            if loss_type == "redi":
+            if c["type"] == "redi":
                 terms.append(-lc / nc + ALPHA * lr / nr)
+            elif c["type"] == "simpo":  # Eq. 3, plus TRL's NLL of the chosen response when weighted
+                terms.append(-F.logsigmoid(c["beta"] * (lc / nc - lr / nr) - c["gamma"])
+                             - c.get("nll_weight", 0.0) * lc / nc)
             else:
                 terms.append(-F.logsigmoid(BETA * ((lc - ref_c) - (lr - ref_r))))
         loss = sum(terms) / len(terms)
@@ -95,13 +104,13 @@ def _independent_step(path, loss_type, pairs):
     return loss.detach(), grads, after
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama3", "qwen3"])
-@pytest.mark.parametrize("loss_type", ["redi", "dpo", "sft"])
-def test_one_step_equals_transformers_and_torch(tiny_checkpoint, arch, loss_type):
+@pytest.mark.parametrize("arch,case", [(arch, case) for arch in ("qwen2", "llama3", "qwen3")
+                                       for case in ("redi", "dpo", "sft")] + [("qwen2", "simpo"), ("qwen2", "simpo_nll")])
+def test_one_step_equals_transformers_and_torch(tiny_checkpoint, arch, case):
     path = tiny_checkpoint(arch=arch, tie_word_embeddings=False, num_kv_heads=2)
     pairs = _sequences(384)
-    loss, grads, weights = _library_step(path, loss_type, pairs)
-    want_loss, want_grads, want_weights = _independent_step(path, loss_type, pairs)
+    loss, grads, weights = _library_step(path, case, pairs)
+    want_loss, want_grads, want_weights = _independent_step(path, case, pairs)
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
     assert_grads_close(grads, want_grads)
     assert_grads_close(weights, want_weights, tol=2e-5)
