@@ -42,6 +42,7 @@ from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.settings import COMPUTE_DTYPES, DTYPES, ConfigError, tokenizer_directory
 from megatron_redi.eval import evaluate, load_benchmark, prompt_text, score, vllm_engine
 from megatron_redi.eval.campaign import Campaign, named_benchmarks
+from megatron_redi.eval.runner import BenchmarkError, check_gold
 from megatron_redi.eval.protocol import add_protocol_arguments, protocol_from_arguments
 from megatron_redi.model import from_pretrained
 from megatron_redi.parallel import initialize, leaves_the_process_group
@@ -90,6 +91,11 @@ def main(argv=None) -> int:
     benchmarks = {name: load_benchmark(path, args.max_problems) for name, path in named.items()}
     if args.select_by and args.select_by not in benchmarks:
         raise ConfigError(f"--select-by {args.select_by}: not one of the benchmarks ({', '.join(benchmarks)})")
+    for name, problems in benchmarks.items():
+        try:
+            check_gold(problems, protocol)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"{named[name]}: {e}") from None
     for e in entries:
         tokenizer_directory(args.tokenizer or e["checkpoint"])
     campaign = Campaign(args.output, entries, benchmarks, protocol, args.seed, args.tokenizer)

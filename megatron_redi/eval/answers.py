@@ -1,6 +1,6 @@
 """Final answers: a generation's boxed answer, checked against the reference (or any of several).
 
-Three checkers:
+The checkers:
 
     rllm         the grader of the paper's tables (DeepScaleR's): the last \\boxed{} after </think>
                  only, compared by the MATH normalisation, then by sympy (rllm_grader.py); the
@@ -9,6 +9,12 @@ Three checkers:
                  library of the paper's LightEval runs (the intermediate protocol's checker).
                  Both sides are parsed from LaTeX into sympy and compared as numbers, expressions,
                  sets, tuples, intervals or equations (units, degrees, \\text and percent handled).
+    lighteval    Math-Verify as LightEval's math metric ran it in the paper's intermediate runs:
+                 expressions and LaTeX read from the whole generation (a \\boxed{} preferred, not
+                 required), and from the reference the same way, which for MATH-500 is the
+                 benchmark's ``solution`` text (the intermediate protocol's ``gold``). The row's
+                 ``predicted`` shows the last \\boxed{} (reading the whole output is the worker's,
+                 under checking.py's time bound).
     letter       multiple choice (GPQA-Diamond): the option letter of the last "Answer: X" line (or
                  of the last \\boxed{X}), against the reference letter.
     builtin      a small normaliser, the fallback where math-verify cannot be imported: integers
@@ -93,7 +99,7 @@ try:
 except ImportError:  # a dependency, so only a broken install lands here
     math_verify = None
 
-CHECKERS = ("math-verify", "rllm", "letter", "builtin")
+CHECKERS = ("math-verify", "lighteval", "rllm", "letter", "builtin")
 # "Answer: C", "**Answer:** (C)", "Answer: $C$": the format LightEval's GPQA prompt asks for. The
 # quantifiers are possessive (*+, ?+): neighbours that could share a run of blanks would otherwise
 # try every split of it when no letter follows (cubic in its length); none of them can match what
@@ -118,13 +124,24 @@ def checker_in_use(checker: str = "math-verify") -> str:
     global _warned
     if checker not in CHECKERS:
         raise ValueError(f"answer checker {checker!r} is not one of {CHECKERS}")
-    if checker == "math-verify" and math_verify is None:
+    if checker in ("math-verify", "lighteval") and math_verify is None:
         if not _warned:
             warnings.warn("math-verify cannot be imported: answers are checked by the built-in normaliser, whose "
                           "verdicts may differ from the paper's (pip install math-verify)", stacklevel=2)
             _warned = True
         return "builtin"
     return checker
+
+
+def _lighteval_targets(text: str) -> list:
+    """What LightEval's math metric reads from a text: math expressions and LaTeX, anywhere in it."""
+    return math_verify.parse(text, [math_verify.ExprExtractionConfig(), math_verify.LatexExtractionConfig()])
+
+
+def lighteval_correct(generation: str, references) -> bool:
+    gold = [_lighteval_targets(str(r)) for r in (references if isinstance(references, (list, tuple)) else [references])]
+    found = _lighteval_targets(generation)
+    return bool(found) and any(g and math_verify.verify(g, found) for g in gold)
 
 
 def answers_equal(predicted: str, reference: str, checker: str = "math-verify") -> bool:
@@ -154,6 +171,8 @@ def is_correct(generation: str, reference, checker: str = "math-verify") -> bool
     try:
         if checker == "rllm":
             return rllm_grader.correct(generation, reference)
+        if checker_in_use(checker) == "lighteval":
+            return lighteval_correct(generation, reference)
         predicted = predicted_answer(generation, checker)
         references = reference if isinstance(reference, (list, tuple)) else [reference]
         return predicted is not None and any(answers_equal(predicted, str(r), checker) for r in references)

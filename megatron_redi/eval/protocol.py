@@ -11,6 +11,7 @@ from ..settings import ConfigError, check_settings, choice, setting
 from .answers import CHECKERS, checker_in_use
 
 PROMPT_STYLES = ("lighteval", "chat", "raw")
+GOLD_FIELDS = ("answer", "solution")  # the benchmark row's field the checker compares with
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Protocol:
     force_think: bool = setting(True, "\"<think>\" as the start of the answer, as the paper's models were prompted")
     sem_ddof: int = setting(0, "the SEM's standard deviation: 0 population (the reference's numpy default), 1 sample")
     checker: str = choice("math-verify", CHECKERS, "how a boxed answer is compared with the reference")
+    gold: str = choice("answer", GOLD_FIELDS, "what it is compared with: the benchmark's answer, or its reference "
+                                              "solution (LightEval's MATH-500 gold)")
 
     def __post_init__(self):
         check_settings(self)
@@ -41,14 +44,19 @@ class Protocol:
         return {"name": name_of(self), "samples": self.samples, "temperature": self.temperature,
                 "top_p": 1.0 if self.greedy else self.top_p, "max_new_tokens": self.max_new_tokens, "prompt": self.prompt, "force_think": self.force_think,
                 "sem_std": "population (ddof 0)" if self.sem_ddof == 0 else "sample (ddof 1)",
-                "checker": checker_in_use(self.checker)}
+                "checker": checker_in_use(self.checker), "gold": self.gold}
 
 
-# The paper's two protocols by name (Appendix C.5). Both decode alike (the defaults above); they
-# differ in how many samples they score and with which checker, and in their benchmarks.
+# The paper's two protocols by name (Appendix C.5). Both sample alike (the defaults above); they
+# differ in how many samples they score and how, and in their benchmarks.
 NAMED = {
-    # LightEval on MATH-500: tuning, the figures, picking a run's best checkpoint
-    "intermediate": {"samples": 4, "checker": "math-verify"},
+    # LightEval on MATH-500 as the reference ran it to tune and to pick a run's best checkpoint: the
+    # model's own template (no forced "<think>"), expressions and LaTeX read from the whole output,
+    # the gold read from MATH-500's solution
+    "intermediate": {"samples": 4, "checker": "lighteval", "force_think": False, "gold": "solution"},
+    # the same scoring on the boxed answer against the benchmark's answer, "<think>" forced (this
+    # library's intermediate protocol until December 2026; benchmarks without a solution column)
+    "intermediate_boxed": {"samples": 4, "checker": "math-verify"},
     # DeepScaleR / rllm on the five benchmarks: the tables (pass@1 over 16 samples, and pass@16)
     "final": {"samples": 16, "checker": "rllm"},
 }
@@ -71,25 +79,30 @@ def add_protocol_arguments(parser, scoring: bool = True) -> None:
     which, when given, changes the named protocol's (tools/evaluate.py, tools/analyze.py)."""
     if scoring:
         parser.add_argument("--protocol", choices=sorted(NAMED),
-                            help="the paper's protocol: intermediate (MATH-500, 4 samples, math-verify) or final (the "
+                            help="the paper's protocol: intermediate (MATH-500, 4 samples, scored as LightEval did), "
+                                 "intermediate_boxed (the same on the boxed answer, <think> forced) or final (the "
                                  "tables: 16 samples, the rllm grader); each option below changes one of its settings")
         parser.add_argument("--samples", type=int, help="k generations per problem")
         parser.add_argument("--sem-ddof", type=int, choices=(0, 1),
                             help="the SEM's standard deviation: 0 population (the reference's), 1 sample")
         parser.add_argument("--checker", choices=CHECKERS, help="how answers are compared")
+        parser.add_argument("--gold", choices=GOLD_FIELDS,
+                            help="compare with each problem's answer, or its solution (LightEval's MATH-500 gold)")
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--greedy", action="store_true", help="temperature 0")
     parser.add_argument("--prompt", choices=PROMPT_STYLES)
+    parser.add_argument("--force-think", dest="force_think", action="store_true", default=None,
+                        help='start the answer with "<think>"')
     parser.add_argument("--no-force-think", dest="force_think", action="store_false", default=None,
                         help='do not start the answer with "<think>"')
 
 
 def protocol_from_arguments(args, default: str = "final") -> Protocol:
     """The protocol named by ``--protocol`` (else ``default``), with the settings given changed."""
-    changes = {key: value for key in ("samples", "sem_ddof", "checker", "max_new_tokens", "temperature", "top_p",
-                                      "prompt", "force_think") if (value := getattr(args, key, None)) is not None}
+    changes = {key: value for key in ("samples", "sem_ddof", "checker", "gold", "max_new_tokens", "temperature",
+                                      "top_p", "prompt", "force_think") if (value := getattr(args, key, None)) is not None}
     if args.greedy:
         changes["temperature"] = 0.0
     return named(getattr(args, "protocol", None) or default, **changes)

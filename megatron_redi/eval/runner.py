@@ -121,6 +121,7 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
     temperature, top_p = (0.0, 1.0) if protocol.greedy else (protocol.temperature, protocol.top_p)
     # generation is not split along tokens: the CP ranks of a DP rank take problems of their own
     mine = list(range(parallel.dp_cp_rank, len(problems), parallel.dp_cp_size))
+    check_gold(problems, protocol)
     every = [build_prompt(tokenizer, p["problem"], protocol.prompt, protocol.force_think) for p in problems]
     positions = model.cfg.max_position_embeddings
     too_long = [i for i, prompt in enumerate(every) if len(prompt) >= positions]
@@ -151,21 +152,33 @@ def evaluate(model, tokenizer, problems: list[dict], protocol: Protocol = Protoc
             lengths[i] = [len(ids) for ids in generations]
             capped[i] = [j for j, ids in enumerate(generations)
                          if limit < protocol.max_new_tokens and len(ids) == limit and ids[-1] not in stops]
-    results = result_rows(problems, mine, texts, lengths, protocol.checker, capped)
+    results = result_rows(problems, mine, texts, lengths, protocol, capped)
     if parallel.dp_cp_size > 1:
         gathered = all_gather_objects(parallel, results, parallel.dp_cp_group)
         results = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     return results, summary_of(results, protocol)
 
 
-def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, checker: str,
+def check_gold(problems: list[dict], protocol: Protocol) -> None:
+    """Every problem has what the protocol compares with (before anything is generated)."""
+    missing = [i for i, p in enumerate(problems) if p.get(protocol.gold) in (None, "", [])]
+    if missing:
+        hint = (" (LightEval's MATH-500 gold: prepare MATH-500 from HuggingFaceH4/MATH-500, whose solution column "
+                "is kept, or score the boxed answer: --protocol intermediate_boxed, or --gold answer)"
+                if protocol.gold == "solution" else "")
+        raise BenchmarkError(f"problem {missing[0] + 1} of the benchmark has no {protocol.gold!r} to compare with "
+                             f"({len(missing)} such problems){hint}")
+
+
+def result_rows(problems: list[dict], indices, texts: dict, lengths: dict, protocol: Protocol,
                 capped: dict | None = None) -> list[dict]:
     """One row per problem index: the problem's fields, its generations (text and length in
     tokens), the boxed answers, which are correct, which of them hit the checking time bound
     (``bounded``: indices of generations, scored wrong; checking.py) and, where the built-in engine
     cut some where the model's positions end, which (``capped``)."""
     indices = list(indices)
-    tasks = [(t, problems[i]["answer"]) for i in indices for t in texts[i]]
+    checker = protocol.checker
+    tasks = [(t, problems[i][protocol.gold]) for i in indices for t in texts[i]]
     verdicts = iter(check_answers(tasks, checker))
     rows = []
     for i in indices:
@@ -191,6 +204,7 @@ def score(problems: list[dict], generations: list[list[str]], lengths: list[list
     ``generations[i][j]`` is sample j of problem i, ``lengths[i][j]`` its length in tokens."""
     if len(generations) != len(problems) or any(len(g) != protocol.samples for g in generations):
         raise ValueError(f"need {protocol.samples} generations for each of the {len(problems)} problems")
+    check_gold(problems, protocol)
     rows = result_rows(problems, range(len(problems)), dict(enumerate(generations)), dict(enumerate(lengths)),
-                       protocol.checker)
+                       protocol)
     return rows, summary_of(rows, protocol)

@@ -356,7 +356,7 @@ def _evaluate(s: Settings, which: list[str], p: dict, out: str) -> Command:
     flags = ["--benchmark", *[f"{b}={os.path.join(s.bench, b + '.jsonl')}" for b in p["benchmarks"]]]
     for key, value in p.items():
         if key == "force_think":
-            flags += [] if value else ["--no-force-think"]
+            flags += ["--force-think" if value else "--no-force-think"]
         elif key != "benchmarks":
             flags += [f"--{key.replace('_', '-')}", str(value)]
     return s.torchrun([s.tool("evaluate.py"), *which, "--tokenizer", os.path.join(_tokenized(s), "tokenizer"),

@@ -152,3 +152,47 @@ def test_without_math_verify_the_builtin_checker_runs_and_warns_once(monkeypatch
 def test_multiple_choice_answers_are_read_by_their_letter(generation, letter):
     assert answers.chosen_letter(generation) == letter
     assert is_correct(generation, "B", "letter") is (letter == "B")
+
+
+# MATH-500-style rows: the gold of the paper's LightEval runs is the solution text, not the answer
+LIGHTEVAL_PROBLEMS = [
+    {"problem": "What is $2+2$?", "answer": "4", "solution": "Adding, $2+2=\\boxed{4}$."},
+    {"problem": "Half of 9?", "answer": "\\frac{9}{2}", "solution": "It is $\\frac92$, so $\\boxed{\\frac{9}{2}}$."},
+]
+
+
+@pytest.mark.parametrize("generation,right_for_lighteval,right_boxed_only", [
+    ("<think>2 and 2</think> Therefore, the final answer is: $\\boxed{4}$. I hope it is correct", True, True),
+    ("<think>2 and 2</think> The answer is 4.", True, False),  # no box: read from the whole output
+    ("The sum is $4$", True, False),
+    ("so \\boxed{5}", False, False),
+    ("no answer at all", False, False),
+])
+def test_the_lighteval_checker_reads_the_whole_output_against_the_solution(generation, right_for_lighteval,
+                                                                           right_boxed_only):
+    from megatron_redi.eval.answers import is_correct
+
+    row = LIGHTEVAL_PROBLEMS[0]
+    assert is_correct(generation, row["solution"], "lighteval") is right_for_lighteval
+    assert is_correct(generation, row["answer"], "math-verify") is right_boxed_only
+
+
+def test_the_intermediate_protocol_scores_as_lighteval_did_and_the_boxed_one_stays_by_name():
+    from megatron_redi.eval import score
+    from megatron_redi.eval.protocol import named
+    from megatron_redi.eval.runner import BenchmarkError
+
+    lighteval, boxed = named("intermediate"), named("intermediate_boxed")
+    assert (lighteval.samples, lighteval.checker, lighteval.force_think, lighteval.gold) == (4, "lighteval", False,
+                                                                                             "solution")
+    assert (boxed.samples, boxed.checker, boxed.force_think, boxed.gold) == (4, "math-verify", True, "answer")
+    outputs = [["The answer is 4.", "\\boxed{4}", "5", "$4$"], ["so 9/2", "\\boxed{\\frac{9}{2}}", "x", "4.5"]]
+    lengths = [[3] * 4] * 2
+    rows, summary = score(LIGHTEVAL_PROBLEMS, outputs, lengths, lighteval)
+    assert [r["correct"] for r in rows] == [[True, True, False, True], [True, True, False, True]]
+    assert summary["protocol"]["name"] == "intermediate" and summary["protocol"]["gold"] == "solution"
+    rows, _ = score(LIGHTEVAL_PROBLEMS, outputs, lengths, boxed)
+    assert [r["correct"] for r in rows] == [[False, True, False, False], [False, True, False, False]]
+    with pytest.raises(BenchmarkError, match="problem 1 of the benchmark has no 'solution' to compare with .*"
+                                             "--protocol intermediate_boxed"):
+        score([{"problem": "p", "answer": "1"}], [["1"] * 4], [[1] * 4], lighteval)

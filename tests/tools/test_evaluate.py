@@ -25,8 +25,8 @@ def test_a_run_s_checkpoints_give_a_curve_and_the_best_step(tiny_run, tiny_run_i
                                                         for i in range(3)))
     out = tmp_path / "eval"
     command = ["tools/evaluate.py", "--run", tiny_run, "--benchmark", f"a={tmp_path / 'a.jsonl'}", tmp_path / "b.jsonl",
-               "--tokenizer", os.path.join(data, "tokenizer"), "--samples", "2", "--max-new-tokens", "4",
-               "--output", out, "--no-progress"]
+               "--tokenizer", os.path.join(data, "tokenizer"), "--protocol", "intermediate_boxed", "--samples", "2",
+               "--max-new-tokens", "4", "--output", out, "--no-progress"]
     first = run(*command)
     summary = json.loads((out / "summary.json").read_text())
     entries = summary["checkpoints"]
@@ -63,6 +63,8 @@ def test_input_errors_exit_2_before_any_work(tiny_run, tmp_path):
     for args, message in [
         (["--run", empty], "no checkpoints"),
         (["--run", tiny_run, "--select-by", "math500"], "not one of the benchmarks"),
+        # a run's default, the intermediate protocol, compares with each problem's solution as LightEval did
+        (["--run", tiny_run], "a.jsonl: problem 1 of the benchmark has no 'solution' to compare with"),
         (["--checkpoint", tiny_run / "checkpoints" / "step_00000001", tmp_path / "x" / "step_00000001"], "no such directory"),
     ]:
         proc = run("tools/evaluate.py", *args, "--benchmark", tmp_path / "a.jsonl", "--output", tmp_path / "o",
@@ -86,7 +88,8 @@ def test_the_size_of_the_work_is_shown_first(tiny_run, tiny_run_inputs, tmp_path
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"problem": f"{i} + {i}", "answer": str(2 * i)}) + "\n"
                                               for i in range(5)))
     command = ["tools/evaluate.py", "--run-dir", tiny_run, "--benchmark", tmp_path / "b.jsonl", "--tokenizer",
-               os.path.join(data, "tokenizer"), "--max-new-tokens", "4", "--output", tmp_path / "eval", "--no-progress"]
+               os.path.join(data, "tokenizer"), "--protocol", "intermediate_boxed", "--max-new-tokens", "4",
+               "--output", tmp_path / "eval", "--no-progress"]
     plan = run(*command, "--dry-run").stdout
     # the intermediate protocol for a run: 4 samples x 5 problems x 3 checkpoints
     assert "3 evaluations to run (3 checkpoints x 1 benchmarks, 0 done before), protocol custom: 60 generations of " \
