@@ -20,7 +20,8 @@ import sys
 
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command
-from megatron_redi.eval.benchmarks import BENCHMARKS, describe, prepare
+from megatron_redi.eval import load_benchmark
+from megatron_redi.eval.benchmarks import BENCHMARKS, describe, key_differences, prepare
 
 
 @command
@@ -30,13 +31,20 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="FILE.jsonl")
     p.add_argument("--source", help="a local copy of the dataset (default: the Hub)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--compare-with", metavar="FILE.jsonl",
+                   help="another key of the same benchmark (e.g. the Hub's against rllm's): say how far they differ")
     args = p.parse_args(argv)
-    check_output(args.output, args.overwrite, keep=(args.source,) if args.source else ())
+    check_output(args.output, args.overwrite, keep=tuple(p for p in (args.source, args.compare_with) if p))
     rows = prepare(args.name, args.source)
     with atomic_file(args.output) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"{args.name}: {len(rows)} problems -> {args.output}")
+    if args.compare_with:
+        d = key_differences(rows, load_benchmark(args.compare_with))
+        print(f"against {args.compare_with}: {d['in_both']} of the {d['problems']} problems in both, "
+              f"{d['written_differently']} with their answers written differently, {d['refused_by_rllm']} of "
+              f"which the rllm grader refuses (its first answer boxed, against this key)")
     return 0
 
 

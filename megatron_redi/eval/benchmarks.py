@@ -88,6 +88,28 @@ def describe() -> str:
                      f"{b.size} problems{' (multiple choice)' if b.wrong else ''}" for name, b in BENCHMARKS.items())
 
 
+def _answers(answer) -> list:
+    return answer if isinstance(answer, list) else [answer]
+
+
+def key_differences(rows: list[dict], other: list[dict]) -> dict:
+    """How two answer keys of one benchmark differ (say rllm's and the Hub's Minerva), problem by
+    problem, matched by the problem's text (spacing aside): how many problems both hold, how many of
+    those have their answers written differently, and how many of those the rllm grader would score
+    wrong when ``other``'s first answer is boxed against ``rows``' key."""
+    from .answers import is_correct  # the grader only for this comparison
+
+    def key(text: str) -> str:
+        return " ".join(text.split())
+
+    theirs = {key(r["problem"]): r["answer"] for r in other}
+    common = [(r["answer"], theirs[key(r["problem"])]) for r in rows if key(r["problem"]) in theirs]
+    written = [(a, b) for a, b in common if sorted(_answers(a)) != sorted(_answers(b))]
+    refused = [(a, b) for a, b in written if not is_correct(f"</think> \\boxed{{{_answers(b)[0]}}}", a, "rllm")]
+    return {"problems": len(rows), "in_both": len(common), "written_differently": len(written),
+            "refused_by_rllm": len(refused)}
+
+
 def local_files(source: str, bench: Benchmark) -> list[tuple[str, str]]:
     """The data files of ``bench`` in a local copy: the file itself, a saved dataset, or the files of
     a repository download that belong to its config (if any) and split."""

@@ -215,3 +215,20 @@ def test_a_list_of_answers_is_read_and_any_of_them_is_right(tmp_path):
         assert is_correct("<think>x</think> \\boxed{3}", row["answer"], checker)
         assert not is_correct("<think>x</think> \\boxed{4}", row["answer"], checker)
 
+
+
+def test_two_answer_keys_of_a_benchmark_are_compared_problem_by_problem(tmp_path):
+    """rllm's Minerva key against a Hub-style one: the same problems, answers written apart."""
+    rllm = tmp_path / "minerva.json"
+    rllm.write_text(json.dumps(_rllm_rows("minerva", 272)))
+    hub = tmp_path / "hub.jsonl"  # one answer per problem; problem 5's is another value altogether
+    hub.write_text("".join(json.dumps({"problem": f"p{i}  ", "answer": "99" if i == 5 else
+                                       (f"{i}" if i % 4 == 0 else f"{i} \\mathrm{{~m}}")}) + "\n"
+                           for i in range(272)))
+    out = tmp_path / "minerva.jsonl"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prepare_benchmarks.py"), "minerva", "--source",
+                           str(rllm), "--output", str(out), "--compare-with", str(hub)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # 68 problems (every 4th) carry two forms in rllm's key, one in the other; problem 5 differs in value
+    assert f"against {hub}: 272 of the 272 problems in both, 69 with their answers written differently, 1 of which " \
+           "the rllm grader refuses" in done.stdout

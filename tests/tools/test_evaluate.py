@@ -80,7 +80,7 @@ def test_summary_table_errors_exit_2(tmp_path):
         proc = run("tools/summary_table.py", entry, check=False)
         assert proc.returncode == 2 and message in proc.stderr
     proc = run("tools/summary_table.py", f"x={tmp_path}", "--paper", "Qwen-REDI-7B", check=False)
-    assert proc.returncode == 2 and "'Qwen-REDI-7B': not a row of the paper's; its rows: 'Qwen-SFT-1.5B-5ep'" in proc.stderr
+    assert proc.returncode == 2 and "'Qwen-REDI-7B': not a row of the paper's; its rows: 'Qwen2.5-Math-1.5B-Instruct'" in proc.stderr
 
 
 def test_the_size_of_the_work_is_shown_first(tiny_run, tiny_run_inputs, tmp_path):
