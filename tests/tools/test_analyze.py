@@ -22,7 +22,8 @@ def test_the_three_analyses_on_a_run(tiny_run, tiny_run_inputs, tmp_path):
     tokenizer = os.path.join(data, "tokenizer")
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps({"problem": f"{i} + {i}", "answer": str(2 * i)}) + "\n" for i in range(3)))
-    run("tools/evaluate.py", "--run", tiny_run, "--benchmark", bench, "--tokenizer", tokenizer, "--samples", "2",
+    run("tools/evaluate.py", "--run", tiny_run, "--benchmark", bench, "--tokenizer", tokenizer,
+        "--protocol", "intermediate_boxed", "--samples", "2",
         "--max-new-tokens", "6", "--output", tmp_path / "eval", "--no-progress")
 
     run("tools/analyze.py", "generations", tmp_path / "eval", "--words", "wait", "the", "--output", tmp_path / "fig8")
