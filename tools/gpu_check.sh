@@ -166,7 +166,7 @@ for loss in redi symmetric dpo simpo sft; do
 done
 # generation on the GPU (KV cache, the fused QKV + RoPE kernel while decoding) from the REDI run
 step toy_eval 90 python tools/evaluate.py --run-dir "$toy/run_redi" --tokenizer "$toy/data/tokenizer" \
-    --benchmark "$toy/benchmark.jsonl" --samples 2 --max-problems 50 --max-new-tokens 48 --output "$WORK/toy_eval"
+    --protocol intermediate_boxed --benchmark "$toy/benchmark.jsonl" --samples 2 --max-problems 50 --max-new-tokens 48 --output "$WORK/toy_eval"
 # the CUDA code of a multi-rank run, 4 ranks sharing the GPU over gloo, every collective's device
 # checked: TP=2 + SP, DP=2 + ZeRO-1, DPO's pre-pass, SIGTERM to one rank and the resume, evaluations
 step multirank_shared_gpu 180 python tools/multirank_check.py --shared-gpu --model "$toy/student" --data "$toy/data" \

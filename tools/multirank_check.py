@@ -59,8 +59,9 @@ def training(args) -> list[str]:
 
 
 def evaluation(args) -> list[str]:
+    # the boxed reading: a synthetic benchmark carries answers, not the solutions LightEval's reading needs
     return torchrun(os.path.join(ROOT, "tools", "evaluate.py"), "--run-dir", os.path.join(args.output, "run"),
-                    "--tp", str(TP), "--tokenizer", args.tokenizer or os.path.join(args.data, "tokenizer"),
+                    "--protocol", "intermediate_boxed", "--tp", str(TP), "--tokenizer", args.tokenizer or os.path.join(args.data, "tokenizer"),
                     "--benchmark", args.benchmark, "--samples", "2", "--max-problems", "8", "--max-new-tokens", "24",
                     "--no-progress", "--output", os.path.join(args.output, "eval"))
 
