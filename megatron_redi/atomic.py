@@ -95,15 +95,12 @@ def sync_tree(path: str) -> None:
     expose a directory whose contents are still only in the page cache."""
     for dirpath, _, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(dirpath)
+            fsync(os.path.join(dirpath, name))
+        fsync(dirpath)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync(path: str) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -134,7 +131,7 @@ def publish(tmp: str, output: str) -> None:
     sync_tree(tmp)
     parent = os.path.dirname(os.path.abspath(output))
     if os.path.exists(output) and _exchange(tmp, output):
-        _fsync_dir(parent)
+        fsync(parent)
         shutil.rmtree(tmp, ignore_errors=True)  # the old output, now under the temporary name
         return
     old = None
@@ -142,7 +139,7 @@ def publish(tmp: str, output: str) -> None:
         old = f"{tmp}.old"
         os.rename(output, old)
     os.rename(tmp, output)
-    _fsync_dir(parent)
+    fsync(parent)
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -209,4 +206,4 @@ def atomic_file(path: str, mode: str = "w"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    _fsync_dir(os.path.dirname(path))
+    fsync(os.path.dirname(path))

@@ -9,15 +9,14 @@
       training/rng_rankNNNNN.safetensors   torch CPU (and CUDA) generator states
 
 Nothing is pickled: tensors are safetensors, the rest JSON, so loading executes nothing. Every
-rank writes into ``.step_N.tmp``; rank 0 flushes it to disk and renames it to ``step_N`` once every
-rank succeeded, so a kill (or a full disk) at any moment leaves the previous checkpoint as the
-newest complete one. Resume takes the newest
+rank writes its own files into ``.step_N.tmp``, in the background by default; rank 0 renames it to
+``step_N`` once every rank's part is on disk (checkpoint_writer.py), so a kill (or a full disk) at
+any moment leaves the previous checkpoint as the newest complete one. Resume takes the newest
 checkpoint that validates, warning about any newer one that does not.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -27,14 +26,12 @@ import threading
 import warnings
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..atomic import OutputExistsError, check_output, publish
 from ..checkpoint.hf_mapping import CheckpointError, name_table
-from ..checkpoint.native import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, NativeCheckpointReader,
-                                 copy_side_files, rank_file, write_native)
-from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile, StreamingWriter
-from ..model_config import ModelConfig
+from ..checkpoint.native import METADATA_FILE, NativeCheckpointReader, copy_side_files, write_native
+from ..checkpoint.safetensors_io import SafetensorsError, SafetensorsFile
 from ..settings import ConfigError, load_json, local_directory
 from ..parallel import ParallelState
 from ..parallel.collectives import all_ranks, any_rank
@@ -136,50 +133,6 @@ def check_export_target(target: str, run_dir: str, overwrite: bool, inputs: tupl
         raise OutputExistsError(f"{target}: refused as export target, it holds checkpoints")
 
 
-def save(root: str, step: int, cfg: ModelConfig, parallel: ParallelState, master: dict[str, torch.Tensor],
-         optim_state: dict[str, torch.Tensor], zero1: bool, state: dict, side_files_from: str | None) -> str:
-    """Write ``step_N`` whole or not at all: every rank writes its files into ``.step_N.tmp``, rank 0
-    publishes it with a rename once all succeeded. A failure on any rank (a full disk) removes the
-    temporary directory and leaves older checkpoints as they were. (Older checkpoints are thinned
-    afterwards, outside every collective: Thinning.)"""
-    final = os.path.join(root, f"step_{step:08d}")
-    tmp = os.path.join(root, f".step_{step:08d}.tmp")
-    error = None
-    if parallel.rank == 0:
-        for stale in glob.glob(os.path.join(root, ".step_*.tmp")):  # interrupted saves of earlier runs
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.makedirs(os.path.join(tmp, "model"))
-            os.makedirs(os.path.join(tmp, "training"))
-        except OSError as e:
-            error = e
-    if all_ranks(parallel, error is None):
-        try:
-            _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1)
-        except OSError as e:
-            error = e
-    if all_ranks(parallel, error is None) and parallel.rank == 0:
-        try:
-            if side_files_from:
-                copy_side_files(side_files_from, tmp)
-            with open(os.path.join(tmp, "training", "state.json"), "w") as f:
-                json.dump({**state, "tp_size": parallel.tp_size, "dp_size": parallel.dp_cp_size, "zero1": zero1}, f,
-                          indent=2)
-            meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tp_size": parallel.tp_size,
-                    "dtype": "F32", "model_config": cfg.to_hf_dict(), "training_step": step}
-            with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-                json.dump(meta, f, indent=2)
-            publish(tmp, final)
-        except OSError as e:
-            error = e
-    if not all_ranks(parallel, error is None):
-        if parallel.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"{final}: the checkpoint could not be written ({error or 'failed on another rank'}); "
-                              "nothing of it was kept, and the older checkpoints are intact")
-    return final
-
-
 class Thinning:
     """Rank 0 thins the checkpoints older than the newest ``keep``, each to its weights in bf16 (or
     removed), in a thread while training goes on. The rewrite reads and writes the whole model
@@ -236,23 +189,6 @@ def keep_weights_only(path: str, dtype: torch.dtype = torch.bfloat16) -> None:
                  progress=False)
     del reader
     publish(tmp, path)
-
-
-def _write_rank_files(tmp, cfg, parallel, master, optim_state, zero1):
-    tp, dp = parallel.tp_rank, parallel.dp_cp_rank  # the optimizer's slices: DP x CP ranks (no CP otherwise)
-    if dp == 0:  # DP (and CP) ranks hold identical weights: one copy per TP rank
-        specs = [(e.native, torch.float32, tuple(master[e.native].shape)) for e in name_table(cfg)]
-        writer = StreamingWriter(os.path.join(tmp, rank_file(tp)), specs)
-        for name, _, _ in specs:
-            writer.write(name, master[name])
-        writer.close()
-    if zero1 or dp == 0:
-        save_file({k: v.contiguous().cpu() for k, v in optim_state.items()},
-                  os.path.join(tmp, "training", f"optim_tp{tp:02d}_dp{dp:02d}.safetensors"))
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, os.path.join(tmp, "training", f"rng_rank{parallel.rank:05d}.safetensors"))
 
 
 def validate(path: str, parallel: ParallelState) -> dict:

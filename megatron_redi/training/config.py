@@ -108,6 +108,8 @@ class CheckpointSection:
         "older ones keep their weights (bf16, no training state) for picking the best step")
     resume: bool = setting(True,
         "continue from the newest good checkpoint in output_dir (false: output_dir must hold none)")
+    async_save: bool = setting(True,
+        "copy the state to host memory and write it while training goes on (false: training waits for the write)")
 
 
 @dataclass

@@ -10,6 +10,7 @@ alarm, checkpoints and resumption, the HF export.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from ..settings import DTYPES, ConfigError, local_directory, tokenizer_directory
 from ..model import from_pretrained
 from ..parallel import collectives, initialize, shutdown
 from . import checkpointing
+from .checkpoint_writer import CheckpointWriter, remove_interrupted_saves
 from .config import TrainConfig, to_dict
 from .metrics import CollapseAlarm, MetricsLogger, mfu_peak_tflops, step_flops, sum_over_dp
 from .optimizer import MasterParams, lr_at
@@ -112,6 +114,10 @@ class Trainer:
         self.peak_tflops = mfu_peak_tflops(p.device, cfg.train.peak_tflops)
         self.ckpt_root = os.path.join(cfg.train.output_dir, "checkpoints")
         self.thinning = checkpointing.Thinning(enabled=self.is_main)
+        remove_interrupted_saves(self.ckpt_root, p)
+        thin = functools.partial(self.thinning.start, self.ckpt_root, cfg.checkpoint.keep, cfg.checkpoint.keep_weights)
+        self.checkpoints = CheckpointWriter(self.ckpt_root, p, cfg.checkpoint.async_save,
+                                            60 * cfg.parallel.timeout_minutes, on_published=thin)
         self._resume()
         self.reference = None
         if cfg.loss.needs_reference:
@@ -265,15 +271,31 @@ class Trainer:
                 "bad_steps": self.bad_steps, "alarm": {"chosen": self.alarm.chosen, "rejected": self.alarm.rejected},
                 "config": to_dict(self.cfg), "started_from": self.started_from}
 
-    def save_checkpoint(self) -> str:
-        if not self.master.all_finite():  # never persist broken weights
-            raise TrainingStopped("the master weights hold NaN or inf; no checkpoint written")
-        side = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
-        path = checkpointing.save(self.ckpt_root, self.step, self.model.cfg, self.parallel,
-                                  self.master.master_tensors(), self.master.state_tensors(), self.cfg.parallel.zero1,
-                                  self._state(), side)
-        self.thinning.start(self.ckpt_root, self.cfg.checkpoint.keep, self.cfg.checkpoint.keep_weights)
-        return path
+    def save_checkpoint(self, wait: bool = False) -> str:
+        """Start the checkpoint of this step (once: a second call for the same step finds it) and
+        return its path; ``wait``: return once it is complete on every rank."""
+        save = self.checkpoints.last
+        if not (save and save.step == self.step):
+            if not self.master.all_finite():  # never persist broken weights
+                raise TrainingStopped("the master weights hold NaN or inf; no checkpoint written")
+            side = self.data.tokenizer_dir if os.path.isdir(self.data.tokenizer_dir) else self.cfg.model.path
+            save = self.checkpoints.start(self.step, self.model.cfg, self.master.master_tensors(),
+                                               self.master.state_tensors(), self.cfg.parallel.zero1, self._state(), side)
+        if wait:
+            self.checkpoints.wait()
+        return save.final
+
+    def _checkpoint_boundary(self, last: int) -> dict:
+        """At the end of a step: the save in flight settled (raising if it failed on any rank), and
+        this step's save started when due; how long each took, for the metrics."""
+        out = {}
+        if done := self.checkpoints.poll():
+            out["checkpoint/write_s"] = done.seconds
+        if self._checkpoint_due() and self.step < last:
+            start = time.perf_counter()
+            self.save_checkpoint()
+            out["checkpoint/stall_s"] = time.perf_counter() - start
+        return out
 
     def _eval_inputs(self):
         """The in-training evaluation's tokenizer and problems, read before the model is loaded: a
@@ -317,6 +339,9 @@ class Trainer:
     def run(self) -> str:
         try:
             return self._run()
+        except BaseException:
+            self.checkpoints.abandon()  # this rank's part finished; an incomplete save is never published
+            raise
         finally:
             self.thinning.wait()  # however the run ends, no checkpoint is left half thinned by this process
 
@@ -341,7 +366,9 @@ class Trainer:
                     out["collapse_alarm"] = int(self.alarm.fired)
                 if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
                     out.update(self.evaluate())
-                if self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out:
+                out.update(self._checkpoint_boundary(last))
+                if (self.step % cfg.train.log_every == 0 or self.step == last or "eval/pass@1" in out
+                        or any(key.startswith("checkpoint/") for key in out)):
                     self.logger.log(self.step, out)
                 shown = {"loss": f"{out['loss']:.4f}", "lr": f"{out['lr']:.2e}"}
                 if "logps/chosen_mean" in out:  # the paper's LogPS, the numbers that show a collapse
@@ -349,17 +376,15 @@ class Trainer:
                 bar.set_postfix(shown, refresh=False)
                 bar.update()
                 if self.alarm.fired and cfg.collapse.stop:
-                    self.save_checkpoint()
+                    self.save_checkpoint(wait=True)
                     raise TrainingStopped("stopped by the collapse alarm (collapse.stop is set)")
-                if self._stop_requested(signals) and self.step < last:
-                    path = self.save_checkpoint()
+                if self._stop_requested(signals) and self.step < last:  # the save in flight finishes first
+                    path = self.save_checkpoint(wait=True)
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} after step {self.step}: "
                                           f"checkpoint {path} written; run the same command again to resume")
-                if self._checkpoint_due() and self.step < last:
-                    self.save_checkpoint()
             # The last save and the export run under the same handlers: a signal meanwhile lets them
             # finish, then the run stops as at any other step (exit 3), and the same command finishes it.
-            final = self.resumed_from if self.resumed_step == self.step else self.save_checkpoint()
+            final = self.resumed_from if self.resumed_step == self.step else self.save_checkpoint(wait=True)
             if self._stop_requested(signals):
                 raise TrainingStopped(f"{signals.received or 'a signal to another rank'} during the final save: "
                                       f"checkpoint {final} written" + ("; run the same command again to export"

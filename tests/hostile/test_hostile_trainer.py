@@ -13,6 +13,7 @@ from nothing_lost import refused, snapshot
 
 from megatron_redi.train import main
 from megatron_redi.training import Trainer, TrainingStopped, checkpointing, load_config
+from megatron_redi.training.checkpoint_writer import CheckpointWriter
 
 
 def _args(data, model, out, *more):
@@ -131,15 +132,15 @@ def test_a_signal_during_the_final_save_finishes_it_and_stops(inputs, tmp_path, 
     the command line), and the same command then ends at once, without writing it again."""
     data, model = inputs
     run = tmp_path / "run"
-    save = checkpointing.save
+    start = CheckpointWriter.start
 
-    def save_then_signal(root, step, *args, **kwargs):
-        path = save(root, step, *args, **kwargs)
+    def save_then_signal(self, step, *args, **kwargs):
+        save = start(self, step, *args, **kwargs)
         if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # as the save ends: the handler only records it
-        return path
+            os.kill(os.getpid(), signal.SIGTERM)  # as the save starts: the handler only records it
+        return save
 
-    monkeypatch.setattr(checkpointing, "save", save_then_signal)
+    monkeypatch.setattr(CheckpointWriter, "start", save_then_signal)
     cfg = load_config(None, _args(data, model, run, "--train.max_steps", "2", "--train.export_hf", tmp_path / "hf"))
     with pytest.raises(TrainingStopped, match="SIGTERM during the final save: checkpoint .*step_00000002 written; "
                                               "run the same command again to export"):
@@ -147,7 +148,7 @@ def test_a_signal_during_the_final_save_finishes_it_and_stops(inputs, tmp_path, 
     final = run / "checkpoints" / "step_00000002"
     assert checkpointing.is_resumable(str(final)) and not (tmp_path / "hf").exists()
     written = snapshot(final)
-    monkeypatch.setattr(checkpointing, "save", save)
+    monkeypatch.setattr(CheckpointWriter, "start", start)
     assert Trainer(cfg).run() == str(final)
     assert snapshot(final) == written and (tmp_path / "hf" / "config.json").exists()
 
