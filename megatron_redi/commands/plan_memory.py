@@ -6,7 +6,8 @@ For every TP x CP that divides --gpus (and that the model's heads allow), the re
 it prints what one rank would hold, from the trainer's own estimate (megatron_redi/model/memory.py):
 weights and optimizer state (ZeRO-1 over DP x CP unless --no-zero1), the activations of a
 micro-batch of --tokens tokens (a REDI pair: both traces) with the layers "recompute: auto" would
-recompute in full, and whether it fits. Fewer layers in full is faster (each costs about a third of
+recompute in full, whether it fits, and the host memory an asynchronous checkpoint copies to (host
+GB: the rank holding most; checkpoint.async_save). Fewer layers in full is faster (each costs about a third of
 its forward again); among layouts that fit, prefer the smallest TP and CP that need few.
 """
 
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     print(f"{args.preset or args.model}: {cfg.num_parameters() / 1e9:.2f} B parameters, {args.gpus} x "
           f"{args.card_gb:g} GB, ZeRO-1 {'off' if args.no_zero1 else 'on'}")
     print(f"{'tokens':>7} {'TP':>3} {'CP':>3} {'DP':>3}  {'state GB':>8}  {'activations GB':>14}  "
-          f"{'layers in full':>14}  fits")
+          f"{'layers in full':>14}  fits  {'host GB':>7}")
     for tokens in args.tokens:
         for tp in divisors(args.gpus):
             for cp in divisors(args.gpus // tp):
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
                     continue  # TP does not divide the heads or the MLP
                 print(f"{tokens:>7} {tp:>3} {cp:>3} {r['dp']:>3}  {r['state_bytes'] / 1e9:>8.1f}  "
                       f"{r['activation_bytes'] / 1e9:>14.1f}  {r['full_recompute_layers']:>7} of {cfg.num_layers:<4}"
-                      f"  {'yes' if r['fits'] else 'no'}")
+                      f"  {'yes' if r['fits'] else 'no ':<4}  {r['host_copy_bytes'] / 1e9:>7.1f}")
     return 0
 
 

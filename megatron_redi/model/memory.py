@@ -77,6 +77,14 @@ def state_bytes(cfg, tp: int, replicas: int, zero1: bool, elem: int = 2) -> floa
     return params * (elem + 4) + params * 12 / (replicas if zero1 else 1)
 
 
+def host_copy_bytes(cfg, tp: int, replicas: int, zero1: bool) -> float:
+    """Host memory an asynchronous checkpoint's copy holds on the rank that holds most, the first
+    DP rank of a TP rank: its fp32 master weights and its AdamW moments (a 1/``replicas`` slice
+    under ZeRO-1). Pinned on CUDA; a node holds the sum over its ranks."""
+    params = cfg.num_parameters() / tp
+    return 4 * params + 8 * params / (replicas if zero1 else 1)
+
+
 def rank_plan(cfg, tp: int, cp: int, dp: int, tokens: int, card_bytes: float, zero1: bool = True,
               elem: int = 2) -> dict:
     """What one rank of a TP x CP x DP run holds for a micro-batch of ``tokens`` on a card of
@@ -88,7 +96,8 @@ def rank_plan(cfg, tp: int, cp: int, dp: int, tokens: int, card_bytes: float, ze
     full = full_recompute_layers(layout, local, tp > 1, elem, budget, cp)
     activations = activation_bytes(layout, local, tp > 1, elem, full, cp)
     return {"tp": tp, "cp": cp, "dp": dp, "state_bytes": state, "activation_bytes": activations,
-            "full_recompute_layers": full, "fits": activations <= budget}
+            "full_recompute_layers": full, "fits": activations <= budget,
+            "host_copy_bytes": host_copy_bytes(cfg, tp, dp * cp, zero1)}
 
 
 def activation_budget(device: torch.device) -> float:

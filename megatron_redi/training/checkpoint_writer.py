@@ -64,13 +64,9 @@ class HostCopies:
             held = self._held[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
         return held.copy_(tensor, non_blocking=tensor.is_cuda)
 
-
-def host_copy_bytes(cfg, tp: int, replicas: int, zero1: bool) -> float:
-    """Host memory the asynchronous save's copy holds on the rank that holds most (the first DP
-    rank of a TP rank): its fp32 master weights and its AdamW moments (a 1/``replicas`` slice
-    under ZeRO-1)."""
-    params = cfg.num_parameters() / tp
-    return 4 * params + 8 * params / (replicas if zero1 else 1)
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._held.values())
 
 
 @dataclass

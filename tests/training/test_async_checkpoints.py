@@ -197,3 +197,12 @@ def test_two_ranks_writing_at_different_speeds(tiny_run_inputs, tmp_path, slow_r
     for x, y in zip(want[2:], got):
         for key in KEYS:
             assert x[key] == y[key], (x["step"], key)
+
+
+def test_the_host_copy_is_what_the_memory_plan_counts(tiny_run_inputs, tmp_path):
+    from megatron_redi.model.memory import host_copy_bytes
+
+    data, model = tiny_run_inputs
+    trainer = Trainer(config(data, model, tmp_path, "--train.max_steps", "2"))
+    trainer.run()
+    assert trainer.checkpoints.copies.nbytes == host_copy_bytes(trainer.model.cfg, 1, 1, False) > 0
