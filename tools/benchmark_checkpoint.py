@@ -50,13 +50,18 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def make_inputs(out: str, name: str) -> tuple[str, str]:
+def model_config(name: str, layers: int | None):
+    return preset(name, **({"num_hidden_layers": layers} if layers else {}))
+
+
+def make_inputs(out: str, cfg) -> tuple[str, str]:
     """The synthetic corpus tokenised, and random weights of the preset's shapes (bf16 on disk)."""
     from megatron_redi.data import synthetic
     from megatron_redi.data.preprocess import Options, preprocess
     from megatron_redi.fixtures import make_tiny_tokenizer, write_random_hf_checkpoint
 
-    data, model = os.path.join(out, "inputs", "data"), os.path.join(out, "inputs", "model")
+    data = os.path.join(out, "inputs", "data")
+    model = os.path.join(out, "inputs", f"model_{cfg.num_parameters() // 10**6}M")
     if not os.path.isdir(data):
         raw = os.path.join(out, "inputs", "traces.jsonl")
         synthetic.write_corpus(raw, rows=120, digits=3, seed=0)
@@ -64,7 +69,7 @@ def make_inputs(out: str, name: str) -> tuple[str, str]:
         make_tiny_tokenizer(tokenizer, 512, texts=synthetic.tokenizer_corpus(3, samples=100))
         preprocess([raw], data, Options(tokenizer=tokenizer), progress=False)
     if not os.path.isdir(model):
-        write_random_hf_checkpoint(model, preset(name))
+        write_random_hf_checkpoint(model, cfg)
     return data, model
 
 
@@ -100,7 +105,7 @@ def training_run(args, data: str, model: str, asynchronous: bool, run: str) -> d
 
 # ---- mechanisms: this library's writer against DCP, on the same state -----------------------------
 
-def worker(mechanism: str, name: str, saves: int, out: str) -> None:
+def worker(mechanism: str, cfg, saves: int, out: str) -> None:
     """One rank under torchrun: build the preset's optimizer state and save it ``saves`` times."""
     import torch.distributed.checkpoint as dcp
 
@@ -110,7 +115,6 @@ def worker(mechanism: str, name: str, saves: int, out: str) -> None:
     from megatron_redi.training.optimizer import MasterParams
 
     p = initialize()
-    cfg = preset(name)
     torch.manual_seed(0)
     master = MasterParams(Decoder(cfg, p, dtype=torch.bfloat16), p, zero1=True)
     writer = CheckpointWriter(os.path.join(out, "own"), p, mechanism == "own_async", 3600.0)
@@ -148,7 +152,8 @@ def mechanism_run(args, mechanism: str, out: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     proc = subprocess.run(_torchrun(args.ranks, [os.path.abspath(__file__), "--worker", mechanism, "--preset",
-                                                 args.preset, "--saves", str(args.saves), out]),
+                                                 args.preset, "--layers", str(args.layers or 0), "--saves",
+                                                 str(args.saves), out]),
                           env={**_env(), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
                           capture_output=True, text=True)
     if proc.returncode:
@@ -199,6 +204,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("out", help="a working directory (inputs, runs, checkpoint_benchmark.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="qwen2.5-0.5b", help="model shapes")
+    parser.add_argument("--layers", type=int, help="the preset's shapes with this many layers (default: all)")
     parser.add_argument("--ranks", type=int, default=2, help="ranks (data parallel, ZeRO-1)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="the training's compute dtype")
     parser.add_argument("--steps", type=int, default=13, help="training steps per run")
@@ -209,12 +215,13 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", choices=MECHANISMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.preset, args.saves, args.out)
+        worker(args.worker, model_config(args.preset, args.layers), args.saves, args.out)
         return 0
     os.makedirs(args.out, exist_ok=True)
-    report = {"preset": args.preset, "ranks": args.ranks, "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    cfg = model_config(args.preset, args.layers)
+    report = {"preset": args.preset, "layers": cfg.num_layers, "parameters": cfg.num_parameters(), "ranks": args.ranks, "torch": torch.__version__, "cpu_count": os.cpu_count()}
     if args.skip != "training":
-        data, model = make_inputs(args.out, args.preset)
+        data, model = make_inputs(args.out, cfg)
         runs = {"sync": [], "async": []}
         for i in range(args.repeats):
             for mode in ("sync", "async"):

@@ -102,6 +102,18 @@ class CheckpointWriter:
 
     # ---- the main thread ----------------------------------------------------------------------
 
+    def reserve(self, cfg, master: dict[str, torch.Tensor], moments: dict[str, torch.Tensor], zero1: bool) -> None:
+        """Take the host memory for the copy now (asynchronous saves): a run without enough of it
+        fails at its start, not at its first checkpoint, and no save pays for the allocation."""
+        if self.copies:
+            self._parts(cfg, master, moments, zero1, self.copies.copy)
+
+    def _parts(self, cfg, master, moments, zero1, keep) -> tuple[dict, dict]:
+        """(weights, moments) that this rank writes, each tensor passed through ``keep``."""
+        first = self.parallel.dp_cp_rank == 0  # DP (and CP) ranks hold identical weights: one copy per TP rank
+        weights = {e.native: keep(e.native, master[e.native]) for e in name_table(cfg)} if first else {}
+        return weights, ({k: keep(k, v) for k, v in moments.items()} if zero1 or first else {})
+
     def start(self, step: int, cfg, master: dict[str, torch.Tensor], moments: dict[str, torch.Tensor],
               zero1: bool, state: dict, side_files_from: str | None) -> Save:
         """Copy this rank's part of the checkpoint of ``step`` and write it in the background
@@ -110,10 +122,7 @@ class CheckpointWriter:
         p = self.parallel
         save = Save(step, os.path.join(self.root, f"step_{step:08d}"), os.path.join(self.root, f".step_{step:08d}.tmp"))
         keep = self.copies.copy if self.copies else (lambda key, t: t)
-        if p.dp_cp_rank == 0:  # DP (and CP) ranks hold identical weights: one copy per TP rank
-            save.weights = {e.native: keep(e.native, master[e.native]) for e in name_table(cfg)}
-        if zero1 or p.dp_cp_rank == 0:
-            save.moments = {k: keep(k, v) for k, v in moments.items()}
+        save.weights, save.moments = self._parts(cfg, master, moments, zero1, keep)
         save.rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             save.rng["cuda"] = torch.cuda.get_rng_state()

@@ -116,9 +116,12 @@ class Trainer:
         self.thinning = checkpointing.Thinning(enabled=self.is_main)
         remove_interrupted_saves(self.ckpt_root, p)
         thin = functools.partial(self.thinning.start, self.ckpt_root, cfg.checkpoint.keep, cfg.checkpoint.keep_weights)
-        self.checkpoints = CheckpointWriter(self.ckpt_root, p, cfg.checkpoint.async_save,
+        # asynchronous only where a save can overlap training: the final one is waited for anyway
+        self.checkpoints = CheckpointWriter(self.ckpt_root, p, cfg.checkpoint.async_save and cfg.checkpoint.every != 0,
                                             60 * cfg.parallel.timeout_minutes, on_published=thin)
         self._resume()
+        self.checkpoints.reserve(self.model.cfg, self.master.master_tensors(), self.master.state_tensors(),
+                                 cfg.parallel.zero1)
         self.reference = None
         if cfg.loss.needs_reference:
             self._setup_reference()
