@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save_file
 
 from ..atomic import fsync, publish
 from ..checkpoint.hf_mapping import CheckpointError, name_table
@@ -200,20 +199,16 @@ class CheckpointWriter:
             save.copied.synchronize()
         for sub in ("model", "training", "parts"):
             os.makedirs(os.path.join(save.tmp, sub), exist_ok=True)
-        files = []
-        if save.weights:
-            files.append(rank_file(p.tp_rank))
-            specs = [(name, torch.float32, tuple(t.shape)) for name, t in save.weights.items()]
-            writer = StreamingWriter(os.path.join(save.tmp, files[-1]), specs)
-            for name, tensor in save.weights.items():
-                writer.write(name, tensor)
+        files = {rank_file(p.tp_rank): save.weights,
+                 os.path.join("training", f"optim_tp{p.tp_rank:02d}_dp{p.dp_cp_rank:02d}.safetensors"): save.moments,
+                 os.path.join("training", f"rng_rank{p.rank:05d}.safetensors"): save.rng}
+        files = {name: tensors for name, tensors in files.items() if tensors}
+        for name, tensors in files.items():
+            # streamed from the tensors' own memory: no second copy of a part, and the GIL free while it is written
+            writer = StreamingWriter(os.path.join(save.tmp, name), [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()])
+            for key, tensor in tensors.items():
+                writer.write(key, tensor)
             writer.close()
-        if save.moments:
-            files.append(os.path.join("training", f"optim_tp{p.tp_rank:02d}_dp{p.dp_cp_rank:02d}.safetensors"))
-            save_file({k: v.contiguous().cpu() for k, v in save.moments.items()}, os.path.join(save.tmp, files[-1]))
-        files.append(os.path.join("training", f"rng_rank{p.rank:05d}.safetensors"))
-        save_file(save.rng, os.path.join(save.tmp, files[-1]))
-        for name in files:
             fsync(os.path.join(save.tmp, name))
         declared = os.path.join(save.tmp, "parts", f"rank_{p.rank:05d}.json")
         with open(declared + ".tmp", "w") as f:

@@ -102,7 +102,9 @@ class FlatAdamW:
         return {name: lay.view(master, name) for lay, master in zip(self.layouts, self.master) for name, _ in lay.params}
 
     def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(master).all()) for master in self.master)
+        # a NaN or an inf shows in the extremes: one pass, without a buffer of flags as large as the weights
+        return all(bool(torch.isfinite(torch.stack(torch.aminmax(master))).all()) for master in self.master
+                   if master.numel())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {}

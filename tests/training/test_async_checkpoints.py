@@ -14,7 +14,8 @@ from multirank import run_ranks
 from test_trainer import config, metrics
 
 from megatron_redi.checkpoint.hf_mapping import CheckpointError
-from megatron_redi.training import Trainer, TrainingStopped, checkpoint_writer, checkpointing
+from megatron_redi.checkpoint.safetensors_io import StreamingWriter
+from megatron_redi.training import Trainer, TrainingStopped, checkpointing
 from megatron_redi.training.checkpoint_writer import CheckpointWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,14 +135,14 @@ def test_a_full_disk_in_the_background_write_stops_the_run_and_keeps_the_previou
                                                                                    monkeypatch):
     data, model = tiny_run_inputs
     out = tmp_path / "run"
-    save_file = checkpoint_writer.save_file
+    write = StreamingWriter.write
 
-    def full_at_step_4(tensors, path):
-        if "step_00000004" in path:
-            raise OSError(errno.ENOSPC, "No space left on device", path)
-        save_file(tensors, path)
+    def full_at_step_4(self, name, tensor):
+        if "step_00000004" in self.path and "optim" in self.path:  # the weights written, the moments not
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        write(self, name, tensor)
 
-    monkeypatch.setattr(checkpoint_writer, "save_file", full_at_step_4)
+    monkeypatch.setattr(StreamingWriter, "write", full_at_step_4)
     with pytest.raises(CheckpointError, match=r"step_00000004: the checkpoint could not be written \(.*No space left "
                                               "on device.*older checkpoints are intact"):
         Trainer(config(data, model, out, *SIX_STEPS)).run()

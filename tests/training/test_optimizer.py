@@ -67,3 +67,15 @@ def test_adamw_step_with_clipping_matches_torch_adamw_and_reports_the_update_nor
     # the parameters are views of the flat buffer that the step writes
     flat = {buffer.data_ptr() for buffer in master.model}
     assert all(p.untyped_storage().data_ptr() in flat for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_single_non_finite_master_weight_is_found(bad):
+    master = MasterParams(tiny_model(), ParallelState())
+    assert master.all_finite()
+    for buffer in master.master:
+        before = buffer[len(buffer) // 2].item()
+        buffer[len(buffer) // 2] = bad
+        assert not master.all_finite()
+        buffer[len(buffer) // 2] = before
+    assert master.all_finite()
