@@ -26,6 +26,9 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+from safetensors.torch import load_file
+
 from megatron_redi.atomic import atomic_file, check_output
 from megatron_redi.cli import HelpFormatter, command, positive_int
 from megatron_redi.training.golden import SERIES, compare
@@ -61,8 +64,12 @@ def weights_digest(run_dir: str) -> str:
     for file in sorted(glob.glob(os.path.join(last, "**", "*.safetensors"), recursive=True)):
         if os.path.basename(file).startswith("rng_"):
             continue
-        with open(file, "rb") as f:
-            h.update(f.read())
+        # the tensors, not the file's bytes: how a writer orders its header is not training
+        tensors = load_file(file)
+        for name in sorted(tensors):
+            t = tensors[name]
+            h.update(f"{os.path.relpath(file, last)}:{name}:{t.dtype}:{list(t.shape)}".encode())
+            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
