@@ -22,6 +22,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TOKENIZERS_PARALLELISM=false
 export CUDA_DEVICE_MAX_CONNECTIONS=1  # keep TP/DP communication kernels in issue order
+# After a signal torchrun waits this long for its workers (their stop checkpoint) before it kills
+# them; its own default, 30 s, is shorter than a large model's save (docs/multinode.md).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 
 MACHINE_ARGS=(--model.path "$MODEL" --data.path "$DATA" --train.output_dir "$OUT"
               --train.export_hf "$OUT/hf" --train.export_overwrite true)

@@ -103,7 +103,7 @@ fi
 bench="python tools/benchmark_throughput.py --preset $PRESET $BENCH_EXTRA"
 
 CUDA_TESTS="tests/model/test_fast_path_cuda.py tests/ops/test_triton_kernels.py tests/parallel/test_collectives.py
-    tests/parallel/test_context_parallel.py"  # the files with CUDA tests, named: no other file's import can stop them
+    tests/parallel/test_context_parallel.py tests/training/test_async_checkpoints.py"  # the files with CUDA tests, named: no other file's import can stop them
 if [ $DRY = 0 ]; then
     { nvidia-smi; python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"; } >> "$logs" 2>&1
     # Building csrc/ takes a minute of CPU: meanwhile the GPU runs the tests that need no extension.

@@ -67,6 +67,10 @@ class HostCopies:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self._held.values())
 
+    @property
+    def pinned(self) -> bool:
+        return bool(self._held) and all(t.is_pinned() for t in self._held.values())
+
 
 @dataclass
 class Save:

@@ -151,17 +151,31 @@ def test_a_full_disk_in_the_background_write_stops_the_run_and_keeps_the_previou
     assert checkpointing.is_resumable(str(out / "checkpoints" / "step_00000002"))
 
 
-def test_a_synchronous_save_writes_the_same_files(tiny_run_inputs, full_run, tmp_path):
-    data, model = tiny_run_inputs
-    Trainer(config(data, model, tmp_path, *SIX_STEPS, "--checkpoint.async_save", "false")).run()
-    _equals_full_run(full_run, tmp_path)
+def _same_checkpoints(run_a, run_b):
     for step in ("step_00000004", "step_00000006"):
-        a, b = full_run / "checkpoints" / step, tmp_path / "checkpoints" / step
+        a, b = run_a / "checkpoints" / step, run_b / "checkpoints" / step
         files = sorted(os.path.relpath(os.path.join(d, f), a) for d, _, names in os.walk(a) for f in names)
         assert files == sorted(os.path.relpath(os.path.join(d, f), b) for d, _, names in os.walk(b) for f in names)
         for name in files:
             if name != os.path.join("training", "state.json"):  # holds the config, async_save included
                 assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_synchronous_save_writes_the_same_files(tiny_run_inputs, full_run, tmp_path):
+    data, model = tiny_run_inputs
+    Trainer(config(data, model, tmp_path, *SIX_STEPS, "--checkpoint.async_save", "false")).run()
+    _equals_full_run(full_run, tmp_path)
+    _same_checkpoints(full_run, tmp_path)
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_copy_is_pinned_and_the_files_are_the_synchronous_ones(tiny_run_inputs, tmp_path):
+    data, model = tiny_run_inputs
+    trainer = Trainer(config(data, model, tmp_path / "async", *SIX_STEPS))
+    assert trainer.parallel.device.type == "cuda" and trainer.checkpoints.copies.pinned
+    trainer.run()
+    Trainer(config(data, model, tmp_path / "sync", *SIX_STEPS, "--checkpoint.async_save", "false")).run()
+    _same_checkpoints(tmp_path / "async", tmp_path / "sync")
 
 
 def _slow_rank_run(data, model, out, slow_rank, *overrides):
