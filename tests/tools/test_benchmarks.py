@@ -120,3 +120,19 @@ def test_hf_liger_without_liger_is_a_clear_error_and_hf_warns_nothing():
     out = subprocess.run(args + ["--compare", "hf", "--steps", "1", "--warmup", "0"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]  # no FutureWarning raised as an error
     assert "dominated by warm-up" in out.stdout
+
+
+def test_checkpoint_benchmark_times_both_modes_and_both_writers(tmp_path):
+    _run("benchmark_checkpoint.py", tmp_path, "--preset", "tiny", "--steps", "5", "--every", "2", "--saves", "2",
+         "--repeats", "1", "--dtype", "fp32")
+    report = json.loads((tmp_path / "checkpoint_benchmark.json").read_text())
+    training = report["training"]
+    assert [len(r["stall_s"]) for mode in ("sync", "async") for r in training["runs"][mode]] == [2, 2]
+    assert [len(r["write_s"]) for r in training["runs"]["async"]] == [2]  # every background write completed
+    assert training["medians"]["async"]["step_s_save_in_flight"] > 0
+    assert len(training["medians"]["stall_ratio_pair_by_pair"]) == 1
+    mechanisms = report["mechanisms"]["medians"]
+    assert set(mechanisms) == {"own_async", "dcp_async", "own_sync", "dcp_sync"}
+    assert all(0 < m["stall_s"] <= m["complete_s"] for m in mechanisms.values())
+    assert report["dcp_metadata_executes_code_on_load"] is True  # torch reads DCP's metadata with pickle
+    assert not os.path.exists(tmp_path / "runs" / "sync_0" / "checkpoints")  # gigabytes at real sizes
