@@ -169,8 +169,11 @@ class CheckpointWriter:
 
     def _settle(self) -> Save | None:
         save, p = self.in_flight, self.parallel
+        # read once, alive first: a thread that has ended has set its error, so no failure is read
+        # as a completion between the two agreements
+        alive = self._thread.is_alive()
         failed = collectives.any_rank(p, save.error is not None)
-        if not failed and collectives.any_rank(p, self._thread.is_alive()):
+        if not failed and collectives.any_rank(p, alive):
             return None
         self.in_flight = None
         if not failed:

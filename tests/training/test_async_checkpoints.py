@@ -224,3 +224,36 @@ def test_the_host_copy_is_what_the_memory_plan_counts(tiny_run_inputs, tmp_path)
     assert reserved == trainer.checkpoints.copies.nbytes == host_copy_bytes(trainer.model.cfg, 1, 1, False) > 0
     # only the final save, which the run waits for anyway: written from the live tensors, no copy
     assert Trainer(config(data, model, tmp_path / "b", "--train.max_steps", "2")).checkpoints.copies is None
+
+
+def test_a_write_failing_while_the_ranks_agree_is_not_taken_for_a_completion(tmp_path, monkeypatch):
+    """The writer thread may end between the two agreements of a step boundary: its failure must
+    be read at the next boundary, never as a completion."""
+    import threading
+
+    from megatron_redi.parallel import ParallelState, collectives
+    from megatron_redi.training.checkpoint_writer import Save
+
+    writer = CheckpointWriter(str(tmp_path), ParallelState(), True, 60.0)
+    save = writer.in_flight = Save(1, str(tmp_path / "step_00000001"), str(tmp_path / ".step_00000001.tmp"))
+    go = threading.Event()
+
+    def fails_when_told():
+        go.wait()
+        save.error = OSError(errno.ENOSPC, "No space left on device")
+
+    writer._thread = threading.Thread(target=fails_when_told)
+    writer._thread.start()
+    agree, calls = collectives.any_rank, []
+
+    def any_rank(parallel, flag):
+        calls.append(flag)
+        if len(calls) == 1:  # the write fails between the first agreement and the second
+            go.set()
+            writer._thread.join()
+        return agree(parallel, flag)
+
+    monkeypatch.setattr(collectives, "any_rank", any_rank)
+    assert writer.poll() is None and writer.in_flight is save
+    with pytest.raises(CheckpointError, match="step_00000001: the checkpoint could not be written .*No space left"):
+        writer.poll()
