@@ -17,7 +17,7 @@
 #       in each name: cuda_tests_triton, cuda_tests_extension, throughput_8192 / 4096 / 16384 / 19000,
 #       attention_pair, attention_uneven, logprob_16k, toy_data, toy_redi / symmetric / dpo / simpo /
 #       sft, toy_eval, multirank_shared_gpu, context_parallel, generation_1.5b, generation_batching,
-#       logprob_65k; the build always runs)
+#       checkpoint_stall, logprob_65k; the build always runs)
 #   DEADLINE=SECONDS                     the global deadline from the start (--quick: 480; else none)
 #
 # Results in $OUT (default ./gpu_results): summary.txt (each step's outcome, wall time and the end
@@ -179,6 +179,10 @@ full_only && step generation_1.5b 240 python tools/benchmark_generation.py $GEN_
 # continuous against static batching on long-tailed generation lengths (the same tokens both ways)
 full_only && step generation_batching 240 python tools/benchmark_generation.py --batching $BATCHING_SHAPE \
     --json "$WORK/generation_batching.json"
+# the training's stall per checkpoint, synchronous against asynchronous (2 ranks sharing the GPU, ZeRO-1)
+full_only && step checkpoint_stall 300 env MEGATRON_REDI_SHARED_GPU=1 bash -c "python tools/benchmark_checkpoint.py \
+    $WORK/checkpoint --preset $PRESET --steps 9 --every 4 --repeats 1 --skip mechanisms \
+    && cp $WORK/checkpoint/checkpoint_benchmark.json $WORK/checkpoint_stall.json"
 full_only && step logprob_65k 120 python tools/benchmark_logprob.py --tokens $HEAD_LONG $HEAD_SHAPE --repeats 3 --no-naive \
     --json "$WORK/logprob_65k.json"
 echo "done; results in $OUT" | tee -a "$summary"
