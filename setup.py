@@ -63,7 +63,11 @@ setup(
     ],
     license="Apache-2.0",
     extras_require={
-        "test": ["pytest>=8", "pyflakes>=3"],  # pyflakes: tests/test_static.py
+        # pyflakes: tests/test_static.py; wandb and mlflow: the trackers' tests read their runs back
+        "test": ["pytest>=8", "pyflakes>=3", "wandb>=0.16", "mlflow-skinny>=2.10"],
+        # train.trackers wandb / mlflow
+        "wandb": ["wandb>=0.16"],
+        "mlflow": ["mlflow-skinny>=2.10"],
         # GPU machines: the Triton kernels, and Liger for the throughput benchmark's HF comparison
         "gpu": ["triton>=3.1", "liger-kernel>=0.5"],
         # tools/evaluate.py --engine vllm: the final protocol at the paper's scale

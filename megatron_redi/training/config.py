@@ -20,6 +20,7 @@ import yaml
 from ..cli import UserError
 from ..settings import COMPUTE_DTYPES, ConfigError, check_settings, choice, load_yaml, setting
 from ..eval.protocol import Protocol
+from .trackers import parse as parse_trackers
 from ..losses import LossConfig
 from ..model import RECOMPUTE_MODES
 from ..model.attention import BACKENDS
@@ -94,7 +95,10 @@ class TrainSection:
     seed: int = setting(1234, "torch's, and generation's during evaluation")
     max_bad_steps: int = setting(5, "consecutive non-finite steps (skipped) that stop the run", at_least=1)
     log_every: int = setting(1, "steps between metrics.jsonl lines", at_least=1)
-    tensorboard: bool = setting(True, "also write TensorBoard logs (when tensorboard is installed)")
+    tensorboard: bool = setting(True, "also write TensorBoard logs (when tensorboard is installed); false "
+                                "leaves tensorboard out of train.trackers")
+    trackers: str = setting("tensorboard", "where metrics go besides metrics.jsonl: tensorboard, wandb, mlflow, "
+                            "comma-separated (configured by their own environment variables: docs/reference.md)")
     peak_tflops: float | None = setting(None, "for MFU on GPU: the card's dense bf16 TFLOP/s (default: its vendor's "
                                         "figure for a known card, else no MFU; docs/performance.md)", positive=True)
     progress: bool = setting(True, "a progress line (rank 0) with loss and LogPS")
@@ -165,6 +169,10 @@ class TrainConfig:
             raise TrainConfigError("train.schedule max_steps needs train.max_steps")
         if (self.train.stage == "sft") != (self.loss.type == "sft"):
             raise TrainConfigError(f"train.stage {self.train.stage!r} does not go with loss.type {self.loss.type!r}")
+        try:
+            parse_trackers(self.train.trackers)
+        except ConfigError as e:
+            raise TrainConfigError(str(e)) from None
         if isinstance(self.checkpoint.every, str) and self.checkpoint.every != "epoch":
             raise TrainConfigError(f"checkpoint.every must be a number of steps or epoch, got {self.checkpoint.every!r}")
         o = self.optim

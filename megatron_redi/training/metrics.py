@@ -27,6 +27,7 @@ from ..atomic import atomic_file
 from ..model_config import ModelConfig
 from ..settings import ConfigError
 from ..parallel import collectives
+from .trackers import Trackers
 
 
 # Dense (not 2:4 sparse) bf16 tensor-core rate in TFLOP/s as the vendor states it, by a part of the
@@ -78,13 +79,15 @@ def sum_over_dp(parallel, summed: list, kept: list = ()) -> tuple[list[float], l
 
 
 class MetricsLogger:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard
-    when the tensorboard package is installed. Only rank 0 writes."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and passes it to the run's
+    trackers (trackers.py: TensorBoard, W&B, MLflow). Only rank 0 writes. ``trackers``: their names
+    (default: TensorBoard when ``tensorboard``); ``config``: the run's, for them."""
 
-    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0):
+    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool = True, resume_step: int = 0,
+                 trackers: list[str] | None = None, config: dict | None = None):
         self.enabled = enabled
         self.path = os.path.join(output_dir, "metrics.jsonl")
-        self.tb = None
+        self.trackers = None
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -95,13 +98,8 @@ class MetricsLogger:
                 f.writelines(kept)
         elif not resume_step and os.path.exists(self.path):
             os.remove(self.path)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
-            except ImportError:
-                warnings.warn("tensorboard is not installed: metrics go to metrics.jsonl only")
+        names = trackers if trackers is not None else ["tensorboard"] if tensorboard else []
+        self.trackers = Trackers(names, output_dir, config or {}, resumed=resume_step > 0)
 
     def log(self, step: int, values: dict):
         if not self.enabled:
@@ -109,14 +107,16 @@ class MetricsLogger:
         record = {"step": step, **{k: (round(v, 8) if isinstance(v, float) else v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
+        self.trackers.log(step, values)
+
+    def event(self, step: int, text: str):
+        """A note at a step (the collapse alarm) for the trackers; metrics.jsonl has its flag."""
+        if self.enabled:
+            self.trackers.event(step, text)
 
     def close(self):
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def read_metrics(run: str) -> list[dict]:

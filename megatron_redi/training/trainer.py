@@ -36,6 +36,7 @@ from .reference import reference_logps
 from .reshard import same_layout
 from .step import forward_backward, optimizer_step
 from .stop_signals import StopSignals
+from .trackers import TrackerError, parse as parse_trackers
 
 
 class TrainingStopped(RuntimeError):
@@ -98,12 +99,27 @@ class Trainer:
         self.reference = None
         if cfg.loss.needs_reference:
             self._setup_reference()
-        self.logger = MetricsLogger(cfg.train.output_dir, self.is_main, cfg.train.tensorboard, self.step)
+        self.logger = self._metrics_logger()
         if self.is_main:
             with atomic_file(os.path.join(cfg.train.output_dir, "config.json")) as f:
                 json.dump(to_dict(cfg), f, indent=2)
 
     # ---- setup ----------------------------------------------------------------------------------
+
+    def _metrics_logger(self) -> MetricsLogger:
+        """metrics.jsonl and the trackers (rank 0), started now: one that cannot start stops every rank
+        here, before the first step."""
+        t = self.cfg.train
+        names = [n for n in parse_trackers(t.trackers) if n != "tensorboard" or t.tensorboard]
+        error = None
+        try:
+            logger = MetricsLogger(t.output_dir, self.is_main, resume_step=self.step, trackers=names,
+                                   config=to_dict(self.cfg))
+        except TrackerError as e:
+            error = e
+        if collectives.any_rank(self.parallel, error is not None):
+            raise error or TrackerError("a tracker could not start on rank 0 (its message is there)")
+        return logger
 
     def _load_model(self, path, trainable=True):
         m = self.cfg.model
@@ -320,6 +336,7 @@ class Trainer:
             raise
         finally:
             self.thinning.wait()  # however the run ends, no checkpoint is left half thinned by this process
+            self.logger.close()
 
     def _run(self) -> str:
         cfg = self.cfg
@@ -339,6 +356,7 @@ class Trainer:
                     message = self.alarm.update(out["logps/chosen_mean"], out["logps/rejected_mean"])
                     if message and self.is_main:
                         tqdm.write(f"step {self.step}: {message}", file=sys.stderr)  # whatever the warning filters
+                        self.logger.event(self.step, message)
                     out["collapse_alarm"] = int(self.alarm.fired)
                 if self._eval_due() or (self.step == last and cfg.eval.every and cfg.eval.benchmark):
                     out.update(self.evaluate())
@@ -370,7 +388,6 @@ class Trainer:
                 if self._stop_requested(signals):
                     raise TrainingStopped(f"{signals.received or 'a signal to another rank'} during the export: "
                                           f"{cfg.train.export_hf} written; the run is complete")
-        self.logger.close()
         return final
 
     def _checkpoint_due(self) -> bool:
