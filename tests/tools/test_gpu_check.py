@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = ["cuda_tests_triton", "cuda_tests_extension", "throughput_8192", "throughput_4096", "throughput_16384",
          "throughput_19000", "attention_pair", "attention_uneven", "logprob_16k", "toy_data", "toy_redi",
          "toy_symmetric", "toy_dpo", "toy_simpo", "toy_sft", "toy_eval", "multirank_shared_gpu",
-         "context_parallel", "generation_1.5b", "generation_batching", "logprob_65k"]
+         "context_parallel", "generation_1.5b", "generation_batching", "checkpoint_stall", "logprob_65k"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from megatron_redi.atomic import OutputExistsError
+from megatron_redi.checkpoint.safetensors_io import StreamingWriter
 from megatron_redi.checkpoint import CheckpointError
 from megatron_redi.data import DatasetError, TokenizedData
 from megatron_redi.training import TrainConfigError, Trainer, checkpointing
@@ -97,10 +98,10 @@ def test_a_failed_checkpoint_write_leaves_nothing_and_older_ones_intact(finished
     trainer = Trainer(config(data, model, run, "--train.max_steps", "4"))
     before = _tree(run / "checkpoints")
 
-    def disk_full(*args, **kwargs):
+    def disk_full(self, name, tensor):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpointing, "save_file", disk_full)
+    monkeypatch.setattr(StreamingWriter, "write", disk_full)
     trainer.step = 3
     with pytest.raises(CheckpointError, match="No space left on device.*older checkpoints are intact"):
         trainer.save_checkpoint()
