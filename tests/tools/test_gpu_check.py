@@ -25,7 +25,7 @@ def test_every_step_runs_at_toy_sizes(tmp_path):
     assert [name for name, _ in outcomes] == STEPS
     failed = [name for name, rc in outcomes if rc != "0"]
     assert not failed, (tmp_path / "logs.txt").read_text()[-5000:]
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 11  # one per benchmark step
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 12  # one per benchmark step
     timed = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [t["step"] for t in timed] == STEPS and all(t["rc"] == 0 and t["seconds"] >= 0 for t in timed)
 
